@@ -1,0 +1,3 @@
+//! ambit-agent: the node agent. It captures the TCP traffic of the node's
+//! enrolled pods, holds their workload identities, carries mesh traffic in
+//! HBONE mTLS tunnels and enforces L4 authorization.

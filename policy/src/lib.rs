@@ -1,0 +1,4 @@
+//! ambit-policy: Istio's `security.istio.io` AuthorizationPolicy and
+//! PeerAuthentication, read as Kubernetes serves them and decided at L4 the way
+//! an ambient node proxy decides them. Pure: no I/O, no async.
+#![forbid(unsafe_code)]
