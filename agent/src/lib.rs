@@ -1,3 +1,10 @@
 //! ambit-agent: the node agent. It captures the TCP traffic of the node's
 //! enrolled pods, holds their workload identities, carries mesh traffic in
 //! HBONE mTLS tunnels and enforces L4 authorization.
+//!
+//! Layout:
+//! - `state`: cluster snapshots (workloads, services, policies) and their sources.
+//! - `identity`: workload keys and certificates, the trust bundle.
+
+pub mod identity;
+pub mod state;
