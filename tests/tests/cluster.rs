@@ -246,3 +246,29 @@ fn parallel_clusters_do_not_collide() {
     });
     assert_ne!(a, b);
 }
+
+#[test]
+fn a_panicking_test_still_tears_down() {
+    if !require_e2e() {
+        return;
+    }
+    let prefix = std::sync::Mutex::new(String::new());
+    let result = std::panic::catch_unwind(|| {
+        let cluster = Cluster::builder()
+            .nodes(2)
+            .pods_per_node(1)
+            .build()
+            .unwrap();
+        *prefix.lock().unwrap() = cluster.netns_prefix().to_owned();
+        panic!("simulated test failure");
+    });
+    assert!(result.is_err());
+    let prefix = prefix.into_inner().unwrap();
+    assert!(!prefix.is_empty());
+    let left: Vec<String> = netns::list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "namespaces left after a panic: {left:?}");
+}
