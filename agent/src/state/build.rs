@@ -66,6 +66,8 @@ pub enum LoadError {
         line: usize,
         reason: DocumentProblem,
     },
+    #[error("state loading interrupted: the runtime is shutting down")]
+    Interrupted,
     #[error("{}: no Kubernetes objects found", path.display())]
     Empty { path: PathBuf },
     #[error("{origin}: {object}: {source}")]
@@ -256,7 +258,8 @@ impl SnapshotBuilder {
                 service_account: pod.service_account.clone(),
                 node,
                 ips: pod.ips.clone(),
-                enrolled: is_enrolled(ns_labels, &pod.meta.labels),
+                // A pod with an injected sidecar is served by it, not by the node agent.
+                enrolled: !pod.has_sidecar && is_enrolled(ns_labels, &pod.meta.labels),
                 labels: pod.meta.labels.clone(),
             });
         }
@@ -319,16 +322,22 @@ impl SnapshotBuilder {
     }
 }
 
-/// Istio ambient's rule: the namespace opts in, a pod may opt out.
+/// Istio ambient's rule: a namespace opts its pods in, a pod may opt out with
+/// `none`, or opt in by itself with `ambient`.
 pub fn is_enrolled(
     namespace_labels: &BTreeMap<String, String>,
     pod_labels: &BTreeMap<String, String>,
 ) -> bool {
-    namespace_labels
-        .get(DATAPLANE_MODE_LABEL)
-        .map(String::as_str)
-        == Some(MODE_AMBIENT)
-        && pod_labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) != Some(MODE_NONE)
+    match pod_labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) {
+        Some(MODE_NONE) => false,
+        Some(MODE_AMBIENT) => true,
+        _ => {
+            namespace_labels
+                .get(DATAPLANE_MODE_LABEL)
+                .map(String::as_str)
+                == Some(MODE_AMBIENT)
+        }
+    }
 }
 
 fn slice_endpoints(slices: &[&k8s::EndpointSlice]) -> Vec<Endpoint> {
