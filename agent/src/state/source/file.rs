@@ -101,6 +101,9 @@ impl FileSource {
     /// Loads the state into `store`, failing if that first load fails, then
     /// watches for edits until the returned `FileWatch` is dropped.
     pub async fn start(self, store: StateStore) -> Result<FileWatch, LoadError> {
+        // Watch before the first read, so an edit racing it is not missed.
+        let wake = Arc::new(Notify::new());
+        let watcher = self.watch_events(wake.clone());
         let this = self.clone();
         let first = tokio::task::spawn_blocking(move || {
             let input = read_input(&this.path)?;
@@ -114,9 +117,6 @@ impl FileSource {
             Err(_) => return Err(LoadError::Interrupted),
         };
         self.publish(&store, snapshot);
-
-        let wake = Arc::new(Notify::new());
-        let watcher = self.watch_events(wake.clone());
         let task = tokio::spawn(self.follow(store, applied, wake, watcher));
         Ok(FileWatch { task })
     }
