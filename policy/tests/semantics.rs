@@ -60,10 +60,10 @@ fn decide(set: &PolicySet, p: Probe) -> Decision {
             labels: &labels,
         },
         &Connection {
-            src_ip: p.src_ip.parse::<IpAddr>().unwrap(),
+            src_ip: p.src_ip.parse::<IpAddr>().expect("probe source IP"),
             src_principal: p.from,
             src_namespace,
-            dst_ip: p.dst_ip.parse::<IpAddr>().unwrap(),
+            dst_ip: p.dst_ip.parse::<IpAddr>().expect("probe destination IP"),
             dst_port: p.port,
             mtls: p.from.is_some(),
         },
