@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use serde_yaml::Value;
+use serde_json::Value;
 
 use crate::SpiffeId;
 use crate::authn::NodeName;
@@ -142,66 +142,42 @@ fn read_index(path: &Path) -> Result<Index, BindingError> {
     let mut index = Index::new();
     for file in state_files(path).map_err(|e| invalid(path, e.to_string()))? {
         let text = std::fs::read_to_string(&file).map_err(|e| invalid(&file, e.to_string()))?;
-        for doc in yaml_documents(&text).map_err(|e| invalid(&file, e))? {
-            index_object(&doc, &mut index);
+        let docs =
+            ambit_policy::k8s::documents(&text).map_err(|e| invalid(&file, e.to_string()))?;
+        for doc in docs {
+            index_pod(&doc.value, &mut index);
         }
     }
     Ok(index)
 }
 
-/// Splits a multi-document YAML text into values.
-// TODO(policy): switch to `ambit_policy::k8s::documents` once it lands on main.
-fn yaml_documents(text: &str) -> Result<Vec<Value>, String> {
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let value = <Value as serde::Deserialize>::deserialize(doc).map_err(|e| e.to_string())?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
-}
-
-fn index_object(object: &Value, index: &mut Index) {
-    let str_at = |v: &Value, path: &[&str]| -> Option<String> {
+fn index_pod(object: &Value, index: &mut Index) {
+    let str_at = |path: &[&str]| -> Option<String> {
         path.iter()
-            .try_fold(v, |v, key| v.get(*key))
+            .try_fold(object, |v, key| v.get(*key))
             .and_then(Value::as_str)
             .map(str::to_string)
     };
-    match str_at(object, &["kind"]).as_deref() {
-        Some("List") | Some("PodList") => {
-            for item in object
-                .get("items")
-                .and_then(Value::as_sequence)
-                .into_iter()
-                .flatten()
-            {
-                index_object(item, index);
-            }
-        }
-        Some("Pod") => {
-            let Some(node) = str_at(object, &["spec", "nodeName"]) else {
-                return; // not scheduled yet
-            };
-            if matches!(
-                str_at(object, &["status", "phase"]).as_deref(),
-                Some("Succeeded") | Some("Failed")
-            ) {
-                return;
-            }
-            let namespace =
-                str_at(object, &["metadata", "namespace"]).unwrap_or_else(|| "default".into());
-            let service_account = str_at(object, &["spec", "serviceAccountName"])
-                .or_else(|| str_at(object, &["spec", "serviceAccount"]))
-                .unwrap_or_else(|| "default".into());
-            index
-                .entry(NodeName::new(node))
-                .or_default()
-                .insert((namespace, service_account));
-        }
-        _ => {}
+    if str_at(&["kind"]).as_deref() != Some("Pod") {
+        return;
     }
+    let Some(node) = str_at(&["spec", "nodeName"]) else {
+        return; // not scheduled yet
+    };
+    if matches!(
+        str_at(&["status", "phase"]).as_deref(),
+        Some("Succeeded") | Some("Failed")
+    ) {
+        return;
+    }
+    let namespace = str_at(&["metadata", "namespace"]).unwrap_or_else(|| "default".into());
+    let service_account = str_at(&["spec", "serviceAccountName"])
+        .or_else(|| str_at(&["spec", "serviceAccount"]))
+        .unwrap_or_else(|| "default".into());
+    index
+        .entry(NodeName::new(node))
+        .or_default()
+        .insert((namespace, service_account));
 }
 
 #[cfg(test)]
