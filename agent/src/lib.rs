@@ -5,6 +5,8 @@
 //! Layout:
 //! - `state`: cluster snapshots (workloads, services, policies) and their sources.
 //! - `identity`: workload keys and certificates, the trust bundle.
+//! - `hbone`: the mTLS HTTP/2 CONNECT tunnels between agents.
 
+pub mod hbone;
 pub mod identity;
 pub mod state;
