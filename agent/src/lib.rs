@@ -8,9 +8,11 @@
 //! - `state`: cluster snapshots (workloads, services, policies) and their sources.
 //! - `authz`: L4 authorization of connections against the snapshot's policies.
 //! - `identity`: workload keys and certificates, the trust bundle.
+//! - `hbone`: the mTLS HTTP/2 CONNECT tunnels between agents.
 
 pub mod app;
 pub mod authz;
 pub mod cli;
+pub mod hbone;
 pub mod identity;
 pub mod state;
