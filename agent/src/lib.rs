@@ -5,6 +5,15 @@
 //! Layout:
 //! - `state`: cluster snapshots (workloads, services, policies) and their sources.
 //! - `identity`: workload keys and certificates, the trust bundle.
+//! - `metrics`: Istio's TCP metrics and Ambit's own; the per-connection record.
+//! - `admin`: the metrics (15020), readiness (15021) and admin (15000) servers.
+//! - `readiness`, `drain`: start-up gating and two-phase shutdown.
+//! - `telemetry`: the tracing subscriber and its runtime-reloadable filter.
 
+pub mod admin;
+pub mod drain;
 pub mod identity;
+pub mod metrics;
+pub mod readiness;
 pub mod state;
+pub mod telemetry;
