@@ -1,4 +1,4 @@
-//! Logging: the tracing subscriber (plain text or JSON lines), its level filter
+//! Logging: the tracing subscriber (text or JSON lines), its level filter
 //! reloadable at runtime from the admin server, and the target access logs use.
 
 use std::io;
@@ -18,7 +18,7 @@ pub const ACCESS_LOG_TARGET: &str = "access";
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]
-    Plain,
+    Text,
     /// One JSON object per line, for log shippers.
     Json,
 }
@@ -89,7 +89,7 @@ where
 {
     let (filter, reload) = reload::Layer::new(parse_filter(directives)?);
     let output = match format {
-        LogFormat::Plain => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)

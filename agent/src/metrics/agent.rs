@@ -19,6 +19,12 @@ pub enum Decision {
     Deny,
 }
 
+impl From<&ambit_policy::Decision> for Decision {
+    fn from(d: &ambit_policy::Decision) -> Self {
+        if d.allowed { Self::Allow } else { Self::Deny }
+    }
+}
+
 impl Decision {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -36,6 +42,7 @@ pub struct ReporterLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
     pub decision: &'static str,
+    pub reason: &'static str,
     pub reporter: Reporter,
     pub destination_workload_namespace: String,
     pub destination_workload: String,

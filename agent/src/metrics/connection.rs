@@ -42,7 +42,15 @@ pub(super) struct ConnectionInfo {
     opened: Instant,
     received: AtomicU64,
     sent: AtomicU64,
-    decision: Mutex<Option<(Decision, String)>>,
+    decision: Mutex<Option<Verdict>>,
+}
+
+/// The authorization outcome as the access log reports it.
+#[derive(Clone, Debug)]
+struct Verdict {
+    decision: Decision,
+    reason: &'static str,
+    policy: Option<String>,
 }
 
 impl ConnectionInfo {
@@ -66,8 +74,9 @@ impl ConnectionInfo {
             "opened_unix_seconds": self.opened_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             "bytes_received": self.received.load(Ordering::Relaxed),
             "bytes_sent": self.sent.load(Ordering::Relaxed),
-            "decision": decision.as_ref().map(|(d, _)| d.as_str()),
-            "reason": decision.map(|(_, r)| r),
+            "decision": decision.as_ref().map(|v| v.decision.as_str()),
+            "reason": decision.as_ref().map(|v| v.reason),
+            "policy": decision.and_then(|v| v.policy),
         })
     }
 }
@@ -195,19 +204,34 @@ impl ConnectionRecord {
     }
 
     /// Records the authorization outcome: counted in `ambit_authorization_decisions_total`
-    /// and written in the access log. `reason` is short and human (e.g. the policy's name).
-    pub fn set_decision(&self, decision: Decision, reason: impl Into<String>) {
+    /// and written in the access log. `reason` is a short fixed phrase (it is a
+    /// metric label); `policy` names the deciding policy (`namespace/name`), if any.
+    pub fn set_decision(&self, decision: Decision, reason: &'static str, policy: Option<String>) {
         self.metrics
             .agent
             .authorization_decisions
             .get_or_create(&DecisionLabels {
                 decision: decision.as_str(),
+                reason,
                 reporter: self.labels.reporter,
                 destination_workload_namespace: self.labels.destination_workload_namespace.clone(),
                 destination_workload: self.labels.destination_workload.clone(),
             })
             .inc();
-        *self.bytes.info.decision.lock() = Some((decision, reason.into()));
+        *self.bytes.info.decision.lock() = Some(Verdict {
+            decision,
+            reason,
+            policy,
+        });
+    }
+
+    /// `set_decision` from the policy engine's answer.
+    pub fn record_authorization(&self, decision: &ambit_policy::Decision) {
+        self.set_decision(
+            decision.into(),
+            decision.reason.as_str(),
+            decision.policy.clone(),
+        );
     }
 
     /// The labels this connection is counted under.
@@ -231,9 +255,9 @@ impl Drop for ConnectionRecord {
             .inc();
         self.active.dec();
         let decision = info.decision.lock().take();
-        let (decision, reason) = match &decision {
-            Some((d, r)) => (d.as_str(), r.as_str()),
-            None => ("none", "closed before authorization"),
+        let (decision, reason, policy) = match &decision {
+            Some(v) => (v.decision.as_str(), v.reason, v.policy.as_deref()),
+            None => ("none", "closed before authorization", None),
         };
         tracing::info!(
             target: ACCESS_LOG_TARGET,
@@ -251,6 +275,7 @@ impl Drop for ConnectionRecord {
             duration_ms = u64::try_from(info.opened.elapsed().as_millis()).unwrap_or(u64::MAX),
             decision,
             reason,
+            policy,
             "connection closed"
         );
     }

@@ -224,7 +224,11 @@ fn counters_carry_istio_names_labels_and_exact_values() {
     first.record_received(100);
     first.record_sent(2_000);
     second.record_received(7);
-    first.set_decision(Decision::Allow, "policy default/allow-guestbook");
+    first.set_decision(
+        Decision::Allow,
+        "allowed by ALLOW rule",
+        Some("default/allow-guestbook".into()),
+    );
 
     let open = f.samples();
     assert_eq!(
@@ -288,7 +292,11 @@ fn counters_carry_istio_names_labels_and_exact_values() {
         value(
             &closed,
             "ambit_authorization_decisions_total",
-            &[("decision", "allow"), ("destination_workload", "analyzer")]
+            &[
+                ("decision", "allow"),
+                ("reason", "allowed by ALLOW rule"),
+                ("destination_workload", "analyzer")
+            ]
         ),
         Some(1.0)
     );
@@ -342,7 +350,13 @@ fn open_connections_appear_in_the_dump_until_closed() {
     let f = fixture();
     let rec = f.metrics.open_connection(&f.inbound_mtls());
     rec.record_received(42);
-    rec.set_decision(Decision::Deny, "policy default/deny-all");
+    rec.record_authorization(&ambit_policy::Decision {
+        allowed: false,
+        policy: Some("default/deny-all".into()),
+        rule: None,
+        reason: ambit_policy::Reason::NoAllowPolicyMatched,
+        mtls_mode: ambit_policy::MtlsMode::Strict,
+    });
     let dump = f.metrics.connections_json();
     let conns = dump.as_array().unwrap();
     assert_eq!(conns.len(), 1);
@@ -350,8 +364,18 @@ fn open_connections_appear_in_the_dump_until_closed() {
     assert_eq!(conns[0]["destination"]["address"], "10.0.2.7:8080");
     assert_eq!(conns[0]["bytes_received"], 42);
     assert_eq!(conns[0]["decision"], "deny");
+    assert_eq!(conns[0]["policy"], "default/deny-all");
+    assert_eq!(conns[0]["reason"], "no ALLOW policy matched");
     drop(rec);
     assert_eq!(f.metrics.connections_json(), serde_json::json!([]));
+    assert_eq!(
+        value(
+            &f.samples(),
+            "ambit_authorization_decisions_total",
+            &[("decision", "deny"), ("reason", "no ALLOW policy matched")]
+        ),
+        Some(1.0)
+    );
     assert_eq!(f.metrics.open_connections(), 0);
 }
 
@@ -403,7 +427,7 @@ async fn one_access_log_line_per_connection_with_its_facts() {
     let mut buf = [0u8; 11];
     counted.read_exact(&mut buf).await.unwrap();
     counted.write_all(b"reply!").await.unwrap();
-    rec.set_decision(Decision::Allow, "no policy selects analyzer");
+    rec.set_decision(Decision::Allow, "no ALLOW policies", None);
     assert!(out.json_lines().is_empty(), "nothing logged while open");
     drop(rec);
     let unauthorized = f.metrics.open_connection(&ConnectionOpen::new(
@@ -438,7 +462,8 @@ async fn one_access_log_line_per_connection_with_its_facts() {
     assert_eq!(l["bytes_received"], 11);
     assert_eq!(l["bytes_sent"], 6);
     assert_eq!(l["decision"], "allow");
-    assert_eq!(l["reason"], "no policy selects analyzer");
+    assert_eq!(l["reason"], "no ALLOW policies");
+    assert!(l.get("policy").is_none(), "no policy decided: {l}");
     assert!(l["duration_ms"].is_u64());
     let l = &lines[1];
     assert_eq!(l["src.workload"], "unknown");
