@@ -5,6 +5,33 @@
 //! Built once at start (`Metrics::new(&mut registry)`), then shared as
 //! `Arc<Metrics>` with every connection handler; the registry goes to the
 //! `/metrics` server, which encodes it on each scrape.
+//!
+//! A connection handler opens a record as soon as it knows the two ends, feeds
+//! it bytes (or wraps the client stream in [`Counted`]), records the
+//! authorization outcome, and lets it drop:
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use prometheus_client::registry::Registry;
+//! use ambit_agent::metrics::{ConnectionOpen, Decision, Metrics, Reporter, SecurityPolicy};
+//!
+//! let mut registry = Registry::default();
+//! let metrics = Arc::new(Metrics::new(&mut registry));
+//! let record = metrics.open_connection(&ConnectionOpen {
+//!     security: SecurityPolicy::MutualTls,
+//!     // source/destination workload, identity and service when known
+//!     ..ConnectionOpen::new(
+//!         Reporter::Destination,
+//!         "10.0.1.5:40000".parse().unwrap(),
+//!         "10.0.2.7:8080".parse().unwrap(),
+//!     )
+//! });
+//! record.set_decision(Decision::Allow, "allowed by ALLOW rule", Some("default/allow".into()));
+//! record.record_received(512); // client to server
+//! record.record_sent(2048); // server to client
+//! drop(record); // closed counter + one `access` log line
+//! assert!(ambit_agent::metrics::encode(&registry).contains("istio_tcp_connections_closed_total{"));
+//! ```
 
 mod agent;
 mod connection;

@@ -1,7 +1,7 @@
 //! Logging: the tracing subscriber (text or JSON lines), its level filter
 //! reloadable at runtime from the admin server, and the target access logs use.
 
-use std::io;
+use std::io::{self, IsTerminal};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -77,8 +77,8 @@ fn parse_filter(directives: &str) -> Result<EnvFilter, TelemetryError> {
         })
 }
 
-/// A subscriber writing to `writer`, and the handle that changes its filter.
-/// `init` installs one globally; tests install one per thread.
+/// A subscriber writing to `writer` (no colours), and the handle that changes
+/// its filter. `init` installs one globally; tests install one per thread.
 pub fn subscriber<W>(
     format: LogFormat,
     directives: &str,
@@ -87,9 +87,24 @@ pub fn subscriber<W>(
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
+    build(format, directives, writer, false)
+}
+
+fn build<W>(
+    format: LogFormat,
+    directives: &str,
+    writer: W,
+    ansi: bool,
+) -> Result<(impl tracing::Subscriber + Send + Sync + 'static, LogHandle), TelemetryError>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let (filter, reload) = reload::Layer::new(parse_filter(directives)?);
     let output = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
@@ -104,9 +119,46 @@ where
     Ok((subscriber, handle))
 }
 
-/// Installs the process-wide subscriber, writing to stderr.
+/// Installs the process-wide subscriber, writing to stderr (coloured on a terminal).
 pub fn init(format: LogFormat, directives: &str) -> Result<LogHandle, TelemetryError> {
-    let (subscriber, handle) = subscriber(format, directives, io::stderr)?;
+    let ansi = io::stderr().is_terminal();
+    let (subscriber, handle) = build(format, directives, io::stderr, ansi)?;
     subscriber.try_init()?;
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::tests::Captured;
+
+    #[test]
+    fn text_lines_carry_target_and_fields() {
+        let out = Captured::default();
+        let (subscriber, handle) =
+            subscriber(LogFormat::Text, "warn,access=info", out.clone()).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: ACCESS_LOG_TARGET, bytes_sent = 7u64, "connection closed");
+            tracing::info!("hidden by the filter");
+        });
+        let text = String::from_utf8(out.0.lock().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.contains(" access: connection closed bytes_sent=7"),
+            "{text}"
+        );
+        assert_eq!(handle.current(), "warn,access=info");
+    }
+
+    #[test]
+    fn invalid_filters_are_refused() {
+        let err = subscriber(LogFormat::Json, "info,x=loud", std::io::sink)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("invalid log filter \"info,x=loud\""),
+            "{err}"
+        );
+    }
 }

@@ -481,3 +481,26 @@ async fn one_access_log_line_per_connection_with_its_facts() {
         Some(6.0)
     );
 }
+
+/// Cost of the per-connection record; run with
+/// `CARGO_PROFILE_DEV_OPT_LEVEL=2 cargo test -p ambit-agent --lib record_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, not a check"]
+fn record_cost() {
+    let f = fixture();
+    let conn = f.inbound_mtls();
+    let n = 100_000u32;
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        drop(f.metrics.open_connection(&conn));
+    }
+    let per_conn = start.elapsed() / n;
+    let rec = f.metrics.open_connection(&conn);
+    let bytes = rec.bytes();
+    let start = std::time::Instant::now();
+    for _ in 0..10 * n {
+        bytes.received(1500);
+    }
+    let per_chunk = start.elapsed() / (10 * n);
+    println!("open+close (no subscriber): {per_conn:?}, byte record: {per_chunk:?}");
+}
