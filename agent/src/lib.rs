@@ -9,10 +9,19 @@
 //! - `authz`: L4 authorization of connections against the snapshot's policies.
 //! - `identity`: workload keys and certificates, the trust bundle.
 //! - `hbone`: the mTLS HTTP/2 CONNECT tunnels between agents.
+//! - `metrics`: Istio's TCP metrics and Ambit's own; the per-connection record.
+//! - `admin`: the metrics (15020), readiness (15021) and admin (15000) servers.
+//! - `readiness`, `drain`: start-up gating and two-phase shutdown.
+//! - `telemetry`: the tracing subscriber and its runtime-reloadable filter.
 
+pub mod admin;
 pub mod app;
 pub mod authz;
 pub mod cli;
+pub mod drain;
 pub mod hbone;
 pub mod identity;
+pub mod metrics;
+pub mod readiness;
 pub mod state;
+pub mod telemetry;
