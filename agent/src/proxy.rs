@@ -206,3 +206,37 @@ pub async fn serve<H, F>(
     }
     connections.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn shutdown_stops_accepting_and_drain_deadline_aborts_stragglers() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            shutdown.clone(),
+            Duration::from_millis(200),
+            |stream, _| async move {
+                // Holds the connection open until aborted.
+                let _stream = stream;
+                std::future::pending::<()>().await;
+            },
+        ));
+        let mut held = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(2), server)
+            .await
+            .expect("serve returns after the drain deadline")
+            .unwrap();
+        // The aborted handler dropped its stream: the client sees EOF.
+        let mut buf = [0u8; 1];
+        assert_eq!(held.read(&mut buf).await.unwrap(), 0);
+        assert!(TcpStream::connect(addr).await.is_err());
+    }
+}

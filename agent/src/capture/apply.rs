@@ -241,8 +241,10 @@ impl Capture {
             for _ in 0..self.policy_rule_count(&routing)? {
                 ip(family, &routing.rule_delete())?;
             }
-            let table = self.cfg.route_table.to_string();
-            ip(family, &["route", "flush", "table", &table])?;
+            if self.local_route(family) {
+                let table = self.cfg.route_table.to_string();
+                ip(family, &["route", "flush", "table", &table])?;
+            }
         }
         Ok(())
     }
@@ -254,8 +256,6 @@ impl Capture {
                 continue;
             };
             let routing = PolicyRouting::new(&self.cfg, family);
-            let table = self.cfg.route_table.to_string();
-            let routes = ip(family, &["route", "show", "table", &table])?;
             out.push(FamilyStatus {
                 family: family.to_string(),
                 backend: self.backend,
@@ -263,7 +263,7 @@ impl Capture {
                 entry_jumps: installed.entry_jumps.len(),
                 pods: installed.pods().into_iter().collect(),
                 policy_rules: self.policy_rule_count(&routing)?,
-                local_route: routes.lines().any(|l| l.starts_with("local")),
+                local_route: self.local_route(family),
             });
         }
         Ok(out)
@@ -287,6 +287,14 @@ impl Capture {
         }
         ip(family, &routing.route)?;
         Ok(())
+    }
+
+    /// Whether our table holds its local route (a table that was never
+    /// created makes `ip` fail, which means no).
+    fn local_route(&self, family: Family) -> bool {
+        let table = self.cfg.route_table.to_string();
+        ip(family, &["route", "show", "table", &table])
+            .is_ok_and(|routes| routes.lines().any(|l| l.starts_with("local")))
     }
 
     fn policy_rule_count(&self, routing: &PolicyRouting) -> Result<usize, ApplyError> {
@@ -349,3 +357,6 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Appl
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+#[cfg(test)]
+mod tests;

@@ -82,13 +82,14 @@ impl InboundPlainProxy {
         shutdown: CancellationToken,
         drain: Duration,
     ) {
+        let own = listener.local_addr().ok();
         super::serve(listener, shutdown, drain, move |stream, peer| {
-            self.clone().handle(stream, peer)
+            self.clone().handle(stream, peer, own)
         })
         .await;
     }
 
-    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
+    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, own: Option<SocketAddr>) {
         let started = Instant::now();
         let Ok(orig_dst) = OrigDst::of(&client) else {
             socket::reset(client);
@@ -122,6 +123,9 @@ impl InboundPlainProxy {
             // be dialled back out and could loop.
             None => Admission::Deny {
                 reason: "destination is not a pod of this node".into(),
+            },
+            _ if own == Some(orig_dst.0) => Admission::Deny {
+                reason: "connection to the inbound listener itself".into(),
             },
             Some(destination) => self.policy.admit(&InboundRequest {
                 snapshot: &snapshot,

@@ -218,3 +218,6 @@ impl OutboundProxy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
