@@ -182,6 +182,17 @@ impl IdentityManager {
         }
     }
 
+    /// The cached certificate of `id` if it is valid now, without fetching.
+    /// For synchronous callers such as a TLS certificate resolver.
+    pub fn current(&self, id: &SpiffeId) -> Option<Arc<WorkloadCertificate>> {
+        let held = self.held.lock();
+        let p = held.get(id)?.entry.published.borrow();
+        p.cert
+            .as_ref()
+            .filter(|c| c.is_valid_at(SystemTime::now()))
+            .cloned()
+    }
+
     /// Sets the node's current local identities: starts provisioning new ones
     /// and drops (stops renewing, forgets) those no longer listed.
     ///
