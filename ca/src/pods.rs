@@ -71,7 +71,12 @@ impl Index {
         self.remove(&key);
         if let Some(node) = &info.node {
             let pair = (info.namespace.clone(), info.service_account.clone());
-            *self.by_node.entry(node.clone()).or_default().entry(pair).or_default() += 1;
+            *self
+                .by_node
+                .entry(node.clone())
+                .or_default()
+                .entry(pair)
+                .or_default() += 1;
         }
         self.pods.insert(key, info);
     }
@@ -163,7 +168,11 @@ impl PodIndex {
                 if let Some(list) = index.relisting.take() {
                     index.replace_all(list);
                 }
-                tracing::info!(pods = index.pods.len(), nodes = index.by_node.len(), "pod index synced");
+                tracing::info!(
+                    pods = index.pods.len(),
+                    nodes = index.by_node.len(),
+                    "pod index synced"
+                );
                 self.synced.store(true, Ordering::Release);
             }
             Event::Apply(pod) => {
@@ -214,7 +223,10 @@ impl PodIndex {
         }
         let index = self.read();
         let pair = (namespace.to_owned(), service_account.to_owned());
-        index.by_node.get(node).is_some_and(|pairs| pairs.contains_key(&pair))
+        index
+            .by_node
+            .get(node)
+            .is_some_and(|pairs| pairs.contains_key(&pair))
     }
 
     pub fn len(&self) -> usize {

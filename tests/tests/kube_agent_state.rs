@@ -100,8 +100,22 @@ async fn cluster() -> FakeKube {
     let fake = FakeKube::start().await.unwrap();
     fake.apply(&namespace("apps", true)).unwrap();
     fake.apply(&namespace("other", false)).unwrap();
-    fake.apply(&pod("apps", "web", "10.0.1.5", "node-a", json!({ "app": "web" }))).unwrap();
-    fake.apply(&pod("other", "db", "10.0.2.7", "node-b", json!({ "app": "db" }))).unwrap();
+    fake.apply(&pod(
+        "apps",
+        "web",
+        "10.0.1.5",
+        "node-a",
+        json!({ "app": "web" }),
+    ))
+    .unwrap();
+    fake.apply(&pod(
+        "other",
+        "db",
+        "10.0.2.7",
+        "node-b",
+        json!({ "app": "db" }),
+    ))
+    .unwrap();
     fake.apply(&service("apps", "web", "10.96.0.10")).unwrap();
     fake.apply(&slice("apps", "web", &["10.0.1.5"])).unwrap();
     fake.apply(&deny_port("apps", 9000, "v1")).unwrap();
@@ -153,9 +167,20 @@ async fn cluster_objects_become_the_agents_state() {
     assert_eq!(web.service_account, "web-sa");
     assert_eq!(web.node, "node-a");
     assert!(web.enrolled);
-    assert_eq!(web.labels, BTreeMap::from([("app".to_owned(), "web".to_owned())]));
-    assert!(web.uid.starts_with("00000000-"), "uid from the API server: {}", web.uid);
-    assert_eq!(enrolled(&s, "10.0.2.7"), Some(false), "namespace not labelled");
+    assert_eq!(
+        web.labels,
+        BTreeMap::from([("app".to_owned(), "web".to_owned())])
+    );
+    assert!(
+        web.uid.starts_with("00000000-"),
+        "uid from the API server: {}",
+        web.uid
+    );
+    assert_eq!(
+        enrolled(&s, "10.0.2.7"),
+        Some(false),
+        "namespace not labelled"
+    );
 
     let target = s.service_target(ip("10.96.0.10"), 80).unwrap();
     assert_eq!(target.addr, "10.0.1.5:8080".parse().unwrap());
@@ -163,7 +188,10 @@ async fn cluster_objects_become_the_agents_state() {
 
     assert_eq!(s.policies().len(), 1);
     let labels = BTreeMap::new();
-    let dst = Target { namespace: "apps", labels: &labels };
+    let dst = Target {
+        namespace: "apps",
+        labels: &labels,
+    };
     let conn = |port| Connection {
         src_ip: ip("10.0.2.7"),
         src_principal: Some("cluster.local/ns/other/sa/db-sa"),
@@ -181,32 +209,63 @@ async fn creations_changes_and_deletions_follow() {
     let fake = cluster().await;
     let store = store();
     let _watch = source(&fake).start(store.clone());
-    until(&store, "initial state", |s| s.workload_by_ip(ip("10.0.1.5")).is_some()).await;
+    until(&store, "initial state", |s| {
+        s.workload_by_ip(ip("10.0.1.5")).is_some()
+    })
+    .await;
 
-    fake.apply(&pod("apps", "api", "10.0.1.9", "node-b", json!({ "app": "api" }))).unwrap();
-    let s = until(&store, "new pod", |s| s.workload_by_ip(ip("10.0.1.9")).is_some()).await;
+    fake.apply(&pod(
+        "apps",
+        "api",
+        "10.0.1.9",
+        "node-b",
+        json!({ "app": "api" }),
+    ))
+    .unwrap();
+    let s = until(&store, "new pod", |s| {
+        s.workload_by_ip(ip("10.0.1.9")).is_some()
+    })
+    .await;
     assert_eq!(s.workload_by_ip(ip("10.0.1.9")).unwrap().node, "node-b");
 
     // The pod moves to a new IP (a restart): the old one is gone.
-    fake.apply(&pod("apps", "api", "10.0.1.10", "node-b", json!({ "app": "api" }))).unwrap();
-    let s = until(&store, "pod's new IP", |s| s.workload_by_ip(ip("10.0.1.10")).is_some()).await;
+    fake.apply(&pod(
+        "apps",
+        "api",
+        "10.0.1.10",
+        "node-b",
+        json!({ "app": "api" }),
+    ))
+    .unwrap();
+    let s = until(&store, "pod's new IP", |s| {
+        s.workload_by_ip(ip("10.0.1.10")).is_some()
+    })
+    .await;
     assert!(s.workload_by_ip(ip("10.0.1.9")).is_none());
 
     fake.apply(&slice("apps", "web", &["10.0.1.10"])).unwrap();
     until(&store, "endpoint change", |s| {
-        s.service_target(ip("10.96.0.10"), 80).is_some_and(|t| t.addr.ip() == ip("10.0.1.10"))
+        s.service_target(ip("10.96.0.10"), 80)
+            .is_some_and(|t| t.addr.ip() == ip("10.0.1.10"))
     })
     .await;
 
     fake.apply(&deny_port("apps", 9100, "v1beta1")).unwrap();
     until(&store, "a v1beta1 policy", |s| s.policies().len() == 2).await;
-    fake.delete(&fake_kube::AUTHORIZATION_POLICIES, "apps", "deny-9000").unwrap();
+    fake.delete(&fake_kube::AUTHORIZATION_POLICIES, "apps", "deny-9000")
+        .unwrap();
     until(&store, "policy deletion", |s| s.policies().len() == 1).await;
 
     fake.delete(&fake_kube::PODS, "apps", "api").unwrap();
-    until(&store, "pod deletion", |s| s.workload_by_ip(ip("10.0.1.10")).is_none()).await;
+    until(&store, "pod deletion", |s| {
+        s.workload_by_ip(ip("10.0.1.10")).is_none()
+    })
+    .await;
     fake.delete(&fake_kube::SERVICES, "apps", "web").unwrap();
-    until(&store, "service deletion", |s| s.service_by_vip(ip("10.96.0.10")).is_none()).await;
+    until(&store, "service deletion", |s| {
+        s.service_by_vip(ip("10.96.0.10")).is_none()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -214,18 +273,34 @@ async fn namespace_and_pod_labels_enrol_and_unenrol() {
     let fake = cluster().await;
     let store = store();
     let _watch = source(&fake).start(store.clone());
-    until(&store, "web enrolled", |s| enrolled(s, "10.0.1.5") == Some(true)).await;
+    until(&store, "web enrolled", |s| {
+        enrolled(s, "10.0.1.5") == Some(true)
+    })
+    .await;
 
     fake.apply(&namespace("apps", false)).unwrap();
-    until(&store, "label removed", |s| enrolled(s, "10.0.1.5") == Some(false)).await;
+    until(&store, "label removed", |s| {
+        enrolled(s, "10.0.1.5") == Some(false)
+    })
+    .await;
     fake.apply(&namespace("other", true)).unwrap();
-    until(&store, "other enrolled", |s| enrolled(s, "10.0.2.7") == Some(true)).await;
+    until(&store, "other enrolled", |s| {
+        enrolled(s, "10.0.2.7") == Some(true)
+    })
+    .await;
     fake.apply(&namespace("apps", true)).unwrap();
-    until(&store, "label back", |s| enrolled(s, "10.0.1.5") == Some(true)).await;
+    until(&store, "label back", |s| {
+        enrolled(s, "10.0.1.5") == Some(true)
+    })
+    .await;
 
     let opted_out = json!({ "app": "web", "istio.io/dataplane-mode": "none" });
-    fake.apply(&pod("apps", "web", "10.0.1.5", "node-a", opted_out)).unwrap();
-    until(&store, "pod opted out", |s| enrolled(s, "10.0.1.5") == Some(false)).await;
+    fake.apply(&pod("apps", "web", "10.0.1.5", "node-a", opted_out))
+        .unwrap();
+    until(&store, "pod opted out", |s| {
+        enrolled(s, "10.0.1.5") == Some(false)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -233,14 +308,27 @@ async fn dropped_watches_resume_without_relisting() {
     let fake = cluster().await;
     let store = store();
     let _watch = source(&fake).start(store.clone());
-    until(&store, "initial state", |s| s.workload_by_ip(ip("10.0.1.5")).is_some()).await;
+    until(&store, "initial state", |s| {
+        s.workload_by_ip(ip("10.0.1.5")).is_some()
+    })
+    .await;
     let before = fake.counts();
 
     for round in 0..3 {
         fake.drop_watches();
         let addr = format!("10.0.3.{round}");
-        fake.apply(&pod("apps", &format!("p{round}"), &addr, "node-a", json!({}))).unwrap();
-        until(&store, "pod after a dropped watch", |s| s.workload_by_ip(ip(&addr)).is_some()).await;
+        fake.apply(&pod(
+            "apps",
+            &format!("p{round}"),
+            &addr,
+            "node-a",
+            json!({}),
+        ))
+        .unwrap();
+        until(&store, "pod after a dropped watch", |s| {
+            s.workload_by_ip(ip(&addr)).is_some()
+        })
+        .await;
     }
     let after = fake.counts();
     assert_eq!(after.lists, before.lists, "no kind listed again");
@@ -252,7 +340,10 @@ async fn expired_versions_relist_and_catch_up_on_missed_deletions() {
     let fake = cluster().await;
     let store = store();
     let _watch = source(&fake).start(store.clone());
-    until(&store, "initial state", |s| s.workload_by_ip(ip("10.0.2.7")).is_some()).await;
+    until(&store, "initial state", |s| {
+        s.workload_by_ip(ip("10.0.2.7")).is_some()
+    })
+    .await;
     let lists = fake.counts().lists["pods"];
 
     // While the watch is down the pod goes away and the history is compacted:
@@ -260,7 +351,10 @@ async fn expired_versions_relist_and_catch_up_on_missed_deletions() {
     fake.drop_watches();
     fake.delete(&fake_kube::PODS, "other", "db").unwrap();
     fake.compact();
-    until(&store, "deletion seen through a relist", |s| s.workload_by_ip(ip("10.0.2.7")).is_none()).await;
+    until(&store, "deletion seen through a relist", |s| {
+        s.workload_by_ip(ip("10.0.2.7")).is_none()
+    })
+    .await;
     assert!(fake.counts().lists["pods"] > lists);
     assert!(store.current().workload_by_ip(ip("10.0.1.5")).is_some());
 }
@@ -278,16 +372,25 @@ async fn not_synced_until_every_kind_is_listed_and_rbac_errors_say_so() {
         if let Some(failure) = store.status().last_error {
             break failure.message;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no RBAC error reported");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no RBAC error reported"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(message.contains("forbidden"), "{message}");
-    assert!(message.contains("peerauthentications.security.istio.io"), "{message}");
+    assert!(
+        message.contains("peerauthentications.security.istio.io"),
+        "{message}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!store.current().is_synced());
     assert!(store.current().workload_by_ip(ip("10.0.1.5")).is_none());
 
     fake.allow(&fake_kube::PEER_AUTHENTICATIONS);
-    until(&store, "synced once RBAC allows", |s| s.workload_by_ip(ip("10.0.1.5")).is_some()).await;
+    until(&store, "synced once RBAC allows", |s| {
+        s.workload_by_ip(ip("10.0.1.5")).is_some()
+    })
+    .await;
     assert!(store.status().last_error.is_none());
 }

@@ -142,10 +142,17 @@ impl TokenReviewAuthenticator {
         let answer = api.create(&PostParams::default(), &review).await?;
         let status = answer.status.unwrap_or_default();
         if status.authenticated != Some(true) {
-            let reason = status.error.unwrap_or_else(|| "not authenticated".to_owned());
+            let reason = status
+                .error
+                .unwrap_or_else(|| "not authenticated".to_owned());
             return Err(Refusal::NotAuthenticated(reason).into());
         }
-        if !status.audiences.iter().flatten().any(|a| *a == self.audience) {
+        if !status
+            .audiences
+            .iter()
+            .flatten()
+            .any(|a| *a == self.audience)
+        {
             return Err(Refusal::WrongAudience(self.audience.clone()).into());
         }
         let user = status.user.unwrap_or_default();

@@ -372,13 +372,16 @@ fn report(watched: &'static Watched, shared: &Shared, error: &watcher::Error) {
 fn report_client_error(watched: &'static Watched, shared: &Shared, error: &kube::Error) {
     match error {
         kube::Error::Api(status) if status.code == 403 => forbidden(watched, shared),
-        error => tracing::warn!(kind = watched.kind, %error, "Kubernetes API unavailable; keeping the last state"),
+        error => {
+            tracing::warn!(kind = watched.kind, %error, "Kubernetes API unavailable; keeping the last state")
+        }
     }
 }
 
 /// RBAC refused a read: the fix is in the cluster, so say exactly what.
 fn forbidden(watched: &'static Watched, shared: &Shared) {
-    let plural = ApiResource::from_gvk(&GroupVersionKind::gvk(watched.group, "v1", watched.kind)).plural;
+    let plural =
+        ApiResource::from_gvk(&GroupVersionKind::gvk(watched.group, "v1", watched.kind)).plural;
     let resource = if watched.group.is_empty() {
         plural
     } else {

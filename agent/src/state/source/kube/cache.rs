@@ -151,7 +151,9 @@ fn routable_pods<'a>(
         }
         let ips = pod_ips(pod);
         let captured = !pod["spec"]["hostNetwork"].as_bool().unwrap_or(false)
-            && pod["status"]["phase"].as_str().is_none_or(|p| p == "Running");
+            && pod["status"]["phase"]
+                .as_str()
+                .is_none_or(|p| p == "Running");
         if ips.is_empty() || !captured {
             without_ip.push(pod);
             continue;
@@ -173,7 +175,11 @@ fn routable_pods<'a>(
     let mut out = without_ip;
     for pod in by_ip.values() {
         let ptr = std::ptr::from_ref(*pod);
-        if seen.insert(ptr) && pod_ips(pod).iter().all(|ip| by_ip.get(ip).is_some_and(|p| std::ptr::eq(*p, *pod))) {
+        if seen.insert(ptr)
+            && pod_ips(pod)
+                .iter()
+                .all(|ip| by_ip.get(ip).is_some_and(|p| std::ptr::eq(*p, *pod)))
+        {
             out.push(pod);
         }
     }
@@ -182,7 +188,11 @@ fn routable_pods<'a>(
 
 fn pod_ips(pod: &Value) -> Vec<IpAddr> {
     let status = &pod["status"];
-    let mut ips: Vec<IpAddr> = status["podIP"].as_str().and_then(|s| s.parse().ok()).into_iter().collect();
+    let mut ips: Vec<IpAddr> = status["podIP"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .into_iter()
+        .collect();
     for entry in status["podIPs"].as_array().into_iter().flatten() {
         if let Some(ip) = entry["ip"].as_str().and_then(|s| s.parse().ok())
             && !ips.contains(&ip)
@@ -196,7 +206,12 @@ fn pod_ips(pod: &Value) -> Vec<IpAddr> {
 /// Whether `a` should keep an IP `b` also claims.
 fn preferred(a: &Value, b: &Value) -> bool {
     let deleting = |p: &Value| !p["metadata"]["deletionTimestamp"].is_null();
-    let created = |p: &Value| p["metadata"]["creationTimestamp"].as_str().unwrap_or_default().to_owned();
+    let created = |p: &Value| {
+        p["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
     match (deleting(a), deleting(b)) {
         (false, true) => true,
         (true, false) => false,

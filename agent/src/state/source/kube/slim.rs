@@ -52,7 +52,11 @@ pub(super) const POD: Mask = Fields(&[
     ),
     (
         "status",
-        Fields(&[("phase", All), ("podIP", All), ("podIPs", Fields(&[("ip", All)]))]),
+        Fields(&[
+            ("phase", All),
+            ("podIP", All),
+            ("podIPs", Fields(&[("ip", All)])),
+        ]),
     ),
 ]);
 
@@ -83,7 +87,10 @@ pub(super) const ENDPOINT_SLICE: Mask = Fields(&[
     ("addressType", All),
     (
         "endpoints",
-        Fields(&[("addresses", All), ("conditions", Fields(&[("ready", All)]))]),
+        Fields(&[
+            ("addresses", All),
+            ("conditions", Fields(&[("ready", All)])),
+        ]),
     ),
     (
         "ports",
