@@ -71,6 +71,7 @@ impl std::fmt::Debug for KubeSource {
 pub struct KubeWatch {
     tasks: Vec<JoinHandle<()>>,
     synced: watch::Receiver<bool>,
+    shared: Arc<Shared>,
 }
 
 impl Drop for KubeWatch {
@@ -86,6 +87,12 @@ impl KubeWatch {
     pub async fn synced(&self) {
         let mut rx = self.synced.clone();
         let _ = rx.wait_for(|synced| *synced).await;
+    }
+
+    /// Bytes the watch caches hold (the slimmed objects), for the admin
+    /// page and for sizing.
+    pub fn cache_bytes(&self) -> usize {
+        self.shared.caches.lock().heap_bytes()
     }
 }
 
@@ -145,6 +152,7 @@ const WATCHED: [Watched; 6] = [
 ];
 
 /// What the watch tasks share with the builder task.
+#[derive(Debug)]
 struct Shared {
     caches: Mutex<Caches>,
     changed: Notify,
@@ -187,12 +195,16 @@ impl KubeSource {
             .map(|w| tokio::spawn(watch_kind(self.client.clone(), w, shared.clone())))
             .collect();
         tasks.push(tokio::spawn(publish(
-            shared,
+            shared.clone(),
             self.options,
             self.settle,
             synced_tx,
         )));
-        KubeWatch { tasks, synced }
+        KubeWatch {
+            tasks,
+            synced,
+            shared,
+        }
     }
 }
 
@@ -296,7 +308,7 @@ fn apply_event(
         Event::Init => cache.begin_list(),
         Event::InitApply(object) => {
             let (key, value) = slim_object(watched, resource, object);
-            cache.listed(key, value);
+            cache.listed(key, &value);
         }
         Event::InitDone => {
             cache.end_list();
@@ -304,7 +316,7 @@ fn apply_event(
         }
         Event::Apply(object) => {
             let (key, value) = slim_object(watched, resource, object);
-            cache.apply(key, value);
+            cache.apply(key, &value);
         }
         Event::Delete(object) => {
             cache.delete(&(object.namespace().unwrap_or_default(), object.name_any()));

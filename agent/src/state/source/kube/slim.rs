@@ -30,9 +30,16 @@ const METADATA: (&str, Mask) = (
     ]),
 );
 
-pub(super) const NAMESPACE: Mask = Fields(&[METADATA]);
+// The watch code sets these from the resource it watches; kept here too so a
+// slimmed object is complete on its own.
+const API_VERSION: (&str, Mask) = ("apiVersion", All);
+const KIND: (&str, Mask) = ("kind", All);
+
+pub(super) const NAMESPACE: Mask = Fields(&[API_VERSION, KIND, METADATA]);
 
 pub(super) const POD: Mask = Fields(&[
+    API_VERSION,
+    KIND,
     METADATA,
     (
         "spec",
@@ -61,6 +68,8 @@ pub(super) const POD: Mask = Fields(&[
 ]);
 
 pub(super) const SERVICE: Mask = Fields(&[
+    API_VERSION,
+    KIND,
     METADATA,
     (
         "spec",
@@ -83,6 +92,8 @@ pub(super) const SERVICE: Mask = Fields(&[
 ]);
 
 pub(super) const ENDPOINT_SLICE: Mask = Fields(&[
+    API_VERSION,
+    KIND,
     METADATA,
     ("addressType", All),
     (
@@ -99,7 +110,7 @@ pub(super) const ENDPOINT_SLICE: Mask = Fields(&[
 ]);
 
 /// Istio policies are small and the policy engine reads all of their spec.
-pub(super) const POLICY: Mask = Fields(&[METADATA, ("spec", All)]);
+pub(super) const POLICY: Mask = Fields(&[API_VERSION, KIND, METADATA, ("spec", All)]);
 
 /// `value` cut down to `mask`. Arrays apply the mask to each element; a
 /// container whose every element comes out empty is kept (as a list of empty
