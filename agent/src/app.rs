@@ -33,5 +33,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// `ambit-agent capture ...`; filled in by the capture engine.
 pub fn capture(command: CaptureCommand) -> anyhow::Result<()> {
-    anyhow::bail!("{command:?}: capture is not implemented yet")
+    let action = match command {
+        CaptureCommand::Install(_) => "install",
+        CaptureCommand::Uninstall(_) => "uninstall",
+        CaptureCommand::Status(_) => "status",
+    };
+    anyhow::bail!("capture {action}: not implemented yet")
 }

@@ -1,6 +1,7 @@
 //! The `ambit-agent` binary: parse the command line, start logging, dispatch,
 //! and turn the outcome into an exit status.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use ambit_agent::app;
@@ -28,7 +29,8 @@ fn main() -> ExitCode {
 fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(filter)?)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.try_init().map_err(anyhow::Error::from_boxed)?,
         LogFormat::Json => builder
@@ -51,7 +53,6 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "exiting");
-            eprintln!("ambit-agent: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -64,7 +65,7 @@ fn authz_check(args: &CheckArgs) -> ExitCode {
             for warning in &report.warnings {
                 eprintln!("warning: {warning}");
             }
-            println!("{}", report.decision.to_json());
+            println!("{}", report.to_json_line());
             if report.decision.allowed {
                 ExitCode::SUCCESS
             } else {

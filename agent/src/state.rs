@@ -113,6 +113,12 @@ impl StateStore {
         });
     }
 
+    /// Clears a reported failure: the source's input is back to the state
+    /// in force.
+    pub fn clear_failure(&self) {
+        self.status.lock().last_error = None;
+    }
+
     pub fn status(&self) -> SourceStatus {
         self.status.lock().clone()
     }

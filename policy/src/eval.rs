@@ -247,8 +247,8 @@ impl Inner {
         if dst.namespace != &*self.root_namespace {
             apply(own.and_then(|s| s.namespace_wide), None);
         }
-        // Workload policies apply only in their own namespace (a selector in the
-        // root namespace selects root-namespace workloads, not the mesh).
+        // Workload policies apply only in their own namespace (`build` drops
+        // those in the root namespace, as Istio ignores them).
         let workload = own.and_then(|s| {
             s.workload.iter().copied().find(|&i| {
                 self.peer

@@ -182,6 +182,9 @@ impl PolicySetBuilder {
         peer.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
         let mut peer_scopes: HashMap<Box<str>, PeerScope> = HashMap::new();
         for (i, p) in peer.iter().enumerate() {
+            if p.ignored_in(&self.root_namespace) {
+                continue;
+            }
             let idx = PolicyIdx::try_from(i).unwrap_or(PolicyIdx::MAX);
             let scope = peer_scopes.entry(p.namespace.clone()).or_default();
             match p.selector {

@@ -9,6 +9,8 @@
 //! Wire protocols:
 //! - echo: every byte is written back; EOF from the client is answered by EOF.
 //! - sink: reads to EOF, then answers one line `bytes=<n> checksum=<hex>`.
+//! - count: like sink but without the checksum (`checksum=0`), for raw
+//!   throughput measurements where hashing would be the bottleneck.
 //! - peer: answers one line `<ip>:<port>` (the peer it saw) and closes.
 
 pub mod checksum;
@@ -46,6 +48,7 @@ pub enum TrafficError {
 pub enum ServerKind {
     Echo,
     Sink,
+    Count,
     Peer,
 }
 
@@ -141,6 +144,13 @@ fn accept_loop(listener: &TcpListener, kind: ServerKind, served: &Arc<Mutex<Vec<
             // The listener was shut down (or is broken): stop serving.
             Err(_) => return,
         };
+        if kind == ServerKind::Peer {
+            // One short write to a fresh socket never blocks: answering on
+            // the accept thread keeps connection-rate measurements about
+            // TCP, not about thread creation.
+            let _ = handle(stream, peer, kind, served);
+            continue;
+        }
         let served = Arc::clone(served);
         let spawned = std::thread::Builder::new()
             .name(format!("{kind:?}-conn"))
@@ -179,6 +189,11 @@ fn handle(
             record(received);
             writeln!(stream, "{received}")?;
         }
+        ServerKind::Count => {
+            let received = count(&mut stream)?;
+            record(received);
+            writeln!(stream, "{received}")?;
+        }
         ServerKind::Echo => {
             let mut sum = Checksum::new();
             let mut buf = vec![0u8; CHUNK];
@@ -206,6 +221,22 @@ pub fn drain(reader: &mut impl Read) -> io::Result<Transfer> {
         match reader.read(&mut buf) {
             Ok(0) => return Ok(sum.finish()),
             Ok(n) => sum.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads `reader` to EOF, only counting.
+pub fn count(reader: &mut impl Read) -> io::Result<Transfer> {
+    let mut bytes = 0u64;
+    let mut buf = vec![0u8; 4 * CHUNK];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => {
+                return Ok(Transfer { bytes, checksum: 0 });
+            }
+            Ok(n) => bytes += n as u64,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -250,13 +281,17 @@ pub fn send_to_sink(
 ) -> Result<Exchange, TrafficError> {
     let sent = send_pattern(&mut stream, bytes, seed)?;
     stream.shutdown(Shutdown::Write)?;
+    let received = read_report(stream)?;
+    Ok(Exchange { sent, received })
+}
+
+/// Reads the one-line report a sink or count server sends after EOF.
+pub fn read_report(stream: TcpStream) -> Result<Transfer, TrafficError> {
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line)?;
-    let received = line
-        .trim()
+    line.trim()
         .parse()
-        .map_err(|_| TrafficError::Answer(line.clone()))?;
-    Ok(Exchange { sent, received })
+        .map_err(|_| TrafficError::Answer(line.clone()))
 }
 
 /// Sends `bytes` bytes through an echo server while reading them back on

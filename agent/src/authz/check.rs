@@ -3,6 +3,7 @@
 //! same `Snapshot::authorize_from_state` the agent uses.
 
 use ambit_policy::Decision;
+use serde::Serialize;
 
 use crate::cli::CheckArgs;
 use crate::state::source::FileSource;
@@ -41,6 +42,34 @@ pub enum CheckError {
         addr: std::net::IpAddr,
         source: AuthzError,
     },
+}
+
+/// The printed form, fields in the documented order (a `serde_json::Value`
+/// map would sort them).
+#[derive(Serialize)]
+struct Printed<'a> {
+    decision: &'static str,
+    policy: Option<&'a str>,
+    rule: Option<usize>,
+    reason: &'static str,
+    mtls_mode: &'static str,
+}
+
+impl CheckReport {
+    /// `{"decision":..,"policy":..,"rule":..,"reason":..,"mtls_mode":..}` on one line.
+    pub fn to_json_line(&self) -> String {
+        let d = &self.decision;
+        let printed = Printed {
+            decision: if d.allowed { "allow" } else { "deny" },
+            policy: d.policy.as_deref(),
+            rule: d.rule,
+            reason: d.reason.as_str(),
+            mtls_mode: d.mtls_mode.as_str(),
+        };
+        // Serializing plain strings and numbers cannot fail; fall back to the
+        // engine's own (key-sorted) form rather than panic.
+        serde_json::to_string(&printed).unwrap_or_else(|_| d.to_json().to_string())
+    }
 }
 
 /// Loads the state named by `args` and decides the connection.

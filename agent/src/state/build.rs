@@ -16,8 +16,11 @@ use ambit_policy::k8s::{DocumentProblem, documents};
 use ambit_policy::{PolicyError, PolicySet, PolicySetBuilder, is_policy_kind};
 use serde_json::Value;
 
+mod endpoints;
+
 use super::k8s::{self, FieldError, PortRef};
-use super::{Endpoint, Service, ServicePort, Snapshot, TargetPort, Workload};
+use super::{Service, ServicePort, Snapshot, TargetPort, Workload};
+use endpoints::{selected_endpoints, slice_endpoints};
 
 /// Namespace label that enrols a namespace's pods in the mesh.
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
@@ -66,6 +69,8 @@ pub enum LoadError {
         line: usize,
         reason: DocumentProblem,
     },
+    #[error("state loading interrupted: the runtime is shutting down")]
+    Interrupted,
     #[error("{}: no Kubernetes objects found", path.display())]
     Empty { path: PathBuf },
     #[error("{origin}: {object}: {source}")]
@@ -256,7 +261,8 @@ impl SnapshotBuilder {
                 service_account: pod.service_account.clone(),
                 node,
                 ips: pod.ips.clone(),
-                enrolled: is_enrolled(ns_labels, &pod.meta.labels),
+                // A pod with an injected sidecar is served by it, not by the node agent.
+                enrolled: !pod.has_sidecar && is_enrolled(ns_labels, &pod.meta.labels),
                 labels: pod.meta.labels.clone(),
             });
         }
@@ -319,67 +325,22 @@ impl SnapshotBuilder {
     }
 }
 
-/// Istio ambient's rule: the namespace opts in, a pod may opt out.
+/// Istio ambient's rule: a namespace opts its pods in, a pod may opt out with
+/// `none`, or opt in by itself with `ambient`.
 pub fn is_enrolled(
     namespace_labels: &BTreeMap<String, String>,
     pod_labels: &BTreeMap<String, String>,
 ) -> bool {
-    namespace_labels
-        .get(DATAPLANE_MODE_LABEL)
-        .map(String::as_str)
-        == Some(MODE_AMBIENT)
-        && pod_labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) != Some(MODE_NONE)
-}
-
-fn slice_endpoints(slices: &[&k8s::EndpointSlice]) -> Vec<Endpoint> {
-    slices
-        .iter()
-        .flat_map(|slice| {
-            slice.endpoints.iter().flat_map(move |ep| {
-                ep.ips.iter().map(move |ip| Endpoint {
-                    ip: *ip,
-                    ready: ep.ready,
-                    ports: slice.ports.clone(),
-                })
-            })
-        })
-        .collect()
-}
-
-fn selected_endpoints(
-    pods: &[&k8s::Pod],
-    selector: &BTreeMap<String, String>,
-    ports: &[k8s::ServiceSpecPort],
-) -> Vec<Endpoint> {
-    // An empty selector selects nothing for Services (unlike label queries).
-    if selector.is_empty() {
-        return Vec::new();
+    match pod_labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) {
+        Some(MODE_NONE) => false,
+        Some(MODE_AMBIENT) => true,
+        _ => {
+            namespace_labels
+                .get(DATAPLANE_MODE_LABEL)
+                .map(String::as_str)
+                == Some(MODE_AMBIENT)
+        }
     }
-    let selected = pods.iter().filter(|pod| {
-        selector
-            .iter()
-            .all(|(k, v)| pod.meta.labels.get(k) == Some(v))
-    });
-    selected
-        .flat_map(|pod| {
-            let ports: Vec<(Option<String>, u16)> = ports
-                .iter()
-                .filter_map(|p| {
-                    let number = match &p.target {
-                        PortRef::Number(n) => *n,
-                        PortRef::Name(name) => pod.named_ports.iter().find(|(n, _)| n == name)?.1,
-                    };
-                    // Keyed by the Service port's name, as EndpointSlices are.
-                    Some((p.name.clone(), number))
-                })
-                .collect();
-            pod.ips.iter().map(move |ip| Endpoint {
-                ip: *ip,
-                ready: true,
-                ports: ports.clone(),
-            })
-        })
-        .collect()
 }
 
 fn describe(kind: &str, value: &Value) -> String {

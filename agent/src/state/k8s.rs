@@ -49,6 +49,8 @@ pub struct Pod {
     pub node: Option<String>,
     pub service_account: String,
     pub host_network: bool,
+    /// Istio injected a sidecar (the `sidecar.istio.io/status` annotation).
+    pub has_sidecar: bool,
     /// `status.phase`; hand-written state may leave it out.
     pub phase: Option<String>,
     pub ips: Vec<IpAddr>,
@@ -95,6 +97,8 @@ pub struct EndpointSlice {
 
 /// The label an EndpointSlice names its Service with.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Set by Istio's sidecar injector on pods that carry a sidecar proxy.
+const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
 
 // === field access ===
 
@@ -236,6 +240,12 @@ pub fn pod(v: &Value) -> Result<Pod, FieldError> {
             .unwrap_or("default")
             .to_owned(),
         host_network: opt_bool(v, "spec.hostNetwork")?.unwrap_or(false),
+        // Annotation keys hold dots, so no dotted path here.
+        has_sidecar: v
+            .get("metadata")
+            .and_then(|m| m.get("annotations"))
+            .and_then(|a| a.get(SIDECAR_STATUS_ANNOTATION))
+            .is_some(),
         phase: opt_str(v, "status.phase")?.map(str::to_owned),
         ips,
         named_ports,

@@ -1,5 +1,6 @@
 //! Parsing, validation, enrolment and lookups of the state, from YAML text.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
@@ -175,6 +176,43 @@ fn enrolment_follows_namespace_and_pod_labels() {
     let remote: Vec<_> = s.local_enrolled("node-b").map(|w| w.name.clone()).collect();
     assert_eq!(remote, vec!["web-1"]);
     assert_eq!(s.local_enrolled("node-z").count(), 0);
+}
+
+#[test]
+fn enrolment_table() {
+    let labels = |mode: Option<&str>| -> BTreeMap<String, String> {
+        mode.map(|m| (DATAPLANE_MODE_LABEL.to_owned(), m.to_owned()))
+            .into_iter()
+            .collect()
+    };
+    // (namespace label, pod label, enrolled)
+    let cases = [
+        (Some("ambient"), None, true),
+        (Some("ambient"), Some("none"), false),
+        (Some("ambient"), Some("ambient"), true),
+        (None, None, false),
+        (None, Some("ambient"), true),
+        (Some("none"), Some("ambient"), true),
+        (Some("sidecar"), None, false),
+        (Some("Ambient"), None, false),
+    ];
+    for (ns, pod, want) in cases {
+        assert_eq!(
+            is_enrolled(&labels(ns), &labels(pod)),
+            want,
+            "{ns:?} {pod:?}"
+        );
+    }
+}
+
+#[test]
+fn pods_with_a_sidecar_are_not_enrolled() {
+    let text = "kind: Namespace\nmetadata: {name: a, labels: {istio.io/dataplane-mode: ambient}}\n---\n\
+        kind: Pod\nmetadata:\n  name: p\n  namespace: a\n  annotations: {sidecar.istio.io/status: '{}'}\n\
+        spec: {nodeName: n}\nstatus: {podIP: 10.0.0.1}\n";
+    let s = load(&[("a.yaml", text)]).unwrap();
+    assert!(!s.workload_by_ip(ip("10.0.0.1")).unwrap().enrolled);
+    assert_eq!(s.local_enrolled("n").count(), 0);
 }
 
 #[test]
@@ -395,4 +433,56 @@ fn store_replaces_atomically_and_tracks_status() {
     let now = store.current();
     assert!(now.workload_by_ip(ip("10.2.0.1")).is_none());
     assert!(now.workload_by_ip(ip("10.1.0.10")).is_some());
+}
+
+fn versioned(version: &str, subnet: u8) -> String {
+    let mut text = String::from("kind: Namespace\nmetadata: {name: a}\n");
+    for i in 1..=20 {
+        text.push_str(&format!(
+            "---\nkind: Pod\nmetadata: {{name: p{i}, namespace: a, labels: {{version: {version}}}}}\n\
+             spec: {{nodeName: n}}\nstatus: {{podIP: 10.0.{subnet}.{i}}}\n"
+        ));
+    }
+    text
+}
+
+#[test]
+fn concurrent_readers_see_one_whole_snapshot_or_the_other() {
+    let (v1, v2) = (versioned("v1", 1), versioned("v2", 2));
+    let store = StateStore::new(load(&[("s.yaml", &v1)]).unwrap());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let s = store.current();
+                    let versions: std::collections::BTreeSet<&str> = s
+                        .workloads()
+                        .map(|w| w.labels["version"].as_str())
+                        .collect();
+                    assert_eq!(versions.len(), 1, "mixed snapshot: {versions:?}");
+                    let subnet = if versions.contains("v1") { 1 } else { 2 };
+                    for i in 1..=20 {
+                        assert!(
+                            s.workload_by_ip(ip(&format!("10.0.{subnet}.{i}")))
+                                .is_some()
+                        );
+                    }
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for round in 0..200 {
+        let text = if round % 2 == 0 { &v2 } else { &v1 };
+        store.replace(load(&[("s.yaml", text)]).unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        assert!(reader.join().unwrap() > 0);
+    }
+    assert_eq!(store.status().generation, 200);
 }

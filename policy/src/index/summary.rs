@@ -57,7 +57,13 @@ impl Inner {
                 "selector": selector_json(p.selector.as_ref()),
                 "mode": p.mode.map_or("UNSET", |m| m.as_str()),
                 "port_level_mtls": ports,
-                "status": if p.invalid { "invalid (applied as STRICT)" } else { "active" },
+                "status": if p.ignored_in(&self.root_namespace) {
+                    "ignored: workload selector in the root namespace"
+                } else if p.invalid {
+                    "invalid (applied as STRICT)"
+                } else {
+                    "active"
+                },
             }));
         }
         json!({

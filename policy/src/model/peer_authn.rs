@@ -57,6 +57,12 @@ impl PeerAuthn {
         )
     }
 
+    /// Istio ignores PeerAuthentications with a workload selector in the root
+    /// namespace (mesh-wide policy is selector-less by definition).
+    pub(crate) fn ignored_in(&self, root_namespace: &str) -> bool {
+        self.selector.is_some() && &*self.namespace == root_namespace
+    }
+
     /// The mode this policy sets for `port`, or `None` to inherit.
     pub(crate) fn mode_for(&self, port: u16) -> Option<MtlsMode> {
         self.port_modes

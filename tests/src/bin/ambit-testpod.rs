@@ -1,7 +1,7 @@
 //! ambit-testpod: the harness's test servers and clients as a separate
 //! process, to run inside a pod namespace (`Netns::spawn`).
 //!
-//! `echo`, `sink` and `peer` serve until killed and print one line per
+//! `echo`, `sink`, `count` and `peer` serve until killed and print one line per
 //! handled connection (`peer=<addr> bytes=<n> checksum=<hex>`); `send` sends
 //! a pattern to a sink, prints what was sent and what the sink received,
 //! and exits non-zero if they differ.
@@ -26,6 +26,8 @@ enum Cmd {
     Echo(Listen),
     /// Count and checksum everything received, answer the totals at EOF.
     Sink(Listen),
+    /// Like sink, without the checksum (raw throughput).
+    Count(Listen),
     /// Answer the client address this server saw.
     Peer(Listen),
     /// Send a byte pattern to a sink and compare its report.
@@ -56,6 +58,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Echo(l) => serve(l, ServerKind::Echo),
         Cmd::Sink(l) => serve(l, ServerKind::Sink),
+        Cmd::Count(l) => serve(l, ServerKind::Count),
         Cmd::Peer(l) => serve(l, ServerKind::Peer),
         Cmd::Send(s) => send(s),
     }

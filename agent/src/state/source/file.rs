@@ -52,6 +52,12 @@ impl Drop for FileWatch {
     }
 }
 
+/// What a re-read found, by input fingerprint.
+enum Reread {
+    Unchanged(u64),
+    Changed(u64, Box<Result<Snapshot, LoadError>>),
+}
+
 /// The files of one read, in load order.
 struct Input {
     root: PathBuf,
@@ -95,6 +101,9 @@ impl FileSource {
     /// Loads the state into `store`, failing if that first load fails, then
     /// watches for edits until the returned `FileWatch` is dropped.
     pub async fn start(self, store: StateStore) -> Result<FileWatch, LoadError> {
+        // Watch before the first read, so an edit racing it is not missed.
+        let wake = Arc::new(Notify::new());
+        let watcher = self.watch_events(wake.clone());
         let this = self.clone();
         let first = tokio::task::spawn_blocking(move || {
             let input = read_input(&this.path)?;
@@ -102,15 +111,13 @@ impl FileSource {
             Ok::<_, LoadError>((fingerprint(&input), snapshot))
         })
         .await;
-        let (seen, snapshot) = match first {
+        let (applied, snapshot) = match first {
             Ok(result) => result?,
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(_) => return Err(LoadError::Interrupted),
         };
         self.publish(&store, snapshot);
-
-        let wake = Arc::new(Notify::new());
-        let watcher = self.watch_events(wake.clone());
-        let task = tokio::spawn(self.follow(store, seen, wake, watcher));
+        let task = tokio::spawn(self.follow(store, applied, wake, watcher));
         Ok(FileWatch { task })
     }
 
@@ -160,7 +167,7 @@ impl FileSource {
     async fn follow(
         self,
         store: StateStore,
-        mut seen: u64,
+        applied: u64,
         wake: Arc<Notify>,
         watcher: Option<RecommendedWatcher>,
     ) {
@@ -170,6 +177,9 @@ impl FileSource {
             self.poll
         };
         let _watcher = watcher;
+        // Fingerprints of the input in force and of the last one tried: a
+        // rejected input is not rebuilt until it changes again.
+        let (mut applied, mut tried) = (applied, applied);
         let mut last_error = None;
         loop {
             tokio::select! {
@@ -180,19 +190,32 @@ impl FileSource {
             let attempt = tokio::task::spawn_blocking(move || {
                 let input = read_input(&this.path)?;
                 let print = fingerprint(&input);
-                if print == seen {
-                    return Ok(None);
+                if print == applied || print == tried {
+                    return Ok(Reread::Unchanged(print));
                 }
-                let built = build(&input, &this.options);
-                Ok(Some((print, built)))
+                Ok(Reread::Changed(
+                    print,
+                    Box::new(build(&input, &this.options)),
+                ))
             })
             .await;
             let outcome = match attempt {
-                Ok(Ok(None)) => continue,
-                Ok(Ok(Some((print, built)))) => {
-                    // A rejected input is not retried until it changes again.
-                    seen = print;
-                    built
+                Ok(Ok(Reread::Unchanged(print))) => {
+                    // Back to the input in force (a bad edit undone, a
+                    // deleted file restored): nothing to apply, nothing wrong.
+                    if print == applied && last_error.take().is_some() {
+                        tried = applied;
+                        store.clear_failure();
+                        tracing::info!(path = %self.path.display(), "state input matches the applied state again");
+                    }
+                    continue;
+                }
+                Ok(Ok(Reread::Changed(print, built))) => {
+                    tried = print;
+                    if built.is_ok() {
+                        applied = print;
+                    }
+                    *built
                 }
                 Ok(Err(read_error)) => Err(read_error),
                 Err(join) => {

@@ -51,6 +51,17 @@ async fn wait_for_error(store: &StateStore) -> String {
     }
 }
 
+async fn wait_for_ok(store: &StateStore) {
+    let start = Instant::now();
+    while !store.status().is_ok() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "error not cleared within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn first_load_failure_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,6 +148,30 @@ async fn deleting_the_file_keeps_the_last_good_state() {
         "{message}"
     );
     assert!(store.current().workload_by_ip(ip("10.0.0.1")).is_some());
+
+    // Restoring the same content clears the error without a new generation.
+    std::fs::write(&path, state("ambient", "10.0.0.1")).unwrap();
+    wait_for_ok(&store).await;
+    assert_eq!(store.current().generation(), 1);
+}
+
+#[tokio::test]
+async fn undoing_a_bad_edit_clears_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.yaml");
+    let good = state("ambient", "10.0.0.1");
+    std::fs::write(&path, &good).unwrap();
+    let store = StateStore::new(Snapshot::default());
+    let _watch = FileSource::new(&path, LoadOptions::default())
+        .start(store.clone())
+        .await
+        .unwrap();
+    replace_by_rename(&path, "kind: Pod\nmetadata: {name: [\n");
+    let message = wait_for_error(&store).await;
+    assert!(message.contains("invalid YAML"), "{message}");
+    replace_by_rename(&path, &good);
+    wait_for_ok(&store).await;
+    assert_eq!(store.current().generation(), 1);
 }
 
 #[tokio::test]

@@ -1,0 +1,411 @@
+//! The HBONE server (port 15008): mutual TLS as the dialled local workload,
+//! HTTP/2, and one CONNECT stream per tunnelled connection.
+//!
+//! The server owns the protocol: TLS and HTTP/2 settings, parsing `:authority`,
+//! `forwarded` and `baggage`, refusing a target that is not the dialled pod, the
+//! status codes, and copying bytes. Everything that is policy or sockets — which
+//! certificate a pod has, whether the peer may connect, dialling the pod — is the
+//! caller's [`InboundHandler`]. A connection that fails (garbage, no or foreign
+//! certificate, a stalled handshake) only ever ends its own task.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_ca::SpiffeId;
+use bytes::Bytes;
+use h2::server::SendResponse;
+use http::{Method, Request, Response, StatusCode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::headers::{BAGGAGE, Baggage, FORWARDED, ForwardedFor};
+use super::stream::{H2Stream, Transfer, copy_bidirectional};
+use super::tls::{ALPN_H2, TlsConfigError, TlsConfigs, peer_identity};
+use super::{H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW};
+use crate::identity::WorkloadCertificate;
+
+/// Streams a client may open at once on one connection. Clients pool at most 100;
+/// advertising more leaves room for peers that count differently.
+pub const SERVER_MAX_CONCURRENT_STREAMS: u32 = 200;
+/// CONNECT requests carry a handful of short headers.
+const MAX_HEADER_LIST: u32 = 64 * 1024;
+
+/// A well-formed CONNECT from an authenticated peer, for the handler to decide on.
+#[derive(Clone, Debug)]
+pub struct InboundRequest {
+    /// The client's workload identity, proven by its certificate.
+    pub peer: SpiffeId,
+    /// The TCP source of the tunnel (the peer's node or pod address).
+    pub peer_addr: SocketAddr,
+    /// The local address the tunnel was accepted on: `<local pod ip>:15008`.
+    pub dialled: SocketAddr,
+    /// The identity this server presented (the dialled pod's).
+    pub local_identity: SpiffeId,
+    /// `:authority`: the pod address and port to connect to. Its IP is the dialled pod's.
+    pub target: SocketAddr,
+    /// The original client, from `forwarded: for=...`.
+    pub forwarded_for: Option<ForwardedFor>,
+    pub baggage: Option<Baggage>,
+}
+
+/// Why a CONNECT is refused; the one place that maps it to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The client sent something that is not an HBONE CONNECT.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// The target is not the pod that was dialled (or not a port it serves).
+    #[error("target {target} is not served at {dialled}")]
+    WrongTarget {
+        target: SocketAddr,
+        dialled: SocketAddr,
+    },
+    /// Authorization policy denied the peer.
+    #[error("denied: {reason}")]
+    Denied { reason: String },
+    /// The pod could not be reached.
+    #[error("pod unreachable: {0}")]
+    Unreachable(#[source] std::io::Error),
+}
+
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Malformed(_) | Refusal::WrongTarget { .. } => StatusCode::BAD_REQUEST,
+            Refusal::Denied { .. } => StatusCode::UNAUTHORIZED,
+            Refusal::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// An admitted connection: the dialled pod socket, the caller's per-connection
+/// state (metrics guard, log record), and optionally a token that closes the
+/// tunnel early (e.g. a policy change no longer allows it).
+pub struct Upstream<C> {
+    pub stream: TcpStream,
+    pub connection: C,
+    pub close: Option<CancellationToken>,
+}
+
+/// What the proxy implements to sit behind the HBONE server.
+pub trait InboundHandler: Send + Sync + 'static {
+    type Connection: Send + 'static;
+
+    /// The certificate of the local workload at `dialled`; `None` refuses the TLS handshake.
+    fn server_certificate(
+        &self,
+        dialled: IpAddr,
+    ) -> impl Future<Output = Option<Arc<WorkloadCertificate>>> + Send;
+
+    /// Authorize and dial. Called only for CONNECTs whose target IP is the dialled pod.
+    fn handle(
+        &self,
+        request: &InboundRequest,
+    ) -> impl Future<Output = Result<Upstream<Self::Connection>, Refusal>> + Send;
+
+    /// A request was refused, by the server or by `handle`.
+    fn refused(&self, request: &InboundRequest, refusal: &Refusal) {
+        let _ = (request, refusal);
+    }
+
+    /// The tunnel ended; `transfer.forward` counts bytes client→pod.
+    fn closed(&self, request: InboundRequest, connection: Self::Connection, transfer: Transfer);
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    /// A connection must finish TLS and the HTTP/2 preface within this time.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("no certificate for local address {0}")]
+    NoCertificate(IpAddr),
+    #[error(transparent)]
+    Config(#[from] TlsConfigError),
+    #[error("TLS handshake: {0}")]
+    Tls(#[source] std::io::Error),
+    #[error("peer did not negotiate ALPN h2")]
+    NoH2,
+    #[error("peer identity: {0}")]
+    PeerIdentity(#[from] super::tls::IdentityError),
+    #[error("HTTP/2: {0}")]
+    Http2(#[from] h2::Error),
+    #[error("handshake did not finish within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The HBONE server; cheap to clone, one clone per accepted connection.
+pub struct Server<H> {
+    tls: Arc<TlsConfigs>,
+    handler: Arc<H>,
+    settings: ServerSettings,
+}
+
+impl<H> Clone for Server<H> {
+    fn clone(&self) -> Self {
+        Self {
+            tls: self.tls.clone(),
+            handler: self.handler.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+/// Facts about one accepted TLS connection, shared by its streams.
+struct Peer {
+    identity: SpiffeId,
+    addr: SocketAddr,
+    dialled: SocketAddr,
+    local_identity: SpiffeId,
+}
+
+impl<H: InboundHandler> Server<H> {
+    pub fn new(tls: Arc<TlsConfigs>, handler: Arc<H>, settings: ServerSettings) -> Self {
+        Self {
+            tls,
+            handler,
+            settings,
+        }
+    }
+
+    /// Accepts until `shutdown`, each connection on its own task. Open connections
+    /// get a GOAWAY on shutdown and finish their streams.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = shutdown.cancelled() => return,
+            };
+            match accepted {
+                Ok((tcp, _)) => {
+                    let server = self.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        let _ = server.serve_connection(tcp, shutdown).await;
+                    });
+                }
+                Err(error) => {
+                    // Out of descriptors and similar: back off instead of spinning.
+                    warn!(%error, "hbone accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Serves one accepted TCP connection to the end; the local address must be
+    /// the dialled pod's (the proxy's transparent listener gives exactly that).
+    pub async fn serve_connection(
+        self,
+        tcp: TcpStream,
+        shutdown: CancellationToken,
+    ) -> Result<(), ServerError> {
+        let dialled = tcp.local_addr()?;
+        let peer_addr = tcp.peer_addr()?;
+        let span = info_span!("hbone_inbound", %peer_addr, %dialled, peer = tracing::field::Empty);
+        let result = self
+            .run_connection(tcp, dialled, peer_addr, shutdown)
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = &result {
+            span.in_scope(|| debug!(%error, "hbone connection ended"));
+        }
+        result
+    }
+
+    async fn run_connection(
+        self,
+        tcp: TcpStream,
+        dialled: SocketAddr,
+        peer_addr: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Result<(), ServerError> {
+        let _ = tcp.set_nodelay(true);
+        let timeout = self.settings.handshake_timeout;
+        let handshake = async {
+            let cert = self
+                .handler
+                .server_certificate(dialled.ip())
+                .await
+                .ok_or(ServerError::NoCertificate(dialled.ip()))?;
+            let config = self.tls.server_config(&cert)?;
+            let tls = TlsAcceptor::from(config)
+                .accept(tcp)
+                .await
+                .map_err(ServerError::Tls)?;
+            let (_, conn) = tls.get_ref();
+            if conn.alpn_protocol() != Some(ALPN_H2) {
+                return Err(ServerError::NoH2);
+            }
+            let identity = peer_identity(conn)?;
+            let h2 = h2::server::Builder::new()
+                .initial_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .max_frame_size(H2_MAX_FRAME)
+                .max_concurrent_streams(SERVER_MAX_CONCURRENT_STREAMS)
+                .max_header_list_size(MAX_HEADER_LIST)
+                .max_send_buffer_size(H2_STREAM_WINDOW as usize)
+                .handshake::<_, Bytes>(tls)
+                .await?;
+            Ok::<_, ServerError>((h2, identity, cert.identity.clone()))
+        };
+        let (mut h2, identity, local_identity) =
+            tokio::time::timeout(timeout, handshake)
+                .await
+                .map_err(|_| ServerError::HandshakeTimeout(timeout))??;
+        tracing::Span::current().record("peer", tracing::field::display(&identity));
+        let peer = Arc::new(Peer {
+            identity,
+            addr: peer_addr,
+            dialled,
+            local_identity,
+        });
+
+        let mut draining = false;
+        loop {
+            let next = tokio::select! {
+                next = h2.accept() => next,
+                () = shutdown.cancelled(), if !draining => {
+                    h2.graceful_shutdown();
+                    draining = true;
+                    continue;
+                }
+            };
+            let Some(next) = next else { return Ok(()) };
+            let (request, respond) = next?;
+            let server = self.clone();
+            let peer = peer.clone();
+            tokio::spawn(
+                async move { server.serve_stream(&peer, request, respond).await }.in_current_span(),
+            );
+        }
+    }
+
+    async fn serve_stream(
+        &self,
+        peer: &Peer,
+        request: Request<h2::RecvStream>,
+        mut respond: SendResponse<Bytes>,
+    ) {
+        let parsed = match parse_connect(peer, &request) {
+            Ok(parsed) => parsed,
+            Err(refusal) => {
+                debug!(%refusal, "hbone request refused");
+                let _ = respond.send_response(status_only(refusal.status()), true);
+                return;
+            }
+        };
+        if parsed.target.ip() != peer.dialled.ip() {
+            let refusal = Refusal::WrongTarget {
+                target: parsed.target,
+                dialled: peer.dialled,
+            };
+            return self.refuse(&parsed, refusal, respond);
+        }
+        let upstream = match self.handler.handle(&parsed).await {
+            Ok(upstream) => upstream,
+            Err(refusal) => return self.refuse(&parsed, refusal, respond),
+        };
+        let send = match respond.send_response(status_only(StatusCode::OK), false) {
+            Ok(send) => send,
+            Err(error) => {
+                debug!(%error, "client went away before the tunnel opened");
+                let transfer = Transfer {
+                    forward: 0,
+                    backward: 0,
+                    result: Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        error,
+                    )),
+                };
+                return self.handler.closed(parsed, upstream.connection, transfer);
+            }
+        };
+        let Upstream {
+            mut stream,
+            connection,
+            close,
+        } = upstream;
+        let _ = stream.set_nodelay(true);
+        let (_, recv) = request.into_parts();
+        let (tunnel_read, tunnel_write) = H2Stream::new(send, recv, None).into_split();
+        let stop = async move {
+            match close {
+                Some(token) => token.cancelled_owned().await,
+                None => std::future::pending().await,
+            }
+        };
+        let transfer = copy_bidirectional((tunnel_read, tunnel_write), stream.split(), stop).await;
+        debug!(
+            target = %parsed.target,
+            sent = transfer.backward,
+            received = transfer.forward,
+            "hbone tunnel closed"
+        );
+        self.handler.closed(parsed, connection, transfer);
+    }
+
+    fn refuse(&self, request: &InboundRequest, refusal: Refusal, mut respond: SendResponse<Bytes>) {
+        debug!(target = %request.target, %refusal, status = refusal.status().as_u16(), "hbone request refused");
+        let _ = respond.send_response(status_only(refusal.status()), true);
+        self.handler.refused(request, &refusal);
+    }
+}
+
+fn status_only(status: StatusCode) -> Response<()> {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    response
+}
+
+/// Reads the CONNECT's target and headers; anything not HBONE-shaped is `Malformed`.
+fn parse_connect(
+    peer: &Peer,
+    request: &Request<h2::RecvStream>,
+) -> Result<InboundRequest, Refusal> {
+    if request.method() != Method::CONNECT {
+        return Err(Refusal::Malformed(format!("method {}", request.method())));
+    }
+    let authority = request
+        .uri()
+        .authority()
+        .ok_or_else(|| Refusal::Malformed("no :authority".into()))?;
+    let target: SocketAddr = authority
+        .as_str()
+        .parse()
+        .map_err(|_| Refusal::Malformed(format!(":authority {authority} is not ip:port")))?;
+    let forwarded_for = match request.headers().get(FORWARDED) {
+        Some(value) => ForwardedFor::parse(value).map_err(|e| Refusal::Malformed(e.to_string()))?,
+        None => None,
+    };
+    // Baggage is telemetry only: a bad one is dropped, not refused.
+    let baggage = request
+        .headers()
+        .get(BAGGAGE)
+        .and_then(|value| Baggage::parse(value).ok());
+    Ok(InboundRequest {
+        peer: peer.identity.clone(),
+        peer_addr: peer.addr,
+        dialled: peer.dialled,
+        local_identity: peer.local_identity.clone(),
+        target,
+        forwarded_for,
+        baggage,
+    })
+}

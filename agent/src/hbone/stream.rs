@@ -1,0 +1,273 @@
+//! One tunnelled TCP connection as bytes: an HTTP/2 CONNECT stream exposed as
+//! `AsyncRead + AsyncWrite`, and the two-way copy between it and a socket.
+//!
+//! TCP semantics map onto the stream as RFC 9113 §8.5 describes: our write
+//! shutdown sends END_STREAM, the peer's END_STREAM reads as EOF, and a reset
+//! stream (RST_STREAM other than NO_ERROR) reads and writes as a reset connection.
+//! Flow-control credit is returned only once the bytes have been handed to the
+//! reader, so a slow consumer slows the sender down instead of growing buffers.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use h2::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Something held for as long as either half of a stream lives (the client uses
+/// it to count a connection's open streams).
+pub(crate) type StreamGuard = Arc<dyn Send + Sync>;
+
+/// A CONNECT stream carrying one tunnelled connection.
+pub struct H2Stream {
+    reader: H2Reader,
+    writer: H2Writer,
+}
+
+/// The receiving half: DATA frames from the peer, EOF at END_STREAM.
+pub struct H2Reader {
+    recv: RecvStream,
+    pending: Bytes,
+    _guard: Option<StreamGuard>,
+}
+
+/// The sending half: DATA frames to the peer, END_STREAM on shutdown.
+pub struct H2Writer {
+    send: SendStream<Bytes>,
+    ended: bool,
+    _guard: Option<StreamGuard>,
+}
+
+impl std::fmt::Debug for H2Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Stream")
+            .field("stream_id", &self.writer.send.stream_id().as_u32())
+            .finish_non_exhaustive()
+    }
+}
+
+impl H2Stream {
+    pub(crate) fn new(
+        send: SendStream<Bytes>,
+        recv: RecvStream,
+        guard: Option<StreamGuard>,
+    ) -> Self {
+        Self {
+            reader: H2Reader {
+                recv,
+                pending: Bytes::new(),
+                _guard: guard.clone(),
+            },
+            writer: H2Writer {
+                send,
+                ended: false,
+                _guard: guard,
+            },
+        }
+    }
+
+    /// A stream from its h2 halves, for callers driving h2 themselves.
+    pub fn from_parts(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self::new(send, recv, None)
+    }
+
+    /// Splits into halves that can be driven from different tasks, without locking.
+    pub fn into_split(self) -> (H2Reader, H2Writer) {
+        (self.reader, self.writer)
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.reader).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.writer).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.writer).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.writer).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for H2Reader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.pending.is_empty() {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => self.pending = data,
+                Some(Err(e)) => return Poll::Ready(read_error(e)),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = self.pending.len().min(buf.remaining());
+        buf.put_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        // Credit goes back only for bytes the reader took.
+        let _ = self.recv.flow_control().release_capacity(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Writer {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if self.ended {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        self.send.reserve_capacity(buf.len());
+        let granted = match ready!(self.send.poll_capacity(cx)) {
+            Some(Ok(n)) => n,
+            // The stream closed or was reset; the reset reason says which.
+            Some(Err(_)) | None => return self.poll_reset_error(cx),
+        };
+        let n = granted.min(buf.len());
+        match self
+            .send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+        {
+            Ok(()) => Poll::Ready(Ok(n)),
+            Err(_) => self.poll_reset_error(cx),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The connection task writes frames out as soon as they are queued.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.ended {
+            return Poll::Ready(Ok(()));
+        }
+        self.ended = true;
+        match self.send.send_data(Bytes::new(), true) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(_) => self.poll_reset_error(cx),
+        }
+    }
+}
+
+impl H2Writer {
+    fn poll_reset_error<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let err = match ready!(self.send.poll_reset(cx)) {
+            Ok(reason) => io::Error::new(io::ErrorKind::ConnectionReset, h2::Error::from(reason)),
+            Err(e) => h2_to_io(e),
+        };
+        Poll::Ready(Err(err))
+    }
+}
+
+fn read_error(e: h2::Error) -> io::Result<()> {
+    // A peer that resets with NO_ERROR after sending everything ended cleanly.
+    if e.reason() == Some(h2::Reason::NO_ERROR) && e.is_remote() {
+        return Ok(());
+    }
+    Err(h2_to_io(e))
+}
+
+fn h2_to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::ErrorKind::ConnectionReset.into());
+    }
+    io::Error::new(io::ErrorKind::ConnectionReset, e)
+}
+
+/// What a two-way copy moved, and how it ended.
+#[derive(Debug)]
+pub struct Transfer {
+    /// Bytes read from the first endpoint and written to the second.
+    pub forward: u64,
+    /// Bytes read from the second endpoint and written to the first.
+    pub backward: u64,
+    /// The first error either direction met; `Ok` when both ended with EOF.
+    pub result: io::Result<()>,
+}
+
+/// Buffer sizing: small first so 10k idle connections stay cheap, growing while
+/// reads keep filling the buffer (bulk transfers).
+const INITIAL_BUFFER: usize = 8 * 1024;
+const MAX_BUFFER: usize = 256 * 1024;
+
+/// Copies both ways until both directions reached EOF (each EOF is passed on as
+/// a write shutdown, so half-closed connections keep working), either failed
+/// (which ends both), or `stop` completes (`ConnectionAborted`). Counts are exact
+/// however it ends.
+pub async fn copy_bidirectional<R1, W1, R2, W2>(
+    first: (R1, W1),
+    second: (R2, W2),
+    stop: impl Future<Output = ()>,
+) -> Transfer
+where
+    R1: AsyncRead + Unpin,
+    W1: AsyncWrite + Unpin,
+    R2: AsyncRead + Unpin,
+    W2: AsyncWrite + Unpin,
+{
+    let (mut r1, mut w1) = first;
+    let (mut r2, mut w2) = second;
+    let mut forward = 0;
+    let mut backward = 0;
+    let copy = futures::future::try_join(
+        copy_one_way(&mut r1, &mut w2, &mut forward),
+        copy_one_way(&mut r2, &mut w1, &mut backward),
+    );
+    let result = tokio::select! {
+        result = copy => result.map(|_| ()),
+        () = stop => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "tunnel closed by caller")),
+    };
+    Transfer {
+        forward,
+        backward,
+        result,
+    }
+}
+
+async fn copy_one_way<R, W>(reader: &mut R, writer: &mut W, copied: &mut u64) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; INITIAL_BUFFER];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            writer.shutdown().await?;
+            return Ok(());
+        }
+        writer.write_all(&buf[..n]).await?;
+        *copied += n as u64;
+        if n == buf.len() && buf.len() < MAX_BUFFER {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+}
