@@ -3,10 +3,31 @@
 //! HBONE mTLS tunnels and enforces L4 authorization.
 //!
 //! Layout:
+//! - `cli`: the command line (`run`, `authz check`, `capture`).
+//! - `app`: the composition root behind `run`.
 //! - `state`: cluster snapshots (workloads, services, policies) and their sources.
+//! - `authz`: L4 authorization of connections against the snapshot's policies.
 //! - `identity`: workload keys and certificates, the trust bundle.
 //! - `hbone`: the mTLS HTTP/2 CONNECT tunnels between agents.
+//! - `metrics`: Istio's TCP metrics and Ambit's own; the per-connection record.
+//! - `admin`: the metrics (15020), readiness (15021) and admin (15000) servers.
+//! - `readiness`, `drain`: start-up gating and two-phase shutdown.
+//! - `telemetry`: the tracing subscriber and its runtime-reloadable filter.
+//! - `capture`: the iptables TPROXY rules steering enrolled pods' traffic here.
+//! - `socket`: the socket factory (marks, transparency, original destination).
+//! - `proxy`: the outbound and inbound plaintext listeners and byte copying.
 
+pub mod admin;
+pub mod app;
+pub mod authz;
+pub mod capture;
+pub mod cli;
+pub mod drain;
 pub mod hbone;
 pub mod identity;
+pub mod metrics;
+pub mod proxy;
+pub mod readiness;
+pub mod socket;
 pub mod state;
+pub mod telemetry;

@@ -2,17 +2,35 @@
 //! policies, as immutable snapshots swapped atomically.
 //!
 //! Sources (the file watcher, later the Kubernetes watchers) build a complete
-//! `Snapshot` and hand it to the `StateStore`; the data path reads the current
-//! snapshot and never sees a half-applied change.
+//! `Snapshot` with a `SnapshotBuilder` and hand it to the `StateStore`; the data
+//! path reads the current snapshot and never sees a half-applied change. A
+//! source that fails to build one reports it with `StateStore::report_failure`
+//! and the previous snapshot stays in force.
+//!
+//! - `k8s`: decoding the Kubernetes objects the state is made of.
+//! - `build`: validation and indexing into a `Snapshot`.
+//! - `source`: where snapshots come from (`source::file`).
 
+mod build;
+mod k8s;
 mod service;
 mod snapshot;
+pub mod source;
 mod workload;
 
-use std::sync::Arc;
+#[cfg(test)]
+mod tests;
 
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
+pub use build::{
+    DATAPLANE_MODE_LABEL, LoadError, LoadOptions, Origin, PolicyIssue, SnapshotBuilder, is_enrolled,
+};
+pub use k8s::FieldError;
 pub use service::{Endpoint, Service, ServicePort, ServiceTarget, TargetPort};
 pub use snapshot::Snapshot;
 pub use workload::Workload;
@@ -21,13 +39,42 @@ pub use workload::Workload;
 #[derive(Clone, Debug)]
 pub struct StateStore {
     tx: Arc<watch::Sender<Arc<Snapshot>>>,
+    status: Arc<Mutex<SourceStatus>>,
+}
+
+/// How the state source is doing, for the admin page, metrics and readiness.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceStatus {
+    /// Generation of the snapshot in force; 0 until the first one is applied.
+    pub generation: u64,
+    /// When the snapshot in force was applied.
+    pub applied_at: Option<SystemTime>,
+    /// The latest failed attempt, cleared by the next successful one. While it
+    /// is set the agent runs on the last good state.
+    pub last_error: Option<SourceFailure>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceFailure {
+    pub at: SystemTime,
+    /// The error, naming file, line and reason.
+    pub message: String,
+}
+
+impl SourceStatus {
+    pub fn is_ok(&self) -> bool {
+        self.last_error.is_none()
+    }
 }
 
 impl StateStore {
     /// A store holding `initial` (usually `Snapshot::default()`, not yet synced).
     pub fn new(initial: Snapshot) -> Self {
         let (tx, _) = watch::channel(Arc::new(initial));
-        Self { tx: Arc::new(tx) }
+        Self {
+            tx: Arc::new(tx),
+            status: Arc::default(),
+        }
     }
 
     pub fn current(&self) -> Arc<Snapshot> {
@@ -40,7 +87,39 @@ impl StateStore {
         self.tx.subscribe()
     }
 
-    pub fn replace(&self, snapshot: Snapshot) {
+    /// Publishes `snapshot` as the new state in one step and clears any
+    /// reported failure. Returns its generation.
+    pub fn replace(&self, mut snapshot: Snapshot) -> u64 {
+        // The status lock also orders concurrent replacements, so generations
+        // and published snapshots agree.
+        let mut status = self.status.lock();
+        let generation = status.generation + 1;
+        snapshot.set_generation(generation);
         self.tx.send_replace(Arc::new(snapshot));
+        *status = SourceStatus {
+            generation,
+            applied_at: Some(SystemTime::now()),
+            last_error: None,
+        };
+        generation
+    }
+
+    /// Records that a source could not produce a new snapshot; the current
+    /// one stays in force.
+    pub fn report_failure(&self, message: String) {
+        self.status.lock().last_error = Some(SourceFailure {
+            at: SystemTime::now(),
+            message,
+        });
+    }
+
+    /// Clears a reported failure: the source's input is back to the state
+    /// in force.
+    pub fn clear_failure(&self) {
+        self.status.lock().last_error = None;
+    }
+
+    pub fn status(&self) -> SourceStatus {
+        self.status.lock().clone()
     }
 }

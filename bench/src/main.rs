@@ -1,2 +1,82 @@
-//! ambit-bench: measures throughput and latency between pods of a namespace cluster.
-fn main() {}
+//! ambit-bench: measures throughput, request/response latency and the
+//! connection rate between pods on different nodes of a namespace cluster,
+//! and prints a Markdown table and a JSON object.
+//!
+//! Layout:
+//! - `scenario`: what each mode sets up (the cluster, the servers in the
+//!   server pod, and whatever the mode runs on the nodes). A new mode (the
+//!   plain agent, the mesh) is a new [`Mode`] subcommand plus its setup there.
+//! - `measure`: the three measurements, identical for every mode: they see
+//!   only a client namespace and server addresses.
+//! - `report`: the result record, its JSON form and its Markdown table.
+
+mod measure;
+mod report;
+mod scenario;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Ambit benchmarks on a network-namespace cluster")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+    #[command(flatten)]
+    measure: measure::Settings,
+    /// Also write the JSON result to this file.
+    #[arg(long, global = true, env = "AMBIT_BENCH_JSON")]
+    json: Option<PathBuf>,
+}
+
+/// What carries the traffic between the two pods.
+#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No mesh: pod to pod through the cluster's veths, bridge and node
+    /// routing. The physical limit every mesh figure is compared with.
+    Baseline,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Baseline => "baseline",
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let scenario = scenario::Scenario::build(cli.mode).context("setting up the cluster")?;
+    eprintln!(
+        "mode={} client={} ({}) server={} ({})",
+        cli.mode.name(),
+        scenario.client.name,
+        scenario.client.ip,
+        scenario.server.name,
+        scenario.server.ip
+    );
+    let result = measure::run_all(&cli.measure, &scenario)?;
+    let report = report::Report::new(cli.mode, &cli.measure, &scenario, result);
+    println!("{}", report.markdown());
+    let json = serde_json::to_string_pretty(&report)?;
+    println!("{json}");
+    if let Some(path) = &cli.json {
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    drop(scenario);
+    Ok(())
+}
+
+/// Parses a duration in seconds (fractions allowed) for clap.
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if !(0.1..=600.0).contains(&secs) {
+        return Err(format!("{secs} s is outside 0.1..=600"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}

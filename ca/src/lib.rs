@@ -3,8 +3,26 @@
 //!
 //! Layout:
 //! - `spiffe`: the workload identity type shared with the agent.
+//! - `keys`: the signing key and chain (self-generated root, or plugged-in `cacerts`).
+//! - `signer`: CSR checks and leaf issuance.
+//! - `authn`: who is calling (bearer token -> node); `authn::bootstrap` for local mode.
+//! - `binding`: which identities run on which node (from the workloads state file).
+//! - `api`: the gRPC service over TLS; `client`: the agent's side of it.
+//! - `cli`, `app`: the binary's configuration and composition root.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod app;
+pub mod authn;
+pub mod binding;
+pub mod cli;
+pub mod client;
+pub mod keys;
+pub mod pods;
+pub mod signer;
 pub mod spiffe;
 
 pub use spiffe::SpiffeId;
+
+/// The DNS name clients expect on the CA's serving certificate by default.
+pub const DEFAULT_SERVING_NAME: &str = "ambit-ca.istio-system.svc";

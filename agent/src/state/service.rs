@@ -1,4 +1,8 @@
 //! Services: virtual IPs and ports, and the endpoints behind them.
+//!
+//! The ready endpoints of every service port are resolved once, when the
+//! snapshot is built, so choosing an endpoint on the data path is an index and
+//! an atomic increment.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -9,7 +13,7 @@ use super::Workload;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TargetPort {
     Number(u16),
-    /// A named container port, resolved through the endpoint's named ports.
+    /// A named container port; the endpoint says which number it is.
     Name(String),
 }
 
@@ -24,7 +28,7 @@ pub struct ServicePort {
 pub struct Endpoint {
     pub ip: IpAddr,
     pub ready: bool,
-    /// Port name -> port number, from the EndpointSlice.
+    /// Service port name -> target port number, as an EndpointSlice lists them.
     pub ports: Vec<(Option<String>, u16)>,
 }
 
@@ -35,6 +39,8 @@ pub struct Service {
     pub vips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<Endpoint>,
+    /// Per entry of `ports`: the ready endpoint addresses, target port resolved.
+    ready: Vec<Vec<SocketAddr>>,
     /// Round-robin cursor over ready endpoints.
     next: AtomicUsize,
 }
@@ -55,39 +61,64 @@ impl Service {
         ports: Vec<ServicePort>,
         endpoints: Vec<Endpoint>,
     ) -> Self {
+        let ready = ports
+            .iter()
+            .map(|sp| {
+                endpoints
+                    .iter()
+                    .filter(|e| e.ready)
+                    .filter_map(|e| Some(SocketAddr::new(e.ip, target_port(sp, e)?)))
+                    .collect()
+            })
+            .collect();
         Self {
             name,
             namespace,
             vips,
             ports,
             endpoints,
+            ready,
             next: AtomicUsize::new(0),
         }
     }
 
     /// Picks a ready endpoint for `port` (round robin) and resolves the target port.
     pub fn pick(&self, port: u16) -> Option<(IpAddr, u16)> {
-        let sp = self.ports.iter().find(|p| p.port == port)?;
-        let candidates: Vec<(IpAddr, u16)> = self
-            .endpoints
-            .iter()
-            .filter(|e| e.ready)
-            .filter_map(|e| {
-                let target = match &sp.target {
-                    TargetPort::Number(n) => Some(*n),
-                    TargetPort::Name(name) => e
-                        .ports
-                        .iter()
-                        .find(|(n, _)| n.as_deref() == Some(name.as_str()))
-                        .map(|(_, p)| *p),
-                }?;
-                Some((e.ip, target))
-            })
-            .collect();
+        let index = self.ports.iter().position(|p| p.port == port)?;
+        let candidates = self.ready.get(index)?;
         if candidates.is_empty() {
             return None;
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
-        Some(candidates[i])
+        candidates.get(i).map(|a| (a.ip(), a.port()))
+    }
+
+    /// The ready endpoint addresses behind `port`, target port resolved.
+    pub fn ready_endpoints(&self, port: u16) -> &[SocketAddr] {
+        self.ports
+            .iter()
+            .position(|p| p.port == port)
+            .and_then(|i| self.ready.get(i))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// `namespace/name`, the form logs and metrics use.
+    pub fn qualified_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The endpoint's port for a service port: EndpointSlices key their ports by
+/// the service port's name; a numeric targetPort needs no lookup.
+fn target_port(sp: &ServicePort, endpoint: &Endpoint) -> Option<u16> {
+    let listed = endpoint
+        .ports
+        .iter()
+        .find(|(name, _)| *name == sp.name)
+        .map(|(_, n)| *n);
+    match (&sp.target, listed) {
+        (_, Some(n)) => Some(n),
+        (TargetPort::Number(n), None) => Some(*n),
+        (TargetPort::Name(_), None) => None,
     }
 }

@@ -6,53 +6,86 @@ use std::sync::Arc;
 
 use ambit_policy::PolicySet;
 
-use super::{Service, ServiceTarget, Workload};
+use super::{PolicyIssue, Service, ServiceTarget, Workload};
 
 /// Everything the data path looks up, indexed so no lookup scans.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    workloads: Vec<Arc<Workload>>,
     workloads_by_ip: HashMap<IpAddr, Arc<Workload>>,
+    /// Enrolled workloads per node: what capture and identity act on.
+    enrolled_by_node: HashMap<String, Vec<Arc<Workload>>>,
+    services: Vec<Arc<Service>>,
     services_by_vip: HashMap<IpAddr, Arc<Service>>,
     namespaces: HashMap<String, BTreeMap<String, String>>,
     policies: PolicySet,
+    policy_errors: Vec<PolicyIssue>,
+    /// Set by the `StateStore` when the snapshot is published; 0 before.
+    generation: u64,
     /// False until a source has delivered its first complete state.
     synced: bool,
 }
 
 impl Snapshot {
     /// Builds the indexes. Callers validate first (duplicate IPs, missing
-    /// namespaces); here a later workload with the same IP replaces an earlier one.
+    /// namespaces, see `SnapshotBuilder`); here a later workload with the same
+    /// IP replaces an earlier one.
     pub fn new(
         workloads: Vec<Workload>,
         services: Vec<Service>,
         namespaces: HashMap<String, BTreeMap<String, String>>,
         policies: PolicySet,
     ) -> Self {
+        let workloads: Vec<Arc<Workload>> = workloads.into_iter().map(Arc::new).collect();
         let mut workloads_by_ip = HashMap::new();
-        for w in workloads {
-            let w = Arc::new(w);
+        let mut enrolled_by_node: HashMap<String, Vec<Arc<Workload>>> = HashMap::new();
+        for w in &workloads {
             for ip in &w.ips {
                 workloads_by_ip.insert(*ip, w.clone());
             }
+            if w.enrolled {
+                enrolled_by_node
+                    .entry(w.node.clone())
+                    .or_default()
+                    .push(w.clone());
+            }
         }
+        let services: Vec<Arc<Service>> = services.into_iter().map(Arc::new).collect();
         let mut services_by_vip = HashMap::new();
-        for s in services {
-            let s = Arc::new(s);
+        for s in &services {
             for vip in &s.vips {
                 services_by_vip.insert(*vip, s.clone());
             }
         }
         Self {
+            workloads,
             workloads_by_ip,
+            enrolled_by_node,
+            services,
             services_by_vip,
             namespaces,
             policies,
+            policy_errors: Vec::new(),
+            generation: 0,
             synced: true,
         }
     }
 
     pub fn is_synced(&self) -> bool {
         self.synced
+    }
+
+    /// Which publication of the store this is (1 for the first loaded state).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(super) fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
+    }
+
+    pub(super) fn set_policy_errors(&mut self, errors: Vec<PolicyIssue>) {
+        self.policy_errors = errors;
     }
 
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
@@ -63,7 +96,7 @@ impl Snapshot {
         self.services_by_vip.get(&ip)
     }
 
-    /// Resolves a service VIP and port to a ready endpoint.
+    /// Resolves a service VIP and port to a ready endpoint (round robin).
     pub fn service_target(&self, vip: IpAddr, port: u16) -> Option<ServiceTarget> {
         let svc = self.services_by_vip.get(&vip)?;
         let (ip, target_port) = svc.pick(port)?;
@@ -73,18 +106,23 @@ impl Snapshot {
         })
     }
 
-    /// Every workload, once each (a dual-stack pod is indexed under two IPs).
+    /// Every workload, once each (a dual-stack pod is indexed under two IPs),
+    /// in input order.
     pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
-        let mut seen = std::collections::HashSet::new();
-        self.workloads_by_ip
-            .values()
-            .filter(move |w| seen.insert(Arc::as_ptr(w)))
+        self.workloads.iter()
+    }
+
+    /// Every service, in input order.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.iter()
     }
 
     /// The enrolled workloads scheduled on `node`.
-    pub fn local_enrolled<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Arc<Workload>> {
-        self.workloads()
-            .filter(move |w| w.enrolled && w.node == node)
+    pub fn local_enrolled<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Arc<Workload>> {
+        self.enrolled_by_node
+            .get(node)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
     }
 
     pub fn namespace_labels(&self, namespace: &str) -> Option<&BTreeMap<String, String>> {
@@ -93,5 +131,10 @@ impl Snapshot {
 
     pub fn policies(&self) -> &PolicySet {
         &self.policies
+    }
+
+    /// Policies the engine refused; each is enforced fail-closed.
+    pub fn policy_errors(&self) -> &[PolicyIssue] {
+        &self.policy_errors
     }
 }

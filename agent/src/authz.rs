@@ -1,0 +1,11 @@
+//! L4 authorization of connections to local workloads: adapting what the data
+//! path knows about a connection (addresses, the peer's verified identity) to
+//! the policy engine, and the `authz check` dry run built on the same code.
+//!
+//! - `enforce`: `Snapshot::authorize` and `Snapshot::authorize_from_state`.
+//! - `check`: the `ambit-agent authz check` command.
+
+pub mod check;
+mod enforce;
+
+pub use enforce::{AuthzError, Inbound};

@@ -1,0 +1,220 @@
+//! The agent's command line: `run`, `authz check` and `capture`. Every flag
+//! can also come from an `AMBIT_*` environment variable, which is how the
+//! DaemonSet configures the agent.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::state::LoadOptions;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ambit-agent",
+    version,
+    about = "Ambit's node agent: captures enrolled pods' TCP traffic, carries it in HBONE mTLS tunnels and enforces Istio L4 authorization."
+)]
+pub struct Cli {
+    /// Log filter, in `tracing` directive syntax (e.g. `info,ambit_agent::state=debug`).
+    #[arg(long, env = "AMBIT_LOG", default_value = "info", global = true)]
+    pub log: String,
+
+    /// Log line format on stderr.
+    #[arg(
+        long,
+        env = "AMBIT_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent: capture, proxy, tunnel and authorize the traffic
+    /// of this node's enrolled pods.
+    Run(RunArgs),
+    /// Authorization tools.
+    #[command(subcommand)]
+    Authz(AuthzCommand),
+    /// Install, remove or inspect the traffic capture rules by hand.
+    #[command(subcommand)]
+    Capture(CaptureCommand),
+}
+
+/// Where the cluster state comes from and how to read it.
+#[derive(Clone, Debug, Args)]
+pub struct StateArgs {
+    /// Kubernetes-shaped YAML or JSON state: a file, or a folder of *.yaml,
+    /// *.yml and *.json files (Namespaces, Pods, Services, EndpointSlices,
+    /// AuthorizationPolicies, PeerAuthentications; `kubectl get -o yaml`
+    /// output works).
+    #[arg(long, env = "AMBIT_STATE", default_value = "/etc/ambit/state")]
+    pub state: PathBuf,
+
+    /// Namespace whose policies apply mesh-wide.
+    #[arg(long, env = "AMBIT_ROOT_NAMESPACE", default_value = "istio-system")]
+    pub root_namespace: String,
+}
+
+impl StateArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            root_namespace: self.root_namespace.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// This node's name, as Pods' `spec.nodeName` give it; the agent serves
+    /// the enrolled pods scheduled here.
+    #[arg(long, env = "AMBIT_NODE", default_value_t = default_node_name())]
+    pub node: String,
+
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// SPIFFE trust domain of workload identities.
+    #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthzCommand {
+    /// Decide one connection against the state's policies, without the
+    /// agent: prints the decision as JSON and exits 0 (allow), 1 (deny) or
+    /// 2 (bad input).
+    Check(CheckArgs),
+}
+
+/// `--from` and `--to` describe one connection, so they have no default.
+#[derive(Clone, Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// Source IP: an enrolled pod talks mTLS as its service account; any
+    /// other address is a client without identity.
+    #[arg(long, env = "AMBIT_CHECK_FROM", value_name = "SRC_IP")]
+    pub from: IpAddr,
+
+    /// Destination pod IP and port (`[v6]:port` for IPv6).
+    #[arg(long, env = "AMBIT_CHECK_TO", value_name = "DST_IP:PORT")]
+    pub to: SocketAddr,
+
+    /// Decide as if the source connected without mTLS, e.g. from outside
+    /// the mesh: no principal, and STRICT refuses it.
+    #[arg(long, env = "AMBIT_CHECK_PLAINTEXT", default_value_t = false)]
+    pub plaintext: bool,
+
+    /// SPIFFE trust domain of workload identities.
+    #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+}
+
+// Placeholder until the capture engine lands: it adds its own flags.
+#[derive(Debug, Subcommand)]
+pub enum CaptureCommand {
+    /// Install the capture rules for this node's enrolled pods.
+    Install(CaptureArgs),
+    /// Remove every Ambit capture rule, leaving other rules untouched.
+    Uninstall(CaptureArgs),
+    /// Show the installed capture rules.
+    Status(CaptureArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct CaptureArgs {}
+
+/// The kernel's host name: a Kubernetes node is named after it unless told
+/// otherwise.
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ambit-agent").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_has_defaults() {
+        let Command::Run(run) = parse(&["run", "--node", "node-a"]).unwrap().command else {
+            panic!("not run");
+        };
+        assert_eq!(run.node, "node-a");
+        assert_eq!(run.state.state, PathBuf::from("/etc/ambit/state"));
+        assert_eq!(run.state.root_namespace, "istio-system");
+        assert_eq!(run.trust_domain, "cluster.local");
+    }
+
+    #[test]
+    fn authz_check_parses_addresses() {
+        let cli = parse(&[
+            "authz",
+            "check",
+            "--state",
+            "s.yaml",
+            "--from",
+            "10.0.0.1",
+            "--to",
+            "[fd00::2]:8080",
+            "--plaintext",
+            "--trust-domain",
+            "example.org",
+        ])
+        .unwrap();
+        let Command::Authz(AuthzCommand::Check(check)) = cli.command else {
+            panic!("not authz check");
+        };
+        assert_eq!(check.from, "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(check.to, "[fd00::2]:8080".parse::<SocketAddr>().unwrap());
+        assert!(check.plaintext);
+        assert_eq!(check.trust_domain, "example.org");
+        assert_eq!(check.state.state, PathBuf::from("s.yaml"));
+    }
+
+    #[test]
+    fn authz_check_rejects_bad_addresses() {
+        for args in [
+            ["--from", "10.0.0.1", "--to", "10.0.0.2"],
+            ["--from", "pod-a", "--to", "10.0.0.2:80"],
+            ["--from", "10.0.0.1", "--to", "10.0.0.2:99999"],
+        ] {
+            let mut argv = vec!["authz", "check"];
+            argv.extend(args);
+            let e = parse(&argv).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{argv:?}"
+            );
+            assert_eq!(e.exit_code(), 2);
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The per-connection record: counts a connection in the metrics while it is
+//! open and writes its access log line when it closes.
+//!
+//! Labels are resolved once, when the record is created; after that, counting
+//! bytes is two relaxed atomic adds (the shared series and this connection's
+//! total), so the copy loop never hashes labels or takes a lock.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::Metrics;
+use super::agent::{Decision, DecisionLabels, ReporterLabels};
+use super::traffic::{ConnectionOpen, Reporter, SecurityPolicy, TrafficLabels, UNKNOWN};
+use crate::telemetry::ACCESS_LOG_TARGET;
+
+/// What the access log and the config dump say about one connection.
+#[derive(Debug)]
+pub(super) struct ConnectionInfo {
+    id: u64,
+    reporter: Reporter,
+    security: SecurityPolicy,
+    source_workload: String,
+    source_identity: String,
+    destination_workload: String,
+    destination_identity: String,
+    destination_service: String,
+    client_addr: SocketAddr,
+    destination_addr: SocketAddr,
+    opened_at: SystemTime,
+    opened: Instant,
+    received: AtomicU64,
+    sent: AtomicU64,
+    decision: Mutex<Option<Verdict>>,
+}
+
+/// The authorization outcome as the access log reports it.
+#[derive(Clone, Debug)]
+struct Verdict {
+    decision: Decision,
+    reason: &'static str,
+    policy: Option<String>,
+}
+
+impl ConnectionInfo {
+    fn to_json(&self) -> serde_json::Value {
+        let decision = self.decision.lock().clone();
+        json!({
+            "id": self.id,
+            "reporter": self.reporter.as_str(),
+            "security": self.security.as_str(),
+            "source": {
+                "workload": self.source_workload,
+                "identity": self.source_identity,
+                "address": self.client_addr.to_string(),
+            },
+            "destination": {
+                "workload": self.destination_workload,
+                "identity": self.destination_identity,
+                "service": self.destination_service,
+                "address": self.destination_addr.to_string(),
+            },
+            "opened_unix_seconds": self.opened_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            "bytes_received": self.received.load(Ordering::Relaxed),
+            "bytes_sent": self.sent.load(Ordering::Relaxed),
+            "decision": decision.as_ref().map(|v| v.decision.as_str()),
+            "reason": decision.as_ref().map(|v| v.reason),
+            "policy": decision.and_then(|v| v.policy),
+        })
+    }
+}
+
+/// Open connections, for `/config_dump`. Two lock operations per connection
+/// (insert, remove), none per byte.
+#[derive(Debug, Default)]
+pub(super) struct ActiveConnections {
+    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<ConnectionInfo>>>,
+}
+
+impl ActiveConnections {
+    pub(super) fn to_json(&self) -> serde_json::Value {
+        let mut infos: Vec<Arc<ConnectionInfo>> = self.open.lock().values().cloned().collect();
+        infos.sort_by_key(|i| i.id);
+        serde_json::Value::Array(infos.iter().map(|i| i.to_json()).collect())
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.open.lock().len()
+    }
+}
+
+fn workload_name(w: Option<&crate::state::Workload>) -> String {
+    w.map_or_else(|| UNKNOWN.to_string(), |w| w.qualified_name())
+}
+
+/// Counts the bytes of one connection. Cheap to clone: give one to each copy direction.
+#[derive(Clone, Debug)]
+pub struct ByteRecorder {
+    received_total: Counter,
+    sent_total: Counter,
+    info: Arc<ConnectionInfo>,
+}
+
+impl ByteRecorder {
+    /// Bytes read from the client (client to server).
+    pub fn received(&self, n: u64) {
+        self.received_total.inc_by(n);
+        self.info.received.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes written to the client (server to client).
+    pub fn sent(&self, n: u64) {
+        self.sent_total.inc_by(n);
+        self.info.sent.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A connection being counted. Created when the connection is accepted or opened;
+/// dropping it counts the close and writes the access log line, so every exit path
+/// of a handler (errors and panics included) is accounted for exactly once.
+#[derive(Debug)]
+pub struct ConnectionRecord {
+    metrics: Arc<Metrics>,
+    labels: TrafficLabels,
+    bytes: ByteRecorder,
+    active: Gauge,
+}
+
+impl ConnectionRecord {
+    pub(super) fn open(metrics: Arc<Metrics>, conn: &ConnectionOpen<'_>) -> Self {
+        let labels = TrafficLabels::new(conn, &metrics.cluster_id, &metrics.dns_suffix);
+        metrics
+            .traffic
+            .connections_opened
+            .get_or_create(&labels)
+            .inc();
+        let active = metrics
+            .agent
+            .connections_active
+            .get_or_create_owned(&ReporterLabels {
+                reporter: conn.reporter,
+            });
+        active.inc();
+        let info = Arc::new(ConnectionInfo {
+            id: metrics.connections.next_id.fetch_add(1, Ordering::Relaxed),
+            reporter: conn.reporter,
+            security: conn.security,
+            source_workload: workload_name(conn.source_workload),
+            source_identity: labels.source_principal.clone(),
+            destination_workload: workload_name(conn.destination_workload),
+            destination_identity: labels.destination_principal.clone(),
+            destination_service: labels.destination_service.clone(),
+            client_addr: conn.client_addr,
+            destination_addr: conn.destination_addr,
+            opened_at: SystemTime::now(),
+            opened: Instant::now(),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            decision: Mutex::new(None),
+        });
+        metrics
+            .connections
+            .open
+            .lock()
+            .insert(info.id, info.clone());
+        let bytes = ByteRecorder {
+            received_total: metrics.traffic.received_bytes.get_or_create_owned(&labels),
+            sent_total: metrics.traffic.sent_bytes.get_or_create_owned(&labels),
+            info,
+        };
+        Self {
+            metrics,
+            labels,
+            bytes,
+            active,
+        }
+    }
+
+    /// A handle for counting bytes from the copy loop (or wrap the client stream in [`Counted`]).
+    pub fn bytes(&self) -> ByteRecorder {
+        self.bytes.clone()
+    }
+
+    /// Bytes read from the client (client to server).
+    pub fn record_received(&self, n: u64) {
+        self.bytes.received(n);
+    }
+
+    /// Bytes written to the client (server to client).
+    pub fn record_sent(&self, n: u64) {
+        self.bytes.sent(n);
+    }
+
+    /// Records the authorization outcome: counted in `ambit_authorization_decisions_total`
+    /// and written in the access log. `reason` is a short fixed phrase (it is a
+    /// metric label); `policy` names the deciding policy (`namespace/name`), if any.
+    pub fn set_decision(&self, decision: Decision, reason: &'static str, policy: Option<String>) {
+        self.metrics
+            .agent
+            .authorization_decisions
+            .get_or_create(&DecisionLabels {
+                decision: decision.as_str(),
+                reason,
+                reporter: self.labels.reporter,
+                destination_workload_namespace: self.labels.destination_workload_namespace.clone(),
+                destination_workload: self.labels.destination_workload.clone(),
+            })
+            .inc();
+        *self.bytes.info.decision.lock() = Some(Verdict {
+            decision,
+            reason,
+            policy,
+        });
+    }
+
+    /// `set_decision` from the policy engine's answer.
+    pub fn record_authorization(&self, decision: &ambit_policy::Decision) {
+        self.set_decision(
+            decision.into(),
+            decision.reason.as_str(),
+            decision.policy.clone(),
+        );
+    }
+
+    /// The labels this connection is counted under.
+    pub fn labels(&self) -> &TrafficLabels {
+        &self.labels
+    }
+
+    pub fn duration(&self) -> Duration {
+        self.bytes.info.opened.elapsed()
+    }
+}
+
+impl Drop for ConnectionRecord {
+    fn drop(&mut self) {
+        let info = &self.bytes.info;
+        self.metrics.connections.open.lock().remove(&info.id);
+        self.metrics
+            .traffic
+            .connections_closed
+            .get_or_create(&self.labels)
+            .inc();
+        self.active.dec();
+        let decision = info.decision.lock().take();
+        let (decision, reason, policy) = match &decision {
+            Some(v) => (v.decision.as_str(), v.reason, v.policy.as_deref()),
+            None => ("none", "closed before authorization", None),
+        };
+        tracing::info!(
+            target: ACCESS_LOG_TARGET,
+            reporter = self.labels.reporter.as_str(),
+            src.workload = %info.source_workload,
+            src.identity = %info.source_identity,
+            src.addr = %info.client_addr,
+            dst.workload = %info.destination_workload,
+            dst.identity = %info.destination_identity,
+            dst.service = %info.destination_service,
+            dst.addr = %info.destination_addr,
+            security = info.security.as_str(),
+            bytes_received = info.received.load(Ordering::Relaxed),
+            bytes_sent = info.sent.load(Ordering::Relaxed),
+            duration_ms = u64::try_from(info.opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+            decision,
+            reason,
+            policy,
+            "connection closed"
+        );
+    }
+}
+
+/// The client-side stream of a proxied connection, counting as it goes: reads are
+/// bytes received from the client, writes are bytes sent to it.
+#[derive(Debug)]
+pub struct Counted<S> {
+    inner: S,
+    bytes: ByteRecorder,
+}
+
+impl<S> Counted<S> {
+    pub fn new(inner: S, bytes: ByteRecorder) -> Self {
+        Self { inner, bytes }
+    }
+
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.bytes.received(n as u64);
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = poll {
+            self.bytes.sent(n as u64);
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = poll {
+            self.bytes.sent(n as u64);
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

@@ -1,0 +1,242 @@
+//! The agent's TCP proxy for captured connections.
+//!
+//! - `outbound`: the 15001 listener. Connections leaving enrolled local pods;
+//!   mesh destinations are handed to a [`outbound::MeshForwarder`] (HBONE),
+//!   the rest are carried as plain TCP.
+//! - `inbound_plain`: the 15006 listener. Plaintext connections from outside
+//!   the mesh to enrolled local pods, admitted by an
+//!   [`inbound_plain::InboundPolicy`] (PeerAuthentication, authorization).
+//! - `copy`: byte copying with half-close and reset semantics.
+//!
+//! Servers take a bound listener and a shutdown token ([`serve`]); each
+//! finished connection is reported once to a [`ConnectionObserver`] (metrics,
+//! access log).
+
+pub mod copy;
+pub mod inbound_plain;
+pub mod outbound;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use copy::{CopyOutcome, End, Transferred};
+
+use crate::socket::{ClientAddr, OrigDst};
+use crate::state::Workload;
+
+/// Which listener took the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Outbound,
+    InboundPlain,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::InboundPlain => "inbound_plain",
+        }
+    }
+}
+
+/// How a proxied connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Both directions closed normally.
+    Closed,
+    /// The client side failed; the server was reset.
+    ClientFailed,
+    /// The server side failed; the client was reset.
+    ServerFailed,
+    /// The destination could not be reached; the client was reset.
+    ConnectFailed,
+    /// Policy or state refused the connection; the client was reset.
+    Denied,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::ClientFailed => "client_failed",
+            Self::ServerFailed => "server_failed",
+            Self::ConnectFailed => "connect_failed",
+            Self::Denied => "denied",
+        }
+    }
+}
+
+impl From<End> for Status {
+    fn from(end: End) -> Self {
+        match end {
+            End::Closed => Self::Closed,
+            End::ClientFailed => Self::ClientFailed,
+            End::ServerFailed => Self::ServerFailed,
+        }
+    }
+}
+
+/// The result of carrying one connection, whoever carried it (the plain
+/// path here, or HBONE).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forwarded {
+    pub bytes: Transferred,
+    pub status: Status,
+    /// Why it failed or was refused, for the log.
+    pub reason: Option<String>,
+}
+
+impl Forwarded {
+    pub fn refused(status: Status, reason: impl Into<String>) -> Self {
+        Self {
+            bytes: Transferred::default(),
+            status,
+            reason: Some(reason.into()),
+        }
+    }
+}
+
+impl From<CopyOutcome> for Forwarded {
+    fn from(outcome: CopyOutcome) -> Self {
+        Self {
+            bytes: outcome.bytes,
+            status: outcome.end.into(),
+            reason: outcome.error.map(|e| e.to_string()),
+        }
+    }
+}
+
+/// Everything known about a finished connection.
+#[derive(Clone, Debug)]
+pub struct ConnectionRecord {
+    pub direction: Direction,
+    pub client: ClientAddr,
+    pub orig_dst: OrigDst,
+    /// Where the agent sent it (a service VIP resolves to an endpoint).
+    pub target: Option<SocketAddr>,
+    pub source: Option<Arc<Workload>>,
+    pub destination: Option<Arc<Workload>>,
+    /// Carried through the mesh (HBONE) rather than as plain TCP.
+    pub mesh: bool,
+    pub result: Forwarded,
+    pub duration: Duration,
+}
+
+/// Told about every connection when it ends: the seam for metrics.
+pub trait ConnectionObserver: Send + Sync + 'static {
+    fn connection_closed(&self, record: &ConnectionRecord);
+}
+
+/// The default observer: one access-log line per connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AccessLog;
+
+impl ConnectionObserver for AccessLog {
+    fn connection_closed(&self, r: &ConnectionRecord) {
+        let name = |w: &Option<Arc<Workload>>| {
+            w.as_ref()
+                .map_or_else(|| "-".to_owned(), |w| w.qualified_name())
+        };
+        tracing::info!(
+            target: "ambit::access",
+            direction = r.direction.as_str(),
+            src = %r.client,
+            dst = %r.orig_dst,
+            target = %r.target.map_or_else(|| "-".to_owned(), |t| t.to_string()),
+            src_workload = %name(&r.source),
+            dst_workload = %name(&r.destination),
+            mesh = r.mesh,
+            status = r.result.status.as_str(),
+            reason = r.result.reason.as_deref().unwrap_or("-"),
+            bytes_sent = r.result.bytes.client_to_server,
+            bytes_received = r.result.bytes.server_to_client,
+            duration_ms = r.duration.as_millis() as u64,
+            "connection closed"
+        );
+    }
+}
+
+/// Accepts on `listener` and runs `handle` for each connection until
+/// `shutdown`; then stops accepting, gives open connections `drain` to
+/// finish, and aborts the rest.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    drain: Duration,
+    handle: H,
+) where
+    H: Fn(TcpStream, SocketAddr) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(handle(stream, peer));
+                }
+                Err(error) => {
+                    // Out of descriptors or memory: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let open = connections.len();
+    if open > 0 {
+        tracing::info!(open, "draining connections");
+        let drained = tokio::time::timeout(drain, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::info!(aborted = connections.len(), "drain deadline passed");
+        }
+    }
+    connections.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn shutdown_stops_accepting_and_drain_deadline_aborts_stragglers() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            shutdown.clone(),
+            Duration::from_millis(200),
+            |stream, _| async move {
+                // Holds the connection open until aborted.
+                let _stream = stream;
+                std::future::pending::<()>().await;
+            },
+        ));
+        let mut held = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(2), server)
+            .await
+            .expect("serve returns after the drain deadline")
+            .unwrap();
+        // The aborted handler dropped its stream: the client sees EOF.
+        let mut buf = [0u8; 1];
+        assert_eq!(held.read(&mut buf).await.unwrap(), 0);
+        assert!(TcpStream::connect(addr).await.is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! Copy semantics over loopback: what a client and a server see through
+//! `bidirectional` must be what they would see connected directly.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::*;
+
+/// client <-> [accepted | bidirectional | dialled] <-> server
+async fn proxied() -> (TcpStream, TcpStream, JoinHandle<CopyOutcome>) {
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let back_addr = back.local_addr().unwrap();
+    let client = TcpStream::connect(front.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (accepted, _) = front.accept().await.unwrap();
+    let dialled = TcpStream::connect(back_addr).await.unwrap();
+    let (server, _) = back.accept().await.unwrap();
+    let copy = tokio::spawn(bidirectional(accepted, dialled));
+    (client, server, copy)
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn bulk_both_ways_arrives_intact_and_is_counted() {
+    let (mut client, mut server, copy) = proxied().await;
+    let up = pattern(8 << 20);
+    let down = pattern(3 << 20);
+    let (up2, down2) = (up.clone(), down.clone());
+    let client_task = tokio::spawn(async move {
+        let (mut r, mut w) = client.split();
+        let send = async {
+            w.write_all(&up2).await.unwrap();
+            w.shutdown().await.unwrap();
+        };
+        let mut got = Vec::new();
+        let recv = r.read_to_end(&mut got);
+        let (_, n) = tokio::join!(send, recv);
+        n.unwrap();
+        got
+    });
+    let server_task = tokio::spawn(async move {
+        let (mut r, mut w) = server.split();
+        let send = async {
+            w.write_all(&down2).await.unwrap();
+            w.shutdown().await.unwrap();
+        };
+        let mut got = Vec::new();
+        let recv = r.read_to_end(&mut got);
+        let (_, n) = tokio::join!(send, recv);
+        n.unwrap();
+        got
+    });
+    assert_eq!(server_task.await.unwrap(), up);
+    assert_eq!(client_task.await.unwrap(), down);
+    let outcome = copy.await.unwrap();
+    assert_eq!(outcome.end, End::Closed);
+    assert_eq!(
+        outcome.bytes,
+        Transferred {
+            client_to_server: up.len() as u64,
+            server_to_client: down.len() as u64,
+        }
+    );
+}
+
+#[tokio::test]
+async fn client_half_close_still_lets_the_server_answer() {
+    let (mut client, mut server, copy) = proxied().await;
+    client.write_all(b"request").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut req = Vec::new();
+    server.read_to_end(&mut req).await.unwrap();
+    assert_eq!(req, b"request");
+    // Sent after the server saw EOF: the other direction is still open.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.write_all(b"response").await.unwrap();
+    drop(server);
+    let mut resp = Vec::new();
+    client.read_to_end(&mut resp).await.unwrap();
+    assert_eq!(resp, b"response");
+    let outcome = copy.await.unwrap();
+    assert_eq!(outcome.end, End::Closed);
+    assert_eq!(outcome.bytes.client_to_server, 7);
+    assert_eq!(outcome.bytes.server_to_client, 8);
+}
+
+#[tokio::test]
+async fn server_half_close_still_lets_the_client_send() {
+    let (mut client, mut server, copy) = proxied().await;
+    server.write_all(b"banner").await.unwrap();
+    server.shutdown().await.unwrap();
+    let mut banner = Vec::new();
+    client.read_to_end(&mut banner).await.unwrap();
+    assert_eq!(banner, b"banner");
+    client.write_all(b"late upload").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut upload = Vec::new();
+    server.read_to_end(&mut upload).await.unwrap();
+    assert_eq!(upload, b"late upload");
+    assert_eq!(copy.await.unwrap().end, End::Closed);
+}
+
+#[tokio::test]
+async fn client_reset_resets_the_server() {
+    let (mut client, mut server, copy) = proxied().await;
+    client.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    server.read_exact(&mut one).await.unwrap();
+    crate::socket::reset(client);
+    let err = server.read(&mut one).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    let outcome = copy.await.unwrap();
+    assert_eq!(outcome.end, End::ClientFailed);
+    assert_eq!(outcome.bytes.client_to_server, 1);
+}
+
+#[tokio::test]
+async fn server_reset_resets_the_client() {
+    let (mut client, server, copy) = proxied().await;
+    crate::socket::reset(server);
+    let mut buf = [0u8; 1];
+    let err = client.read(&mut buf).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    assert_eq!(copy.await.unwrap().end, End::ServerFailed);
+}
+
+#[tokio::test]
+async fn idle_connection_stays_open() {
+    let (mut client, mut server, copy) = proxied().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!copy.is_finished());
+    client.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    server.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still here");
+}
+
+#[tokio::test]
+async fn buffered_fallback_has_the_same_semantics() {
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = TcpStream::connect(front.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (accepted, _) = front.accept().await.unwrap();
+    let dialled = TcpStream::connect(back.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut server, _) = back.accept().await.unwrap();
+    let count = AtomicU64::new(0);
+    let data = pattern(1 << 20);
+    let writer = async {
+        client.write_all(&data).await.unwrap();
+        client.shutdown().await.unwrap();
+    };
+    let pumped = async {
+        let end = pump_buffered(&accepted, &dialled, &count).await;
+        assert!(matches!(end, DirectionEnd::Eof));
+        SockRef::from(&dialled).shutdown(Shutdown::Write).unwrap();
+    };
+    let mut got = Vec::new();
+    let reader = server.read_to_end(&mut got);
+    let (_, _, n) = tokio::join!(writer, pumped, reader);
+    assert_eq!(n.unwrap(), data.len());
+    assert_eq!(got, data);
+    assert_eq!(count.load(Ordering::Relaxed), data.len() as u64);
+}

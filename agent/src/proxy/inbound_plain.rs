@@ -1,0 +1,154 @@
+//! The inbound plaintext listener (15006): connections from outside the mesh
+//! to the node's enrolled pods. The accepted socket's local address names the
+//! pod; an [`InboundPolicy`] decides whether the pod may take plaintext from
+//! this client (PeerAuthentication STRICT refuses, PERMISSIVE authorizes with
+//! no principal, DISABLE lets through); admitted connections are dialled from
+//! the client's own address so the pod sees the real client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::{ConnectionObserver, ConnectionRecord, Direction, Forwarded, Status, copy};
+use crate::socket::{self, ClientAddr, OrigDst, SocketFactory};
+use crate::state::{Snapshot, StateStore, Workload};
+
+/// A plaintext connection asking to reach a local pod.
+#[derive(Clone, Copy, Debug)]
+pub struct InboundRequest<'a> {
+    pub snapshot: &'a Snapshot,
+    pub client: ClientAddr,
+    /// The client's workload, when the client is a pod the state knows.
+    pub source: Option<&'a Arc<Workload>>,
+    pub destination: &'a Arc<Workload>,
+    pub orig_dst: OrigDst,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Allow,
+    Deny { reason: String },
+}
+
+/// Decides plaintext admission: the seam where PeerAuthentication and L4
+/// authorization plug in.
+pub trait InboundPolicy: Send + Sync + 'static {
+    fn admit(&self, request: &InboundRequest<'_>) -> Admission;
+}
+
+/// Admits everything: PERMISSIVE with no authorization policy, the behaviour
+/// until the policy engine is wired in.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllowAll;
+
+impl InboundPolicy for AllowAll {
+    fn admit(&self, _: &InboundRequest<'_>) -> Admission {
+        Admission::Allow
+    }
+}
+
+pub struct InboundPlainProxy {
+    state: StateStore,
+    node: String,
+    factory: SocketFactory,
+    observer: Arc<dyn ConnectionObserver>,
+    policy: Arc<dyn InboundPolicy>,
+}
+
+impl InboundPlainProxy {
+    pub fn new(
+        state: StateStore,
+        node: String,
+        factory: SocketFactory,
+        observer: Arc<dyn ConnectionObserver>,
+        policy: Arc<dyn InboundPolicy>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            node,
+            factory,
+            observer,
+            policy,
+        })
+    }
+
+    /// Serves `listener` until `shutdown` (see [`super::serve`]).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) {
+        let own = listener.local_addr().ok();
+        super::serve(listener, shutdown, drain, move |stream, peer| {
+            self.clone().handle(stream, peer, own)
+        })
+        .await;
+    }
+
+    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, own: Option<SocketAddr>) {
+        let started = Instant::now();
+        let Ok(orig_dst) = OrigDst::of(&client) else {
+            socket::reset(client);
+            return;
+        };
+        if let Err(error) = self.factory.accepted(&client) {
+            tracing::debug!(%error, "socket options on accepted connection");
+        }
+        let snapshot = self.state.current();
+        let client_addr = ClientAddr(peer);
+        let source = snapshot.workload_by_ip(peer.ip());
+        let destination = snapshot
+            .workload_by_ip(orig_dst.0.ip())
+            .filter(|w| w.node == self.node);
+        let mut record = ConnectionRecord {
+            direction: Direction::InboundPlain,
+            client: client_addr,
+            orig_dst,
+            target: Some(orig_dst.0),
+            source: source.cloned(),
+            destination: destination.cloned(),
+            mesh: false,
+            result: Forwarded::refused(Status::Denied, "not handled"),
+            duration: Duration::ZERO,
+        };
+        let admission = match destination {
+            _ if !snapshot.is_synced() => Admission::Deny {
+                reason: "state not synced".into(),
+            },
+            // Only pods of this node are ours to serve; anything else would
+            // be dialled back out and could loop.
+            None => Admission::Deny {
+                reason: "destination is not a pod of this node".into(),
+            },
+            _ if own == Some(orig_dst.0) => Admission::Deny {
+                reason: "connection to the inbound listener itself".into(),
+            },
+            Some(destination) => self.policy.admit(&InboundRequest {
+                snapshot: &snapshot,
+                client: client_addr,
+                source,
+                destination,
+                orig_dst,
+            }),
+        };
+        record.result = match admission {
+            Admission::Deny { reason } => {
+                socket::reset(client);
+                Forwarded::refused(Status::Denied, reason)
+            }
+            Admission::Allow => match self.factory.connect(orig_dst.0, Some(peer.ip())).await {
+                Ok(server) => copy::bidirectional(client, server).await.into(),
+                Err(error) => {
+                    socket::reset(client);
+                    Forwarded::refused(Status::ConnectFailed, error.to_string())
+                }
+            },
+        };
+        record.duration = started.elapsed();
+        self.observer.connection_closed(&record);
+    }
+}

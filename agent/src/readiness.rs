@@ -1,0 +1,117 @@
+//! Readiness: the agent is ready once every start-up task that registered a
+//! blocker (state synced, certificates loaded, listeners bound) has dropped it.
+//!
+//! Blockers are guards: dropping one is the only way to say a task is done, so
+//! a task holds its blocker until the work has really happened (the first full
+//! state sync, not the start of the watch).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+/// Shared readiness state; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Readiness {
+    /// Pending task name -> how many blockers of that name are alive.
+    pending: Arc<watch::Sender<BTreeMap<String, usize>>>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Readiness {
+    pub fn new() -> Self {
+        let (tx, _) = watch::channel(BTreeMap::new());
+        Self {
+            pending: Arc::new(tx),
+        }
+    }
+
+    /// Registers a task the agent must wait for; the agent is not ready until the
+    /// returned blocker is dropped. Register before serving readiness.
+    pub fn block(&self, task: impl Into<String>) -> ReadinessBlocker {
+        let task = task.into();
+        self.pending
+            .send_modify(|p| *p.entry(task.clone()).or_default() += 1);
+        ReadinessBlocker {
+            pending: self.pending.clone(),
+            task,
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.pending.borrow().is_empty()
+    }
+
+    /// The tasks still blocking readiness, sorted.
+    pub fn pending(&self) -> Vec<String> {
+        self.pending.borrow().keys().cloned().collect()
+    }
+
+    /// Resolves once every blocker is gone.
+    pub async fn ready(&self) {
+        let mut rx = self.pending.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = rx.wait_for(BTreeMap::is_empty).await;
+    }
+}
+
+/// Keeps the agent not ready while alive.
+#[derive(Debug)]
+#[must_use = "readiness is reached as soon as the blocker is dropped"]
+pub struct ReadinessBlocker {
+    pending: Arc<watch::Sender<BTreeMap<String, usize>>>,
+    task: String,
+}
+
+impl ReadinessBlocker {
+    pub fn task(&self) -> &str {
+        &self.task
+    }
+}
+
+impl Drop for ReadinessBlocker {
+    fn drop(&mut self) {
+        self.pending.send_modify(|p| {
+            if let Some(n) = p.get_mut(&self.task) {
+                *n -= 1;
+                if *n == 0 {
+                    p.remove(&self.task);
+                }
+            }
+        });
+        tracing::info!(task = %self.task, "readiness task done");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ready_only_after_every_blocker_drops() {
+        let r = Readiness::new();
+        let state = r.block("state");
+        let certs = r.block("certificates");
+        let certs2 = r.block("certificates");
+        assert_eq!(r.pending(), vec!["certificates", "state"]);
+        drop(certs);
+        assert_eq!(r.pending(), vec!["certificates", "state"]);
+        drop(state);
+        assert!(!r.is_ready());
+        let waiter = tokio::spawn({
+            let r = r.clone();
+            async move { r.ready().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(certs2);
+        waiter.await.unwrap();
+        assert!(r.is_ready());
+        assert!(r.pending().is_empty());
+    }
+}

@@ -1,0 +1,76 @@
+//! The admin config dump's view of a [`PolicySet`](super::PolicySet).
+
+use serde_json::{Map, Value, json};
+
+use super::Inner;
+use crate::model::{Effect, Selector};
+
+fn selector_json(s: Option<&Selector>) -> Value {
+    match s {
+        None => Value::Null,
+        Some(s) => Value::Object(
+            s.labels()
+                .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
+                .collect::<Map<String, Value>>(),
+        ),
+    }
+}
+
+impl Inner {
+    pub(crate) fn summary(&self) -> Value {
+        let scope =
+            |ns: &str, selector: Option<&Selector>| match (ns == &*self.root_namespace, selector) {
+                (true, None) => "mesh",
+                (false, None) => "namespace",
+                (_, Some(_)) => "workload",
+            };
+        let mut policies = Vec::with_capacity(self.authz.len() + self.peer.len());
+        for p in &self.authz {
+            let (status, rules) = match &p.effect {
+                Effect::Allow(r) | Effect::Deny(r) => ("active", Some(r.len())),
+                Effect::Audit => ("audit only (no effect)", None),
+                Effect::Custom => ("CUSTOM unsupported (fail closed)", None),
+                Effect::Invalid => ("invalid (fail closed)", None),
+                Effect::Waypoint => ("targetRef: waypoint policy, not applied", None),
+            };
+            policies.push(json!({
+                "kind": "AuthorizationPolicy",
+                "policy": &*p.id,
+                "action": p.action.as_str(),
+                "scope": scope(&p.namespace, p.selector.as_ref()),
+                "selector": selector_json(p.selector.as_ref()),
+                "status": status,
+                "l4_rules": rules,
+                "l7_rules": p.l7_rules,
+            }));
+        }
+        for p in &self.peer {
+            let ports: Map<String, Value> = p
+                .port_modes
+                .iter()
+                .map(|(port, m)| (port.to_string(), json!(m.map_or("UNSET", |m| m.as_str()))))
+                .collect();
+            policies.push(json!({
+                "kind": "PeerAuthentication",
+                "policy": &*p.id,
+                "scope": scope(&p.namespace, p.selector.as_ref()),
+                "selector": selector_json(p.selector.as_ref()),
+                "mode": p.mode.map_or("UNSET", |m| m.as_str()),
+                "port_level_mtls": ports,
+                "status": if p.ignored_in(&self.root_namespace) {
+                    "ignored: workload selector in the root namespace"
+                } else if p.invalid {
+                    "invalid (applied as STRICT)"
+                } else {
+                    "active"
+                },
+            }));
+        }
+        json!({
+            "root_namespace": &*self.root_namespace,
+            "policies": policies,
+            "namespaces": self.namespaces(),
+            "errors": self.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })
+    }
+}
