@@ -129,6 +129,18 @@ impl TokenReviewAuthenticator {
         }
     }
 
+    /// The authenticator and the pod index it shares with the node binding,
+    /// from the cluster's own configuration (in-cluster, else kubeconfig).
+    /// The index fills in the background; it binds nothing until synced.
+    pub async fn from_cluster(
+        audience: impl Into<String>,
+        agent: ServiceAccountRef,
+    ) -> Result<(Self, Arc<PodIndex>, tokio::task::JoinHandle<()>), kube::Error> {
+        let client = Client::try_default().await?;
+        let (pods, watch) = PodIndex::start(client.clone());
+        Ok((Self::new(client, audience, agent, pods.clone()), pods, watch))
+    }
+
     /// The caller's node, or why not.
     pub async fn review(&self, token: &BearerToken) -> Result<NodeName, ReviewError> {
         let review = TokenReview {
