@@ -87,6 +87,11 @@ pub struct RunArgs {
     #[command(flatten)]
     pub state: StateArgs,
 
+    /// Watch the Kubernetes API for the state (in-cluster service account,
+    /// else kubeconfig) instead of reading `--state`.
+    #[arg(long, env = "AMBIT_KUBE", default_value_t = false)]
+    pub kube: bool,
+
     /// SPIFFE trust domain of workload identities.
     #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
