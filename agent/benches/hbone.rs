@@ -22,7 +22,6 @@ use ambit_agent::hbone::{
 use ambit_agent::identity::WorkloadCertificate;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 struct Handler(Arc<WorkloadCertificate>);
 
@@ -149,13 +148,13 @@ async fn main() {
     let tls = Arc::new(TlsConfigs::new(ca.bundle()).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hbone = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
+    let (_drain, watcher) = ambit_agent::drain::channel();
     let server = Server::new(
         tls.clone(),
         Arc::new(Handler(server_cert.clone())),
         ServerSettings::default(),
     );
-    tokio::spawn(server.serve(listener, shutdown.clone()));
+    tokio::spawn(server.serve(listener, watcher));
     let pod = sink_pod().await;
     let request = ConnectRequest {
         source,
@@ -251,5 +250,4 @@ async fn main() {
         rate(HANDSHAKES, start.elapsed()),
         (cpu_time() - cpu).as_secs_f64() * 1e6 / HANDSHAKES as f64
     );
-    shutdown.cancel();
 }
