@@ -9,6 +9,11 @@
 //! Namespace `mesh` is enrolled (`istio.io/dataplane-mode=ambient`), `plain`
 //! is not; which pod sits in which namespace is per test.
 
+// The helpers below are test code as much as the #[test] functions (clippy's
+// allow-unwrap-in-tests only sees the latter): a failed setup step should
+// fail the test on the spot.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -326,7 +331,7 @@ fn labelling_and_unlabelling_the_namespace_starts_and_stops_capture_live() {
     };
     let s = setup(|c| pods(c, false));
     let (client, server) = (s.cluster.pod(0, 0), s.cluster.pod(1, 0));
-    let mut agent = start_agent(&s.cluster, 0, &s.state, &[]);
+    let agent = start_agent(&s.cluster, 0, &s.state, &[]);
     let peer = Server::start(&server.netns, addr(server, 9001), ServerKind::Peer).unwrap();
     let chain = pod_chain(client);
 
