@@ -11,6 +11,7 @@
 //! - `report`: the result record, its JSON form and its Markdown table.
 
 mod measure;
+mod plain;
 mod report;
 mod scenario;
 
@@ -38,12 +39,17 @@ pub enum Mode {
     /// No mesh: pod to pod through the cluster's veths, bridge and node
     /// routing. The physical limit every mesh figure is compared with.
     Baseline,
+    /// The client pod enrolled, the server outside the mesh: an
+    /// `ambit-agent` on the client's node captures and carries the traffic
+    /// as plain TCP.
+    Plain,
 }
 
 impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Baseline => "baseline",
+            Mode::Plain => "plain",
         }
     }
 }

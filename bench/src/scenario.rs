@@ -13,7 +13,7 @@ use ambit_tests::traffic::{Server, ServerKind};
 use ambit_tests::{Cluster, Pod, Process};
 use anyhow::Context;
 
-use crate::Mode;
+use crate::{Mode, plain};
 
 const COUNT_PORT: u16 = 5201;
 const ECHO_PORT: u16 = 5202;
@@ -32,6 +32,7 @@ pub struct Scenario {
     // Drop order: servers, node processes, then the cluster.
     _servers: Vec<Server>,
     _node_processes: Vec<Process>,
+    _state_files: Vec<plain::StateFile>,
     _cluster: Cluster,
 }
 
@@ -53,8 +54,12 @@ impl Scenario {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-        let node_processes = match mode {
-            Mode::Baseline => Vec::new(),
+        let (node_processes, state_files) = match mode {
+            Mode::Baseline => (Vec::new(), Vec::new()),
+            Mode::Plain => {
+                let (agent, state) = plain::start(&cluster, &client, &server)?;
+                (vec![agent], vec![state])
+            }
         };
         Ok(Self {
             count: at(COUNT_PORT),
@@ -64,6 +69,7 @@ impl Scenario {
             server,
             _servers: servers,
             _node_processes: node_processes,
+            _state_files: state_files,
             _cluster: cluster,
         })
     }
