@@ -70,6 +70,9 @@ impl Default for NamespaceIndex {
 #[derive(Debug, Default)]
 pub(crate) struct Scope {
     everyone: Box<[Candidate]>,
+    /// Bit `min(len, 63)` set for the length of every indexed key: a workload
+    /// label whose key length is not here is skipped without reading its bytes.
+    key_lens: u64,
     pair_hashes: Box<[u64]>,
     /// Parallel to `pair_hashes`.
     groups: Box<[LabelGroup]>,
@@ -122,9 +125,13 @@ impl Scope {
             })
             .collect();
         groups.sort_by_key(|(h, _)| *h);
+        let key_lens = groups
+            .iter()
+            .fold(0, |m, (_, g)| m | key_len_bit(g.key_len));
         let (pair_hashes, groups): (Vec<u64>, Vec<LabelGroup>) = groups.into_iter().unzip();
         Self {
             everyone: everyone.into(),
+            key_lens,
             pair_hashes: pair_hashes.into(),
             groups: groups.into(),
         }
@@ -144,6 +151,9 @@ impl Scope {
             return;
         }
         for (k, v) in labels {
+            if self.key_lens & key_len_bit(k.len()) == 0 {
+                continue;
+            }
             let h = compiled::hash_pair(k, v);
             let first = self.pair_hashes.partition_point(|&x| x < h);
             let same = self.pair_hashes[first..].iter().take_while(|&&x| x == h);
@@ -154,6 +164,10 @@ impl Scope {
             }
         }
     }
+}
+
+fn key_len_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// PeerAuthentications of one namespace.
