@@ -445,7 +445,9 @@ fn edge_cases(client: &Pod, server: &Pod, port: u16) -> EdgeCases {
         server_saw_request,
         server_reset,
         client_reset,
-        refused_quickly: refused && start.elapsed() < Duration::from_secs(2),
+        // Well under the agent's 10 s connect timeout: the refusal was relayed,
+        // not waited out (the margin absorbs a heavily loaded CI machine).
+        refused_quickly: refused && start.elapsed() < Duration::from_secs(4),
     }
 }
 
