@@ -11,10 +11,13 @@
 //! - [`traffic`]: echo, sink and peer-reporting servers and their clients,
 //!   with a chunking-independent checksum. The `ambit-testpod` binary serves
 //!   the same protocols from a separate process.
+//! - [`mesh`]: a running mesh on a cluster: the CA, one agent per node, the
+//!   state file they read, policy changes, metrics and admin scrapes.
 //! - [`bin_path`]: where the workspace's binaries are, for spawning them in
 //!   namespaces.
 
 pub mod cluster;
+pub mod mesh;
 pub mod netns;
 pub mod preflight;
 pub mod traffic;
@@ -22,6 +25,7 @@ pub mod traffic;
 use std::path::PathBuf;
 
 pub use cluster::{Cluster, ClusterBuilder, ClusterError, Node, Pod};
+pub use mesh::{Mesh, MeshBuilder, MeshError, MeshPod, PodSpec};
 pub use netns::{Netns, NetnsError, Process};
 pub use preflight::require_e2e;
 pub use traffic::{Exchange, Server, ServerKind, TrafficError, Transfer};
