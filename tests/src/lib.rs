@@ -13,10 +13,13 @@
 //!   the same protocols from a separate process.
 //! - [`mesh`]: a running mesh on a cluster: the CA, one agent per node, the
 //!   state file they read, policy changes, metrics and admin scrapes.
+//! - [`fake_kube`]: a fake Kubernetes API server on loopback (list, watch,
+//!   TokenReview) for the agent's watchers and the CA's authentication.
 //! - [`bin_path`]: where the workspace's binaries are, for spawning them in
 //!   namespaces.
 
 pub mod cluster;
+pub mod fake_kube;
 pub mod mesh;
 pub mod netns;
 pub mod preflight;

@@ -17,34 +17,43 @@
 //! [`Process::log_path`]) and are printed when a test fails; dropping the mesh
 //! stops every process and deletes every namespace it made.
 //!
+//! - `builder`: placing pods, writing the state, starting and waiting.
+//! - `pod`: what a test asks to place and what it gets back.
 //! - `state`: the state file's model and rendering.
+//! - `guestbook`: Istio's guestbook scenario (layout, servers, policies).
+//! - `probe`: allowed or refused, as the application sees it.
 //! - `control`: the CA's namespace, and starting the CA and the agents.
 //! - `http`: GET from inside a namespace (readiness, metrics, admin).
 //! - `prometheus`: parsed `/metrics` samples.
 //! - `openssl`: the certificate chain a pod presents, as `openssl s_client` sees it.
 //! - `wire`: tcpdump on the fabric bridge.
 
+mod builder;
 mod control;
+pub mod guestbook;
 pub mod http;
 pub mod openssl;
+mod pod;
+pub mod probe;
 pub mod prometheus;
 pub mod state;
 pub mod wire;
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{Cluster, ClusterError, Node, Pod};
+use crate::cluster::{Cluster, ClusterError, Node};
 use crate::netns::{Netns, NetnsError, Process};
 use crate::{BinError, bin_path};
+pub use builder::MeshBuilder;
 pub use http::Response;
 pub use openssl::PresentedChain;
+pub use pod::{MeshPod, PodSpec};
 pub use prometheus::{Sample, Samples};
-use state::{PodRecord, ServiceRecord, State};
+use state::State;
 pub use wire::{FabricCapture, Recording};
 
 /// Trust domain of every identity in a test mesh.
@@ -54,8 +63,7 @@ pub const READINESS_PORT: u16 = 15021;
 pub const ADMIN_PORT: u16 = 15000;
 pub const HBONE_PORT: u16 = 15008;
 pub const CA_PORT: u16 = 15012;
-/// How long agents get to become ready, and to load a changed state.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long agents get to load a changed state.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 const STATE_RELOADS: &str = "ambit_state_reloads_total";
 const STATE_RELOAD_ERRORS: &str = "ambit_state_reload_errors_total";
@@ -112,99 +120,6 @@ impl MeshError {
     }
 }
 
-/// A pod to place: where, in which namespace, as which service account.
-#[derive(Clone, Debug)]
-pub struct PodSpec {
-    pub name: String,
-    pub namespace: String,
-    pub service_account: String,
-    pub node: usize,
-    pub labels: BTreeMap<String, String>,
-}
-
-impl PodSpec {
-    /// Pod `name` on node 0 in namespace `default`, service account `default`.
-    pub fn new(name: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            namespace: "default".to_owned(),
-            service_account: "default".to_owned(),
-            node: 0,
-            labels: BTreeMap::new(),
-        }
-    }
-
-    pub fn namespace(mut self, namespace: &str) -> Self {
-        self.namespace = namespace.to_owned();
-        self
-    }
-
-    pub fn service_account(mut self, service_account: &str) -> Self {
-        self.service_account = service_account.to_owned();
-        self
-    }
-
-    pub fn node(mut self, node: usize) -> Self {
-        self.node = node;
-        self
-    }
-
-    pub fn label(mut self, key: &str, value: &str) -> Self {
-        self.labels.insert(key.to_owned(), value.to_owned());
-        self
-    }
-}
-
-/// A placed pod and what the state says about it.
-#[derive(Clone, Debug)]
-pub struct MeshPod {
-    pub pod: Pod,
-    pub namespace: String,
-    pub service_account: String,
-    pub labels: BTreeMap<String, String>,
-}
-
-impl MeshPod {
-    pub fn name(&self) -> &str {
-        &self.pod.name
-    }
-
-    pub fn ip(&self) -> Ipv4Addr {
-        self.pod.ip
-    }
-
-    pub fn netns(&self) -> &Netns {
-        &self.pod.netns
-    }
-
-    pub fn addr(&self, port: u16) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(self.pod.ip), port)
-    }
-
-    /// `cluster.local/ns/<namespace>/sa/<service account>`, as policies name it.
-    pub fn principal(&self) -> String {
-        format!(
-            "{TRUST_DOMAIN}/ns/{}/sa/{}",
-            self.namespace, self.service_account
-        )
-    }
-
-    /// `spiffe://cluster.local/ns/<namespace>/sa/<service account>`.
-    pub fn spiffe_id(&self) -> String {
-        format!("spiffe://{}", self.principal())
-    }
-}
-
-/// Configures a [`Mesh`].
-#[derive(Clone, Debug)]
-pub struct MeshBuilder {
-    nodes: usize,
-    namespaces: BTreeMap<String, bool>,
-    pods: Vec<PodSpec>,
-    services: Vec<ServiceRecord>,
-    documents: Vec<String>,
-}
-
 /// What `ambit-agent authz check` said about one connection.
 #[derive(Clone, Debug)]
 pub struct AuthzCheck {
@@ -238,13 +153,7 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn builder() -> MeshBuilder {
-        MeshBuilder {
-            nodes: 2,
-            namespaces: BTreeMap::from([(state::ROOT_NAMESPACE.to_owned(), false)]),
-            pods: Vec::new(),
-            services: Vec::new(),
-            documents: Vec::new(),
-        }
+        MeshBuilder::new()
     }
 
     pub fn cluster(&self) -> &Cluster {
@@ -483,146 +392,6 @@ impl Drop for Mesh {
             );
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-impl MeshBuilder {
-    pub fn nodes(mut self, nodes: usize) -> Self {
-        self.nodes = nodes;
-        self
-    }
-
-    /// Declares a namespace, enrolled (`istio.io/dataplane-mode=ambient`) or not.
-    pub fn namespace(mut self, name: &str, enrolled: bool) -> Self {
-        self.namespaces.insert(name.to_owned(), enrolled);
-        self
-    }
-
-    pub fn pod(mut self, spec: PodSpec) -> Self {
-        self.pods.push(spec);
-        self
-    }
-
-    /// A ClusterIP Service `namespace/name` at `vip` selecting `selector`
-    /// (`key=value`), with `(port, targetPort)` pairs.
-    pub fn service(
-        mut self,
-        namespace: &str,
-        name: &str,
-        vip: Ipv4Addr,
-        selector: (&str, &str),
-        ports: &[(u16, u16)],
-    ) -> Self {
-        self.services.push(ServiceRecord {
-            name: name.to_owned(),
-            namespace: namespace.to_owned(),
-            vip,
-            selector: BTreeMap::from([(selector.0.to_owned(), selector.1.to_owned())]),
-            ports: ports.to_vec(),
-        });
-        self
-    }
-
-    /// Documents (policies) in force from the start.
-    pub fn document(mut self, yaml: &str) -> Self {
-        self.documents.push(yaml.to_owned());
-        self
-    }
-
-    /// Builds the cluster, writes the state, starts the CA and the agents
-    /// and waits until every agent is ready.
-    pub fn build(self) -> Result<Mesh, MeshError> {
-        let mut cluster = Cluster::builder()
-            .nodes(self.nodes)
-            .pods_per_node(0)
-            .build()?;
-        let mut state = State {
-            namespaces: self.namespaces.clone(),
-            services: self.services.clone(),
-            ..State::default()
-        };
-        let mut pods = Vec::new();
-        for spec in &self.pods {
-            if !self.namespaces.contains_key(&spec.namespace) {
-                return Err(MeshError::PodSpec(format!(
-                    "{}: namespace {} is not declared",
-                    spec.name, spec.namespace
-                )));
-            }
-            let pod = cluster.add_pod(spec.node, &spec.name)?;
-            state.pods.push(PodRecord {
-                name: spec.name.clone(),
-                namespace: spec.namespace.clone(),
-                service_account: spec.service_account.clone(),
-                node_name: cluster.node(spec.node).name.clone(),
-                ip: pod.ip,
-                labels: spec.labels.clone(),
-            });
-            pods.push(MeshPod {
-                pod,
-                namespace: spec.namespace.clone(),
-                service_account: spec.service_account.clone(),
-                labels: spec.labels.clone(),
-            });
-        }
-        for yaml in &self.documents {
-            state.apply(yaml)?;
-        }
-        let dir = std::env::temp_dir()
-            .join("ambit-tests")
-            .join(cluster.netns_prefix().trim_end_matches('-'));
-        std::fs::create_dir_all(&dir).map_err(|e| MeshError::io(dir.clone(), e))?;
-        let text = state.render()?;
-        state::write_atomically(&dir.join("state.yaml"), &text)?;
-
-        let started = control::start(&cluster, &dir)?;
-        let mut mesh = Mesh {
-            agents: started.agents,
-            ca: started.ca,
-            ca_netns: started.ca_netns,
-            pods,
-            state: Mutex::new((state, text)),
-            dir,
-            cluster,
-        };
-        for index in 0..mesh.agents.len() {
-            mesh.wait_ready(index)?;
-        }
-        Ok(mesh)
-    }
-}
-
-impl Mesh {
-    /// Waits until node `index`'s agent answers 200 on `/healthz/ready`.
-    fn wait_ready(&mut self, index: usize) -> Result<(), MeshError> {
-        let node = self.cluster.node(index);
-        let addr = SocketAddr::new(IpAddr::V4(node.fabric_ip), READINESS_PORT);
-        let agent = &mut self.agents[index];
-        let start = Instant::now();
-        let mut last;
-        loop {
-            if let Ok(Some(status)) = agent.try_wait() {
-                return Err(MeshError::Exited {
-                    label: agent.label().to_owned(),
-                    status,
-                    log: tail(&agent.log(), 40),
-                });
-            }
-            match http::get(&node.netns, addr, "/healthz/ready") {
-                Ok(r) if r.status == 200 => return Ok(()),
-                Ok(r) => last = format!("{}: {}", r.status, r.body.trim()),
-                Err(e) => last = e.to_string(),
-            }
-            if start.elapsed() > READY_TIMEOUT {
-                return Err(MeshError::Timeout {
-                    what: format!("not ready ({last})"),
-                    label: agent.label().to_owned(),
-                    waited: start.elapsed(),
-                    log: tail(&agent.log(), 40),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(25));
         }
     }
 }

@@ -35,7 +35,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::scenario::{ECHO_PORT, Guestbook, Outcome, echo, payload};
+use crate::scenario::{ECHO_PORT, Outcome, echo, payload};
 
 /// Runs `make()`'s future on a single-threaded runtime whose thread is in
 /// `netns`, so every socket it opens belongs to that namespace.
@@ -173,7 +173,7 @@ fn forged_clients_are_refused_and_the_agent_keeps_serving() {
     if !require_e2e() {
         return;
     }
-    let gb = Guestbook::start();
+    let gb = crate::scenario::start();
     let mesh = &gb.mesh;
     let (legacy, analyzer, guestbook) = (gb.pod("legacy"), gb.pod("analyzer"), gb.pod("guestbook"));
 

@@ -11,41 +11,11 @@ use std::time::Duration;
 
 use ambit_tests::require_e2e;
 
+use ambit_tests::mesh::guestbook::{ALLOW_GUESTBOOK, ALLOW_NOTHING, peer_authentication};
+
 use crate::scenario::{ECHO_PORT, Guestbook, Outcome, PROMPT, echo, eventually, payload};
 
 const DECISIONS: &str = "ambit_authorization_decisions_total";
-
-const ALLOW_NOTHING: &str = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: analyzer-access, namespace: default}
-spec:
-  selector: {matchLabels: {app: analyzer}}
-  action: ALLOW
-"#;
-
-const ALLOW_GUESTBOOK: &str = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: analyzer-access, namespace: default}
-spec:
-  selector: {matchLabels: {app: analyzer}}
-  action: ALLOW
-  rules:
-  - from:
-    - source: {principals: ["cluster.local/ns/default/sa/guestbook"]}
-"#;
-
-fn peer_authentication(namespace: &str, name: &str, selector: Option<&str>, mode: &str) -> String {
-    let selector = selector
-        .map(|app| format!("  selector: {{matchLabels: {{app: {app}}}}}\n"))
-        .unwrap_or_default();
-    format!(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
-         metadata: {{name: {name}, namespace: {namespace}}}\n\
-         spec:\n{selector}  mtls: {{mode: {mode}}}\n"
-    )
-}
 
 /// Connects `from` -> `to`:8080 and asserts the outcome is `allowed`, that
 /// `authz check` agrees, and that `to`'s agent counted one decision with the
@@ -102,7 +72,7 @@ fn authorization_policy_on_analyzer() {
     if !require_e2e() {
         return;
     }
-    let gb = Guestbook::start();
+    let gb = crate::scenario::start();
     // No policy: everyone in.
     expect(&gb, "guestbook", "analyzer", true);
     expect(&gb, "sleep", "analyzer", true);
@@ -138,7 +108,7 @@ fn peer_authentication_modes() {
     if !require_e2e() {
         return;
     }
-    let gb = Guestbook::start();
+    let gb = crate::scenario::start();
     // Default PERMISSIVE: plaintext from outside the mesh is accepted.
     expect(&gb, "legacy", "analyzer", true);
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ambit_tests::mesh::Samples;
 use ambit_tests::require_e2e;
 
-use crate::scenario::{ECHO_PORT, Guestbook, Outcome, SINK_PORT, echo, eventually, payload, sink};
+use crate::scenario::{ECHO_PORT, Outcome, SINK_PORT, echo, eventually, payload, scrape, sink};
 
 const OPENED: &str = "istio_tcp_connections_opened_total";
 const CLOSED: &str = "istio_tcp_connections_closed_total";
@@ -36,14 +36,14 @@ fn enrolled_pods_talk_across_nodes_inside_mtls_and_are_counted() {
     if !require_e2e() {
         return;
     }
-    let gb = Guestbook::start();
+    let gb = crate::scenario::start();
     let (guestbook, analyzer, sleep, legacy) = (
         gb.pod("guestbook"),
         gb.pod("analyzer"),
         gb.pod("sleep"),
         gb.pod("legacy"),
     );
-    let before = gb.scrape();
+    let before = scrape(&gb);
     let wire = gb.mesh.capture_fabric().unwrap();
 
     // Mesh traffic carrying a marker, echoed across nodes 0 -> 1.
@@ -56,8 +56,12 @@ fn enrolled_pods_talk_across_nodes_inside_mtls_and_are_counted() {
     );
     // Bulk, one direction, nodes 2 -> 1; the sink's answer is the other direction.
     const SINK_BYTES: u64 = 3 << 20;
-    let (sunk, answer) = sink(sleep, analyzer.addr(SINK_PORT), SINK_BYTES, 42);
-    assert_eq!(sunk, SINK_BYTES);
+    let (sent, received, answer) = sink(sleep, analyzer.addr(SINK_PORT), SINK_BYTES, 42).unwrap();
+    assert_eq!(sent.bytes, SINK_BYTES);
+    assert_eq!(
+        received, sent,
+        "the sink received other bytes than were sent"
+    );
     // Control: plaintext from outside the mesh (PERMISSIVE by default) is
     // visible on the wire, so the capture does see payloads.
     const PLAIN: &str = "AMBIT-MARKER-legacy-plaintext-51d0e2";
@@ -165,7 +169,7 @@ fn enrolled_pods_talk_across_nodes_inside_mtls_and_are_counted() {
         },
     ];
     eventually(Duration::from_secs(5), || {
-        let after = gb.scrape();
+        let after = scrape(&gb);
         for c in &expectations {
             let got = [OPENED, CLOSED, RECEIVED, SENT]
                 .map(|name| delta(&before[c.node], &after[c.node], name, &c.filter));
@@ -179,7 +183,7 @@ fn enrolled_pods_talk_across_nodes_inside_mtls_and_are_counted() {
         Ok(())
     });
     // Nothing else was counted: no connection was reported twice or under other labels.
-    let after = gb.scrape();
+    let after = scrape(&gb);
     for (node, opened) in [(0, 1.0), (1, 3.0), (2, 1.0)] {
         assert_eq!(
             delta(&before[node], &after[node], OPENED, &[]),
@@ -195,7 +199,7 @@ fn the_hbone_port_presents_a_chain_to_the_ca_root_naming_the_pod() {
     if !require_e2e() {
         return;
     }
-    let gb = Guestbook::start();
+    let gb = crate::scenario::start();
     let analyzer = gb.pod("analyzer");
     let chain = gb
         .mesh
