@@ -14,6 +14,7 @@
 
 mod measure;
 mod mesh;
+mod plain;
 mod report;
 mod scenario;
 
@@ -41,6 +42,10 @@ pub enum Mode {
     /// No mesh: pod to pod through the cluster's veths, bridge and node
     /// routing. The physical limit every mesh figure is compared with.
     Baseline,
+    /// The client pod enrolled, the server outside the mesh: an
+    /// `ambit-agent` on the client's node captures and carries the traffic
+    /// as plain TCP.
+    Plain,
     /// Through two Ambit agents (HBONE between the nodes), beside the
     /// baseline measured on the same cluster (see `mesh`).
     Mesh,
@@ -50,6 +55,7 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Baseline => "baseline",
+            Mode::Plain => "plain",
             Mode::Mesh => "mesh",
         }
     }

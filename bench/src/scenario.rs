@@ -14,7 +14,7 @@ use ambit_tests::traffic::{Server, ServerKind};
 use ambit_tests::{Cluster, Mesh, Pod, Process};
 use anyhow::Context;
 
-use crate::Mode;
+use crate::{Mode, plain};
 
 const COUNT_PORT: u16 = 5201;
 const ECHO_PORT: u16 = 5202;
@@ -33,6 +33,7 @@ pub struct Scenario {
     // Drop order: servers, node processes, then the cluster (or the mesh).
     _servers: Vec<Server>,
     _node_processes: Vec<Process>,
+    _state_files: Vec<plain::StateFile>,
     _cluster: Option<Cluster>,
     _mesh: Option<Arc<Mesh>>,
 }
@@ -42,12 +43,17 @@ impl Scenario {
         let cluster = Cluster::builder().nodes(2).pods_per_node(1).build()?;
         let client = cluster.pod(0, 0).clone();
         let server = cluster.pod(1, 0).clone();
-        let node_processes = match mode {
-            Mode::Baseline => Vec::new(),
+        let (node_processes, state_files) = match mode {
+            Mode::Baseline => (Vec::new(), Vec::new()),
+            Mode::Plain => {
+                let (agent, state) = plain::start(&cluster, &client, &server)?;
+                (vec![agent], vec![state])
+            }
             Mode::Mesh => anyhow::bail!("mesh mode sets up its own cluster (crate::mesh)"),
         };
         let mut scenario = Self::between(client, server)?;
         scenario._node_processes = node_processes;
+        scenario._state_files = state_files;
         scenario._cluster = Some(cluster);
         Ok(scenario)
     }
@@ -83,6 +89,7 @@ impl Scenario {
             server,
             _servers: servers,
             _node_processes: Vec::new(),
+            _state_files: Vec::new(),
             _cluster: None,
             _mesh: None,
         })
