@@ -25,6 +25,9 @@ pub struct Report {
 pub struct Host {
     pub cpus: usize,
     pub kernel: String,
+    /// One-minute load average when the run ended: figures taken on a busy
+    /// machine are not comparable with those of an idle one.
+    pub load_avg_1m: f64,
 }
 
 /// Between which pods the figures were taken.
@@ -82,6 +85,10 @@ impl Report {
                 kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                     .map(|s| s.trim().to_owned())
                     .unwrap_or_default(),
+                load_avg_1m: std::fs::read_to_string("/proc/loadavg")
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(f64::NAN),
             },
             path: PathInfo {
                 client_pod: format!("node0/{}", scenario.client.name),
@@ -121,7 +128,7 @@ impl Report {
         format!(
             "{header}\n| {} | {:.2} | {:.1} | {:.1} | {:.0} |\n\n\
              {} stream(s) for {:.1} s; {} round trips of {} bytes on one connection; \
-             {} worker(s) for {:.1} s ({} failed); {} CPUs, kernel {}.",
+             {} worker(s) for {:.1} s ({} failed); {} CPUs, load {:.2}, kernel {}.",
             self.mode,
             self.throughput.gbit_per_s,
             self.latency.p50_us,
@@ -135,6 +142,7 @@ impl Report {
             self.connections.seconds,
             self.connections.failed,
             self.host.cpus,
+            self.host.load_avg_1m,
             self.host.kernel,
         )
     }

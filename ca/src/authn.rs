@@ -11,6 +11,7 @@ use std::fmt;
 use futures::future::BoxFuture;
 
 pub mod bootstrap;
+pub mod token_review;
 
 /// The name of a node (Kubernetes `spec.nodeName`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -18,6 +18,7 @@ pub mod binding;
 pub mod cli;
 pub mod client;
 pub mod keys;
+pub mod pods;
 pub mod signer;
 pub mod spiffe;
 

@@ -294,3 +294,97 @@ async fn stalled_tls_handshake_is_dropped() {
         .unwrap();
     ca.shutdown().await.unwrap();
 }
+
+/// An HTTP/2 connection over TLS to the CA, below gRPC, to misbehave mid-call.
+async fn raw_h2(ca: &ambit_ca::app::RunningCa) -> h2::client::SendRequest<bytes::Bytes> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca.root_pem.as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(ca.local_addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(ambit_ca::DEFAULT_SERVING_NAME).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (send, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(connection);
+    send
+}
+
+/// Starts a CreateCertificate call and sends only part of its message.
+async fn partial_call(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let request = http::Request::post(
+        "https://ambit-ca/istio.v1.auth.IstioCertificateService/CreateCertificate",
+    )
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("authorization", format!("Bearer {TOKEN_A}"))
+    .body(())
+    .unwrap();
+    let (response, mut body) = send
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, false)
+        .unwrap();
+    // The frame header promises 100 bytes; only 10 follow.
+    let mut partial = vec![0u8, 0, 0, 0, 100];
+    partial.extend_from_slice(&[0x0a; 10]);
+    body.send_data(bytes::Bytes::from(partial), false).unwrap();
+    (response, body)
+}
+
+#[tokio::test]
+async fn client_stalling_or_leaving_mid_call_is_cut_off_and_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = start(&cli(dir.path(), &["--request-timeout", "2s"])).await;
+    let mut send = raw_h2(&ca).await;
+
+    // Stalls mid-message: the call ends with a status once the deadline passes.
+    let started = std::time::Instant::now();
+    let (response, _body) = partial_call(&mut send).await;
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("a stalled call must be ended by the server")
+        .unwrap();
+    let mut grpc_status = response.headers().get("grpc-status").cloned();
+    if grpc_status.is_none() {
+        let trailers = response.into_body().trailers().await.unwrap().unwrap();
+        grpc_status = trailers.get("grpc-status").cloned();
+    }
+    let code = Code::from_bytes(grpc_status.unwrap().as_bytes());
+    assert!(
+        matches!(code, Code::Cancelled | Code::DeadlineExceeded),
+        "{code:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Leaves mid-message: resets its stream, then drops the whole connection.
+    let (_response, mut body) = partial_call(&mut send).await;
+    body.send_reset(h2::Reason::CANCEL);
+    let (_response, _body) = partial_call(&mut send).await;
+    drop(send);
+
+    // The CA still serves everyone else.
+    client(&ca, Some(TOKEN_A))
+        .create_certificate(&csr_for(&cart()), Duration::from_secs(60), &cart())
+        .await
+        .unwrap();
+    ca.shutdown().await.unwrap();
+}

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
-use crate::index::{Inner, PolicyIdx, PolicySet};
+use crate::index::{Inner, NamespaceIndex, PolicyIdx, PolicySet};
 use crate::model::{Attributes, AuthzPolicy, Effect, MtlsMode, Rule};
 
 /// The destination workload of a connection.
@@ -123,7 +123,8 @@ impl PolicySet {
     /// Decides a connection to `dst`.
     pub fn evaluate(&self, dst: &Target<'_>, conn: &Connection<'_>) -> Decision {
         let inner = &*self.inner;
-        let (mtls_mode, mode_policy) = inner.resolve_mtls(dst, conn.dst_port);
+        let own = inner.namespace(dst.namespace);
+        let (mtls_mode, mode_policy) = inner.resolve_mtls(own, dst, conn.dst_port);
         let decide = |allowed, policy: Option<&str>, rule, reason| Decision {
             allowed,
             policy: policy.map(str::to_owned),
@@ -174,13 +175,9 @@ impl PolicySet {
                 Effect::Deny(_) | Effect::Audit | Effect::Waypoint => {}
             }
         };
-        if let Some(scope) = inner.authz_scopes.get(&*inner.root_namespace) {
-            scope.for_each_candidate(dst.labels, &mut visit);
-        }
-        if dst.namespace != &*inner.root_namespace
-            && let Some(scope) = inner.authz_scopes.get(dst.namespace)
-        {
-            scope.for_each_candidate(dst.labels, &mut visit);
+        inner.root.authz.for_each_candidate(dst.labels, &mut visit);
+        if let Some(own) = own.filter(|own| !std::ptr::eq(*own, &inner.root)) {
+            own.authz.for_each_candidate(dst.labels, &mut visit);
         }
 
         let named = |best: Best| {
@@ -211,7 +208,8 @@ impl PolicySet {
 
     /// The mTLS mode PeerAuthentication gives `port` of `dst`.
     pub fn mtls_mode(&self, dst: &Target<'_>, port: u16) -> MtlsMode {
-        self.inner.resolve_mtls(dst, port).0
+        let own = self.inner.namespace(dst.namespace);
+        self.inner.resolve_mtls(own, dst, port).0
     }
 
     /// A JSON view for the admin config dump: every policy with its scope and
@@ -225,7 +223,22 @@ impl Inner {
     /// Mesh, then namespace, then workload, then port: each level that sets a
     /// mode overrides the one above; UNSET inherits. Also returns the policy
     /// that set the winning mode.
-    pub(crate) fn resolve_mtls(&self, dst: &Target<'_>, port: u16) -> (MtlsMode, Option<&str>) {
+    /// The index of the destination's namespace (the root namespace's own when
+    /// the destination lives there).
+    fn namespace(&self, ns: &str) -> Option<&NamespaceIndex> {
+        if ns == &*self.root_namespace {
+            // Its workload policies still apply to its own workloads.
+            return Some(&self.root);
+        }
+        self.namespaces.get(ns)
+    }
+
+    pub(crate) fn resolve_mtls(
+        &self,
+        own: Option<&NamespaceIndex>,
+        dst: &Target<'_>,
+        port: u16,
+    ) -> (MtlsMode, Option<&str>) {
         let mut mode = MtlsMode::Permissive;
         let mut by = None;
         let mut apply = |idx: Option<PolicyIdx>, port: Option<u16>| {
@@ -241,16 +254,14 @@ impl Inner {
                 by = Some(&*p.id);
             }
         };
-        let root = self.peer_scopes.get(&*self.root_namespace);
-        apply(root.and_then(|s| s.namespace_wide), None);
-        let own = self.peer_scopes.get(dst.namespace);
+        apply(self.root.peer.namespace_wide, None);
         if dst.namespace != &*self.root_namespace {
-            apply(own.and_then(|s| s.namespace_wide), None);
+            apply(own.and_then(|s| s.peer.namespace_wide), None);
         }
         // Workload policies apply only in their own namespace (`build` drops
         // those in the root namespace, as Istio ignores them).
         let workload = own.and_then(|s| {
-            s.workload.iter().copied().find(|&i| {
+            s.peer.workload.iter().copied().find(|&i| {
                 self.peer
                     .get(i as usize)
                     .and_then(|p| p.selector.as_ref())

@@ -8,8 +8,10 @@
 //! are resolved per namespace: the winning namespace-wide policy is chosen once at
 //! build time, workload policies kept oldest first.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use crate::model::{AuthzPolicy, Effect, PeerAuthn, Selector};
 use crate::parse::{self, Compiled, PolicyError, PolicyKind};
@@ -30,11 +32,20 @@ pub struct PolicySet {
 pub(crate) struct Inner {
     pub root_namespace: Box<str>,
     pub authz: Vec<AuthzPolicy>,
-    pub authz_scopes: HashMap<Box<str>, Scope>,
     /// Oldest first.
     pub peer: Vec<PeerAuthn>,
-    pub peer_scopes: HashMap<Box<str>, PeerScope>,
+    /// The root namespace's policies, kept apart: every decision reads them.
+    pub root: NamespaceIndex,
+    /// Every other namespace holding policies: one lookup per decision.
+    pub namespaces: HashMap<Box<str>, NamespaceIndex>,
     pub errors: Vec<PolicyError>,
+}
+
+/// The policies of one namespace.
+#[derive(Debug, Default)]
+pub(crate) struct NamespaceIndex {
+    pub authz: Scope,
+    pub peer: PeerScope,
 }
 
 /// The AuthorizationPolicies of one namespace that take part in decisions.
@@ -164,29 +175,31 @@ impl PolicySetBuilder {
     }
 
     pub fn build(self) -> PolicySet {
+        let root_namespace: Box<str> = self.root_namespace.into();
+        let mut root = NamespaceIndex::default();
+        let mut namespaces: HashMap<Box<str>, NamespaceIndex> = HashMap::default();
         let authz: Vec<AuthzPolicy> = self.authz.into_values().collect();
-        let mut authz_scopes: HashMap<Box<str>, Scope> = HashMap::new();
         for (i, p) in authz.iter().enumerate() {
             // AUDIT never changes a decision; waypoint policies are not ours.
             if matches!(p.effect, Effect::Audit | Effect::Waypoint) {
                 continue;
             }
             let idx = PolicyIdx::try_from(i).unwrap_or(PolicyIdx::MAX);
-            authz_scopes
-                .entry(p.namespace.clone())
-                .or_default()
+            namespace_index(&mut root, &mut namespaces, &root_namespace, &p.namespace)
+                .authz
                 .insert(idx, p.selector.as_ref());
         }
 
         let mut peer: Vec<PeerAuthn> = self.peer.into_values().collect();
         peer.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
-        let mut peer_scopes: HashMap<Box<str>, PeerScope> = HashMap::new();
         for (i, p) in peer.iter().enumerate() {
-            if p.ignored_in(&self.root_namespace) {
+            if p.ignored_in(&root_namespace) {
                 continue;
             }
             let idx = PolicyIdx::try_from(i).unwrap_or(PolicyIdx::MAX);
-            let scope = peer_scopes.entry(p.namespace.clone()).or_default();
+            let scope =
+                &mut namespace_index(&mut root, &mut namespaces, &root_namespace, &p.namespace)
+                    .peer;
             match p.selector {
                 None => {
                     scope.namespace_wide.get_or_insert(idx);
@@ -197,14 +210,27 @@ impl PolicySetBuilder {
 
         PolicySet {
             inner: Arc::new(Inner {
-                root_namespace: self.root_namespace.into(),
+                root_namespace,
                 authz,
-                authz_scopes,
                 peer,
-                peer_scopes,
+                root,
+                namespaces,
                 errors: self.errors.into_values().collect(),
             }),
         }
+    }
+}
+
+fn namespace_index<'a>(
+    root: &'a mut NamespaceIndex,
+    namespaces: &'a mut HashMap<Box<str>, NamespaceIndex>,
+    root_namespace: &str,
+    ns: &str,
+) -> &'a mut NamespaceIndex {
+    if ns == root_namespace {
+        root
+    } else {
+        namespaces.entry(ns.into()).or_default()
     }
 }
 

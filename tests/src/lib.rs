@@ -11,10 +11,13 @@
 //! - [`traffic`]: echo, sink and peer-reporting servers and their clients,
 //!   with a chunking-independent checksum. The `ambit-testpod` binary serves
 //!   the same protocols from a separate process.
+//! - [`fake_kube`]: a fake Kubernetes API server on loopback (list, watch,
+//!   TokenReview) for the agent's watchers and the CA's authentication.
 //! - [`bin_path`]: where the workspace's binaries are, for spawning them in
 //!   namespaces.
 
 pub mod cluster;
+pub mod fake_kube;
 pub mod netns;
 pub mod preflight;
 pub mod traffic;

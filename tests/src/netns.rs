@@ -7,13 +7,16 @@
 //! dedicated thread that calls `setns(2)`: a socket created there stays in
 //! that namespace for its whole life, whichever thread uses it afterwards.
 
+mod process;
+
+pub use process::Process;
+
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -182,7 +185,7 @@ impl Netns {
                 .unwrap_or(cmd.get_program())
                 .to_string_lossy()
         );
-        let log_path = log_file_path(&label);
+        let log_path = process::log_file_path(&label);
         let log = File::create(&log_path).map_err(|source| NetnsError::Log {
             path: log_path.clone(),
             source,
@@ -200,12 +203,7 @@ impl Netns {
                 program: describe(&inner),
                 source,
             })?;
-        Ok(Process {
-            child,
-            label,
-            log_path,
-            netns: self.clone(),
-        })
+        Ok(Process::new(child, label, log_path, self.clone()))
     }
 
     /// Runs `f` on a thread that has entered this namespace, and returns
@@ -331,113 +329,6 @@ pub(crate) fn delete(name: &str) {
         .args(["netns", "del", name])
         .stderr(Stdio::null())
         .status();
-}
-
-/// A process running inside a namespace; killed when dropped. When the
-/// dropping thread is panicking (a failing test), the tail of the process's
-/// log is printed so the failure can be understood.
-#[derive(Debug)]
-pub struct Process {
-    child: Child,
-    label: String,
-    log_path: PathBuf,
-    netns: Netns,
-}
-
-impl Process {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// `<namespace>:<program>`, for messages.
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.log_path
-    }
-
-    /// Everything the process wrote to stdout and stderr so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// Has the process exited, and how?
-    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        self.child.try_wait()
-    }
-
-    /// Waits until `addr` accepts connections from the process's namespace,
-    /// failing fast with the process's log if it exits first.
-    pub fn wait_for_port(&mut self, addr: SocketAddr, timeout: Duration) -> Result<(), NetnsError> {
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(NetnsError::ExitedEarly {
-                    label: self.label.clone(),
-                    addr,
-                    status,
-                    log: tail(&self.log(), 40),
-                });
-            }
-            let left = timeout.saturating_sub(start.elapsed());
-            match self
-                .netns
-                .wait_for_port(addr, left.min(Duration::from_millis(250)))
-            {
-                Ok(()) => return Ok(()),
-                Err(err @ NetnsError::PortTimeout { .. }) if left.is_zero() => return Err(err),
-                Err(NetnsError::PortTimeout { .. }) => {}
-                Err(err) => return Err(err),
-            }
-        }
-    }
-
-    /// Asks the process to stop with SIGTERM, waits up to `grace`, then kills it.
-    pub fn stop(mut self, grace: Duration) -> io::Result<ExitStatus> {
-        let pid = Pid::from_raw(self.child.id() as i32);
-        let _ = kill(pid, Signal::SIGTERM);
-        let start = Instant::now();
-        while start.elapsed() < grace {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child.kill()?;
-        self.child.wait()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "---- log of {} ({}) ----\n{}\n---- end of log ----",
-                self.label,
-                self.log_path.display(),
-                tail(&self.log(), 60)
-            );
-        }
-    }
-}
-
-fn log_file_path(label: &str) -> PathBuf {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join("ambit-tests");
-    let _ = std::fs::create_dir_all(&dir);
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!("{}-{n}.log", label.replace([':', '/'], "_")))
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn describe(cmd: &Command) -> String {

@@ -6,6 +6,7 @@
 //! explicit opt-out `AMBIT_E2E_SKIP=1` turns them into a loudly printed skip.
 //! CI never sets it.
 
+use std::io::Write;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -33,7 +34,10 @@ pub fn require_e2e() -> bool {
             .name()
             .unwrap_or("<unnamed>")
             .to_owned();
-        eprintln!(
+        // Straight to the stderr handle: the test harness captures
+        // `eprintln!` of passing tests, and this line must be seen.
+        let _ = writeln!(
+            std::io::stderr().lock(),
             "\n!!!!!!!! SKIPPED end-to-end test {test}: {missing} ({SKIP_ENV}=1 is set) !!!!!!!!\n"
         );
         return false;

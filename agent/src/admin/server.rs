@@ -53,7 +53,14 @@ pub(super) async fn serve(
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let (parts, _body) = req.into_parts();
                 let response = handler(&parts);
-                tracing::debug!(server = name, %peer, method = %parts.method, path = parts.uri.path(), status = response.status().as_u16(), "admin request");
+                tracing::debug!(
+                    server = name,
+                    %peer,
+                    method = %parts.method,
+                    path = parts.uri.path(),
+                    status = response.status().as_u16(),
+                    "admin request"
+                );
                 std::future::ready(Ok::<_, Infallible>(response))
             });
             let mut builder = http1::Builder::new();

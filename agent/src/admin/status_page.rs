@@ -19,6 +19,7 @@ pub(super) fn render(state: &AdminState, draining: bool) -> String {
     } else {
         format!("not ready (waiting for {})", pending.join(", "))
     };
+    row(&mut html, "version", env!("CARGO_PKG_VERSION"));
     row(&mut html, "readiness", &readiness);
     if let Some(logs) = &state.logs {
         row(&mut html, "log filter", &logs.current());

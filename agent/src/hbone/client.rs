@@ -355,3 +355,17 @@ async fn keepalive(mut ping_pong: h2::PingPong, interval: Duration, timeout: Dur
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unprocessed_streams_are_retried() {
+        assert!(ConnectError::Closed.is_retryable());
+        assert!(ConnectError::Http2(h2::Reason::REFUSED_STREAM.into()).is_retryable());
+        assert!(!ConnectError::Http2(h2::Reason::INTERNAL_ERROR.into()).is_retryable());
+        assert!(!ConnectError::Status(StatusCode::UNAUTHORIZED).is_retryable());
+        assert!(!ConnectError::Timeout(Duration::from_secs(1)).is_retryable());
+    }
+}

@@ -162,9 +162,7 @@ impl<C: Connector> Pool<C> {
         request: &ConnectRequest,
         force_new: bool,
     ) -> Result<(Connection, StreamSlot, bool), ConnectError> {
-        if !force_new
-            && let Some((connection, slot)) = self.reuse(key)
-        {
+        if !force_new && let Some((connection, slot)) = self.reuse(key) {
             return Ok((connection, slot, false));
         }
         let dialing = {
@@ -172,9 +170,7 @@ impl<C: Connector> Pool<C> {
             entries.entry(key.clone()).or_default().dialing.clone()
         };
         let _dialing = dialing.lock().await;
-        if !force_new
-            && let Some((connection, slot)) = self.reuse(key)
-        {
+        if !force_new && let Some((connection, slot)) = self.reuse(key) {
             return Ok((connection, slot, false));
         }
         let inner = &self.inner;

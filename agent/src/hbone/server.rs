@@ -409,3 +409,31 @@ fn parse_connect(
         baggage,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_map_to_hbone_status_codes() {
+        let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let cases = [
+            (Refusal::Malformed("x".into()), 400),
+            (
+                Refusal::WrongTarget {
+                    target: addr,
+                    dialled: addr,
+                },
+                400,
+            ),
+            (Refusal::Denied { reason: "x".into() }, 401),
+            (
+                Refusal::Unreachable(std::io::ErrorKind::ConnectionRefused.into()),
+                503,
+            ),
+        ];
+        for (refusal, status) in cases {
+            assert_eq!(refusal.status().as_u16(), status, "{refusal}");
+        }
+    }
+}

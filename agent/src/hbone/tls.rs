@@ -2,12 +2,12 @@
 //! provider, ALPN `h2`, no SNI, mutual authentication by SPIFFE identity.
 //!
 //! Building a config parses keys and certificates, so configs are cached: one
-//! server config per local workload (the pod whose address was dialled) and one
-//! client config per (source workload, destination identity) pair, because the
-//! destination identity is checked inside the handshake (see [`verify`]). A cached
-//! config is reused while the workload's leaf certificate is unchanged; a rotated
-//! certificate builds a new config on next use, and open connections keep the one
-//! they were made with. A new trust bundle drops every cached config.
+//! server config per local workload certificate (the dialled pod's) and one client
+//! config per (source certificate, destination identity) pair, because the
+//! destination identity is checked inside the handshake (see [`verify`]). A rotated
+//! certificate is a new cache key, so it gets a new config on next use while open
+//! connections keep theirs; configs of expired certificates are pruned, and a new
+//! trust bundle drops them all.
 
 pub mod verify;
 
@@ -74,7 +74,6 @@ struct Trust {
 }
 
 struct Cached<T> {
-    leaf: CertificateDer<'static>,
     not_after: SystemTime,
     config: Arc<T>,
 }
@@ -83,8 +82,10 @@ struct Cached<T> {
 pub struct TlsConfigs {
     provider: Arc<CryptoProvider>,
     trust: ArcSwap<Trust>,
-    servers: Mutex<HashMap<SpiffeId, Cached<ServerConfig>>>,
-    clients: Mutex<HashMap<(SpiffeId, SpiffeId), Cached<ClientConfig>>>,
+    /// Keyed by the leaf certificate itself: a rotated certificate is a new key,
+    /// and two pods sharing an identity but not a certificate never collide.
+    servers: Mutex<HashMap<CertificateDer<'static>, Cached<ServerConfig>>>,
+    clients: Mutex<HashMap<(CertificateDer<'static>, SpiffeId), Cached<ClientConfig>>>,
 }
 
 impl std::fmt::Debug for TlsConfigs {
@@ -131,7 +132,7 @@ impl TlsConfigs {
     ) -> Result<Arc<ServerConfig>, TlsConfigError> {
         let leaf = leaf_of(cert)?;
         let mut servers = self.servers.lock();
-        if let Some(cached) = servers.get(&cert.identity).filter(|c| c.leaf == *leaf) {
+        if let Some(cached) = servers.get(leaf) {
             return Ok(cached.config.clone());
         }
         let trust = self.trust.load();
@@ -148,9 +149,8 @@ impl TlsConfigs {
         let config = Arc::new(config);
         prune_expired(&mut servers);
         servers.insert(
-            cert.identity.clone(),
+            leaf.clone(),
             Cached {
-                leaf: leaf.clone(),
                 not_after: cert.not_after,
                 config: config.clone(),
             },
@@ -165,9 +165,9 @@ impl TlsConfigs {
         destination: &SpiffeId,
     ) -> Result<Arc<ClientConfig>, TlsConfigError> {
         let leaf = leaf_of(source)?;
-        let key = (source.identity.clone(), destination.clone());
+        let key = (leaf.clone(), destination.clone());
         let mut clients = self.clients.lock();
-        if let Some(cached) = clients.get(&key).filter(|c| c.leaf == *leaf) {
+        if let Some(cached) = clients.get(&key) {
             return Ok(cached.config.clone());
         }
         let trust = self.trust.load();
@@ -191,7 +191,6 @@ impl TlsConfigs {
         clients.insert(
             key,
             Cached {
-                leaf: leaf.clone(),
                 not_after: source.not_after,
                 config: config.clone(),
             },
@@ -246,4 +245,118 @@ fn cert_error(cert: &WorkloadCertificate, source: rustls::Error) -> TlsConfigErr
 fn prune_expired<K, T>(cache: &mut HashMap<K, Cached<T>>) {
     let now = SystemTime::now();
     cache.retain(|_, cached| cached.not_after > now);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rcgen::{CertificateParams, KeyPair, SanType};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    use super::*;
+
+    /// A self-signed certificate with the given URI SANs (chain checks are the
+    /// integration tests' business; these are about identities and caching).
+    fn cert(uris: &[&str]) -> WorkloadCertificate {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| SanType::URI((*u).try_into().unwrap()))
+            .collect();
+        let der = params.self_signed(&key).unwrap().der().clone();
+        let now = SystemTime::now();
+        WorkloadCertificate {
+            identity: "spiffe://cluster.local/ns/default/sa/a".parse().unwrap(),
+            chain: vec![der],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            not_before: now,
+            not_after: now + Duration::from_secs(3600),
+        }
+    }
+
+    fn configs(root: &WorkloadCertificate) -> TlsConfigs {
+        TlsConfigs::new(TrustBundle {
+            trust_domain: "cluster.local".into(),
+            roots: Arc::new(root.chain.clone()),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn reads_the_single_spiffe_uri() {
+        let id = "spiffe://cluster.local/ns/default/sa/a";
+        assert_eq!(spiffe_id_of(&cert(&[id]).chain[0]).unwrap().to_string(), id);
+        assert_eq!(
+            spiffe_id_of(&cert(&[]).chain[0]),
+            Err(IdentityError::NoSpiffeId)
+        );
+        assert_eq!(
+            spiffe_id_of(&cert(&[id, "spiffe://cluster.local/ns/x/sa/y"]).chain[0]),
+            Err(IdentityError::SeveralUris(2))
+        );
+        assert!(matches!(
+            spiffe_id_of(&cert(&["https://example.invalid/a"]).chain[0]),
+            Err(IdentityError::Malformed(_))
+        ));
+        assert_eq!(
+            spiffe_id_of(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01])),
+            Err(IdentityError::Unparsable)
+        );
+    }
+
+    #[test]
+    fn configs_speak_tls13_h2_without_sni() {
+        let provider = crypto_provider();
+        assert!(!provider.cipher_suites.is_empty());
+        for suite in &provider.cipher_suites {
+            assert!(suite.tls13().is_some(), "{:?}", suite.suite());
+            assert!(format!("{:?}", suite.suite()).contains("GCM"));
+        }
+        let c = cert(&["spiffe://cluster.local/ns/default/sa/a"]);
+        let tls = configs(&c);
+        let server = tls.server_config(&c).unwrap();
+        assert_eq!(server.alpn_protocols, vec![b"h2".to_vec()]);
+        let client = tls.client_config(&c, &c.identity).unwrap();
+        assert_eq!(client.alpn_protocols, vec![b"h2".to_vec()]);
+        assert!(!client.enable_sni);
+    }
+
+    #[test]
+    fn cache_follows_certificate_rotation_and_bundle() {
+        let a = cert(&["spiffe://cluster.local/ns/default/sa/a"]);
+        let tls = configs(&a);
+        let first = tls.server_config(&a).unwrap();
+        assert!(Arc::ptr_eq(&first, &tls.server_config(&a).unwrap()));
+        let client = tls.client_config(&a, &a.identity).unwrap();
+        assert!(Arc::ptr_eq(
+            &client,
+            &tls.client_config(&a, &a.identity).unwrap()
+        ));
+        let other: SpiffeId = "spiffe://cluster.local/ns/default/sa/b".parse().unwrap();
+        assert!(!Arc::ptr_eq(
+            &client,
+            &tls.client_config(&a, &other).unwrap()
+        ));
+
+        let rotated = cert(&["spiffe://cluster.local/ns/default/sa/a"]);
+        assert!(!Arc::ptr_eq(&first, &tls.server_config(&rotated).unwrap()));
+
+        tls.set_trust_bundle(TrustBundle {
+            trust_domain: "cluster.local".into(),
+            roots: Arc::new(rotated.chain.clone()),
+        })
+        .unwrap();
+        assert!(!Arc::ptr_eq(&first, &tls.server_config(&a).unwrap()));
+    }
+
+    #[test]
+    fn bad_bundle_is_an_error() {
+        let result = TlsConfigs::new(TrustBundle {
+            trust_domain: "cluster.local".into(),
+            roots: Arc::new(vec![CertificateDer::from(vec![1, 2, 3])]),
+        });
+        assert!(matches!(result, Err(TlsConfigError::Roots { .. })));
+    }
 }

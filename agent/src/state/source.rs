@@ -4,5 +4,6 @@
 //! - `file`: a YAML/JSON file or folder, watched for edits (the embedded default).
 
 pub mod file;
+pub mod kube;
 
 pub use file::{FileSource, FileWatch};

@@ -1,0 +1,187 @@
+//! HBONE over loopback: bulk throughput of one tunnel (against plain TCP as the
+//! baseline) and the rate of new tunnels, pooled (one stream each) and unpooled
+//! (one TLS handshake each). Run with `cargo bench -p ambit-agent --bench hbone`.
+
+// A benchmark's setup failing is a broken run; unwrap freely.
+#![allow(clippy::unwrap_used)]
+
+// Shared with the integration tests, which use more of it.
+#[allow(dead_code)]
+#[path = "../tests/hbone/certs.rs"]
+mod certs;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ambit_agent::hbone::client::{ClientSettings, Connection};
+use ambit_agent::hbone::{
+    ConnectRequest, InboundHandler, InboundRequest, PlainConnector, Pool, PoolSettings, Refusal,
+    Server, ServerSettings, TlsConfigs, Transfer, Upstream,
+};
+use ambit_agent::identity::WorkloadCertificate;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+struct Handler(Arc<WorkloadCertificate>);
+
+impl InboundHandler for Handler {
+    type Connection = ();
+
+    async fn server_certificate(&self, _: IpAddr) -> Option<Arc<WorkloadCertificate>> {
+        Some(self.0.clone())
+    }
+
+    async fn handle(&self, request: &InboundRequest) -> Result<Upstream<()>, Refusal> {
+        let stream = TcpStream::connect(request.target)
+            .await
+            .map_err(Refusal::Unreachable)?;
+        Ok(Upstream {
+            stream,
+            connection: (),
+            close: None,
+        })
+    }
+
+    fn closed(&self, _: InboundRequest, _: (), _: Transfer) {}
+}
+
+/// Reads everything, then answers with the byte count (8 bytes, big endian).
+async fn sink_pod() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut total = 0u64;
+                loop {
+                    let n = socket.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                socket.write_all(&total.to_be_bytes()).await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+async fn push<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, bytes: u64) -> Duration {
+    let chunk = vec![0x5au8; 256 * 1024];
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < bytes {
+        stream.write_all(&chunk).await.unwrap();
+        sent += chunk.len() as u64;
+    }
+    stream.shutdown().await.unwrap();
+    let mut answer = [0u8; 8];
+    stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(u64::from_be_bytes(answer), sent);
+    start.elapsed()
+}
+
+fn mib_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let ca = certs::TestCa::new("cluster.local");
+    let server_cert = ca.issue("default", "analyzer");
+    let source = ca.issue("default", "sleep");
+    let tls = Arc::new(TlsConfigs::new(ca.bundle()).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hbone = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = Server::new(
+        tls.clone(),
+        Arc::new(Handler(server_cert.clone())),
+        ServerSettings::default(),
+    );
+    tokio::spawn(server.serve(listener, shutdown.clone()));
+    let pod = sink_pod().await;
+    let request = ConnectRequest {
+        source,
+        destination: server_cert.identity.clone(),
+        hbone_addr: hbone,
+        target: pod,
+        client: "127.0.0.1:1".parse().unwrap(),
+        baggage: None,
+    };
+
+    const BULK: u64 = 2 * 1024 * 1024 * 1024;
+    let direct = push(TcpStream::connect(pod).await.unwrap(), BULK).await;
+    println!(
+        "direct TCP:            {:8.0} MiB/s",
+        mib_per_s(BULK, direct)
+    );
+    let connection =
+        Connection::connect(&PlainConnector, &tls, &request, &ClientSettings::default())
+            .await
+            .unwrap();
+    let tunnel = connection.open(pod, request.client, None).await.unwrap();
+    let tunnelled = push(tunnel, BULK).await;
+    println!(
+        "HBONE one tunnel:      {:8.0} MiB/s ({:.0}% of direct)",
+        mib_per_s(BULK, tunnelled),
+        100.0 * direct.as_secs_f64() / tunnelled.as_secs_f64()
+    );
+
+    // New tunnels: each sends 1 KiB and waits for the pod's answer.
+    let pool = Pool::new(PlainConnector, tls.clone(), PoolSettings::default());
+    let rate = |n: usize, elapsed: Duration| n as f64 / elapsed.as_secs_f64();
+    const SEQUENTIAL: usize = 5_000;
+    let start = Instant::now();
+    for _ in 0..SEQUENTIAL {
+        push(pool.connect(request.clone()).await.unwrap(), 1024).await;
+    }
+    println!(
+        "pooled, sequential:    {:8.0} tunnels/s",
+        rate(SEQUENTIAL, start.elapsed())
+    );
+    const CONCURRENT: usize = 16;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENT)
+        .map(|_| {
+            let (pool, request) = (pool.clone(), request.clone());
+            tokio::spawn(async move {
+                for _ in 0..SEQUENTIAL / CONCURRENT {
+                    push(pool.connect(request.clone()).await.unwrap(), 1024).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let done = SEQUENTIAL / CONCURRENT * CONCURRENT;
+    println!(
+        "pooled, {CONCURRENT} at a time:  {:8.0} tunnels/s",
+        rate(done, start.elapsed())
+    );
+    const HANDSHAKES: usize = 500;
+    let start = Instant::now();
+    for _ in 0..HANDSHAKES {
+        let connection =
+            Connection::connect(&PlainConnector, &tls, &request, &ClientSettings::default())
+                .await
+                .unwrap();
+        push(
+            connection.open(pod, request.client, None).await.unwrap(),
+            1024,
+        )
+        .await;
+        connection.close();
+    }
+    println!(
+        "unpooled (handshake):  {:8.0} tunnels/s",
+        rate(HANDSHAKES, start.elapsed())
+    );
+    shutdown.cancel();
+}

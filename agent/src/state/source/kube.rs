@@ -1,0 +1,407 @@
+//! The Kubernetes source: watches of Namespaces, Pods, Services,
+//! EndpointSlices and Istio's AuthorizationPolicies and PeerAuthentications,
+//! turned into snapshots by the same `SnapshotBuilder` the file source uses,
+//! so the data path cannot tell the two apart.
+//!
+//! Each kind has a kube-rs watcher. Objects are cut down to the fields the
+//! agent reads (`slim`) and cached by kind (`cache`); every change wakes a
+//! builder task that, after a short settle time so a burst of events costs
+//! one rebuild, publishes a new snapshot. Nothing is published until every
+//! kind has been listed once, so until then the state is unsynced and the
+//! agent is not ready: it fails closed. A dropped watch resumes from its last
+//! resourceVersion (bookmarks keep it fresh), so only an expired version
+//! (410) costs a relist; while the API server is unreachable the last state
+//! stays in force. A kind the agent may not read (RBAC) is reported as such,
+//! in the log and in the store's status, and retried with backoff.
+
+mod cache;
+mod slim;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::state::{LoadOptions, StateStore};
+use cache::{Caches, KindCache, ObjectKey};
+use slim::Mask;
+
+/// How often a kind whose CRD is not installed is looked for again.
+const ABSENT_RECHECK: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    #[error("no Kubernetes configuration (in-cluster or kubeconfig): {0}")]
+    Config(#[from] kube::config::InferConfigError),
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// The API server to watch, and how to read what it says.
+#[derive(Clone)]
+pub struct KubeSource {
+    client: Client,
+    options: LoadOptions,
+    settle: Duration,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("options", &self.options)
+            .field("settle", &self.settle)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The running watches; dropping it stops them. The last snapshot stays in
+/// the store.
+#[derive(Debug)]
+pub struct KubeWatch {
+    tasks: Vec<JoinHandle<()>>,
+    synced: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for KubeWatch {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl KubeWatch {
+    /// Resolves once the first complete snapshot has been published.
+    pub async fn synced(&self) {
+        let mut rx = self.synced.clone();
+        let _ = rx.wait_for(|synced| *synced).await;
+    }
+
+    /// Bytes the watch caches hold (the slimmed objects), for the admin
+    /// page and for sizing.
+    pub fn cache_bytes(&self) -> usize {
+        self.shared.caches.lock().heap_bytes()
+    }
+}
+
+/// One watched kind: where it is served, and which of its fields are kept.
+struct Watched {
+    kind: &'static str,
+    group: &'static str,
+    /// Preferred first; Istio's kinds are accepted at v1 or v1beta1.
+    versions: &'static [&'static str],
+    mask: &'static Mask,
+    slot: fn(&mut Caches) -> &mut KindCache,
+}
+
+const WATCHED: [Watched; 6] = [
+    Watched {
+        kind: "Namespace",
+        group: "",
+        versions: &["v1"],
+        mask: &slim::NAMESPACE,
+        slot: |c| &mut c.namespaces,
+    },
+    Watched {
+        kind: "Pod",
+        group: "",
+        versions: &["v1"],
+        mask: &slim::POD,
+        slot: |c| &mut c.pods,
+    },
+    Watched {
+        kind: "Service",
+        group: "",
+        versions: &["v1"],
+        mask: &slim::SERVICE,
+        slot: |c| &mut c.services,
+    },
+    Watched {
+        kind: "EndpointSlice",
+        group: "discovery.k8s.io",
+        versions: &["v1"],
+        mask: &slim::ENDPOINT_SLICE,
+        slot: |c| &mut c.endpoint_slices,
+    },
+    Watched {
+        kind: "AuthorizationPolicy",
+        group: "security.istio.io",
+        versions: &["v1", "v1beta1"],
+        mask: &slim::POLICY,
+        slot: |c| &mut c.authorization_policies,
+    },
+    Watched {
+        kind: "PeerAuthentication",
+        group: "security.istio.io",
+        versions: &["v1", "v1beta1"],
+        mask: &slim::POLICY,
+        slot: |c| &mut c.peer_authentications,
+    },
+];
+
+/// What the watch tasks share with the builder task.
+#[derive(Debug)]
+struct Shared {
+    caches: Mutex<Caches>,
+    changed: Notify,
+    store: StateStore,
+}
+
+impl KubeSource {
+    pub fn new(client: Client, options: LoadOptions) -> Self {
+        Self {
+            client,
+            options,
+            settle: Duration::from_millis(100),
+        }
+    }
+
+    /// A client from the in-cluster service account, or else from the
+    /// kubeconfig (`$KUBECONFIG`, `~/.kube/config`).
+    pub async fn infer(options: LoadOptions) -> Result<Self, KubeSourceError> {
+        let config = kube::Config::infer().await?;
+        tracing::info!(api_server = %config.cluster_url, "watching the Kubernetes API");
+        Ok(Self::new(Client::try_from(config)?, options))
+    }
+
+    /// Quiet time after a change before rebuilding (default 100 ms).
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+
+    /// Starts the watches and the builder; snapshots go to `store`.
+    pub fn start(self, store: StateStore) -> KubeWatch {
+        let shared = Arc::new(Shared {
+            caches: Mutex::new(Caches::default()),
+            changed: Notify::new(),
+            store,
+        });
+        let (synced_tx, synced) = watch::channel(false);
+        let mut tasks: Vec<JoinHandle<()>> = WATCHED
+            .iter()
+            .map(|w| tokio::spawn(watch_kind(self.client.clone(), w, shared.clone())))
+            .collect();
+        tasks.push(tokio::spawn(publish(
+            shared.clone(),
+            self.options,
+            self.settle,
+            synced_tx,
+        )));
+        KubeWatch {
+            tasks,
+            synced,
+            shared,
+        }
+    }
+}
+
+/// Rebuilds and publishes after every change, once all kinds are synced.
+async fn publish(
+    shared: Arc<Shared>,
+    options: LoadOptions,
+    settle: Duration,
+    synced: watch::Sender<bool>,
+) {
+    loop {
+        shared.changed.notified().await;
+        tokio::time::sleep(settle).await;
+        let built = {
+            let caches = shared.caches.lock();
+            if !caches.all_synced() {
+                continue;
+            }
+            caches.build(&options)
+        };
+        match built {
+            Ok(snapshot) => {
+                let generation = shared.store.replace(snapshot);
+                tracing::debug!(generation, "published state from Kubernetes");
+                synced.send_replace(true);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "keeping the last state");
+                shared.store.report_failure(error.to_string());
+            }
+        }
+    }
+}
+
+/// Watches one kind forever: picks the version the cluster serves, then
+/// follows the watcher's events into the cache.
+async fn watch_kind(client: Client, watched: &'static Watched, shared: Arc<Shared>) {
+    loop {
+        let Some(resource) = served_resource(&client, watched, &shared).await else {
+            tracing::warn!(
+                kind = watched.kind,
+                group = watched.group,
+                "kind not served by this cluster (CRD not installed?); treating it as empty"
+            );
+            (watched.slot)(&mut shared.caches.lock()).mark_absent();
+            shared.changed.notify_one();
+            tokio::time::sleep(ABSENT_RECHECK).await;
+            continue;
+        };
+        tracing::debug!(kind = watched.kind, api_version = %resource.api_version, "watching");
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let config = watcher::Config::default().any_semantic();
+        let mut events = watcher::watcher(api, config).default_backoff().boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => apply_event(watched, &resource, &shared, event),
+                Err(error) => report(watched, &shared, &error),
+            }
+        }
+    }
+}
+
+/// The first version of `watched` the API server serves, or None if it
+/// serves none (a CRD not installed). Errors other than "not found" (an
+/// unreachable server, RBAC) keep the preferred version: its watcher will
+/// report and retry them.
+async fn served_resource(
+    client: &Client,
+    watched: &'static Watched,
+    shared: &Shared,
+) -> Option<ApiResource> {
+    let resources = watched.versions.iter().map(|version| {
+        ApiResource::from_gvk(&GroupVersionKind::gvk(watched.group, version, watched.kind))
+    });
+    if watched.versions.len() == 1 {
+        return resources.into_iter().next();
+    }
+    for resource in resources.clone() {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => return Some(resource),
+            Err(kube::Error::Api(status)) if status.code == 404 => continue,
+            Err(error) => {
+                report_client_error(watched, shared, &error);
+                return resources.into_iter().next();
+            }
+        }
+    }
+    None
+}
+
+fn apply_event(
+    watched: &'static Watched,
+    resource: &ApiResource,
+    shared: &Shared,
+    event: Event<DynamicObject>,
+) {
+    let mut caches = shared.caches.lock();
+    let cache = (watched.slot)(&mut caches);
+    match event {
+        Event::Init => cache.begin_list(),
+        Event::InitApply(object) => {
+            let (key, value) = slim_object(watched, resource, object);
+            cache.listed(key, &value);
+        }
+        Event::InitDone => {
+            cache.end_list();
+            tracing::info!(kind = watched.kind, objects = cache.len(), "listed");
+        }
+        Event::Apply(object) => {
+            let (key, value) = slim_object(watched, resource, object);
+            cache.apply(key, &value);
+        }
+        Event::Delete(object) => {
+            cache.delete(&(object.namespace().unwrap_or_default(), object.name_any()));
+        }
+    }
+    drop(caches);
+    // While a list is streaming in, nothing changes until it ends.
+    shared.changed.notify_one();
+}
+
+/// The object as the builder reads it, keeping only `watched.mask`'s fields.
+fn slim_object(
+    watched: &'static Watched,
+    resource: &ApiResource,
+    object: DynamicObject,
+) -> (ObjectKey, Value) {
+    let meta = &object.metadata;
+    let key = (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    );
+    let mut value = slim::slim(&object.data, watched.mask);
+    if !value.is_object() {
+        value = json!({});
+    }
+    value["apiVersion"] = Value::String(resource.api_version.clone());
+    value["kind"] = Value::String(watched.kind.to_owned());
+    let mut metadata = json!({ "name": key.1 });
+    if !key.0.is_empty() {
+        metadata["namespace"] = Value::String(key.0.clone());
+    }
+    if let Some(uid) = &meta.uid {
+        metadata["uid"] = Value::String(uid.clone());
+    }
+    if let Some(labels) = meta.labels.as_ref().filter(|l| !l.is_empty()) {
+        metadata["labels"] = json!(labels);
+    }
+    if let Some(t) = &meta.creation_timestamp {
+        metadata["creationTimestamp"] = json!(t);
+    }
+    if let Some(t) = &meta.deletion_timestamp {
+        metadata["deletionTimestamp"] = json!(t);
+    }
+    value["metadata"] = metadata;
+    (key, value)
+}
+
+fn report(watched: &'static Watched, shared: &Shared, error: &watcher::Error) {
+    let status = match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => return report_client_error(watched, shared, e),
+        watcher::Error::WatchError(status) => status.code,
+        _ => 0,
+    };
+    if status == 403 {
+        forbidden(watched, shared);
+    } else if status == 410 {
+        tracing::debug!(kind = watched.kind, "watch expired; listing again");
+    } else {
+        tracing::warn!(kind = watched.kind, %error, "watch failed; retrying");
+    }
+}
+
+fn report_client_error(watched: &'static Watched, shared: &Shared, error: &kube::Error) {
+    match error {
+        kube::Error::Api(status) if status.code == 403 => forbidden(watched, shared),
+        error => {
+            tracing::warn!(kind = watched.kind, %error, "Kubernetes API unavailable; keeping the last state")
+        }
+    }
+}
+
+/// RBAC refused a read: the fix is in the cluster, so say exactly what.
+fn forbidden(watched: &'static Watched, shared: &Shared) {
+    let plural =
+        ApiResource::from_gvk(&GroupVersionKind::gvk(watched.group, "v1", watched.kind)).plural;
+    let resource = if watched.group.is_empty() {
+        plural
+    } else {
+        format!("{plural}.{}", watched.group)
+    };
+    let message = format!(
+        "forbidden to list/watch {resource}: grant the agent's service account get, list and watch on it (manifests/agent-clusterrole.yaml)"
+    );
+    tracing::error!(kind = watched.kind, %resource, "{message}");
+    shared.store.report_failure(message);
+}

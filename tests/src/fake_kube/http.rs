@@ -1,0 +1,506 @@
+//! The fake API server's HTTP side: routing `/api/v1/...` and
+//! `/apis/<group>/<version>/...` paths, list (with `limit`/`continue`
+//! paging), get, watch as a held-open chunked body of JSON lines, and
+//! TokenReview.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::store::{Selector, Since, selected};
+use super::{KINDS, Kind, Shared};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    // Dropping the set (when this task is aborted) aborts every connection.
+    let mut connections = JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(shared, req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+/// A parsed resource path.
+struct Target {
+    kind: &'static Kind,
+    version: String,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let query = parse_query(req.uri().query().unwrap_or_default());
+    let segments: Vec<String> = req
+        .uri()
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+
+    if req.method() == Method::POST
+        && segments == ["apis", "authentication.k8s.io", "v1", "tokenreviews"]
+    {
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+        };
+        return token_review(&shared, &body);
+    }
+    if req.method() != Method::GET {
+        return status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "read-only fake",
+        );
+    }
+    let Some(target) = route(&segments) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
+    };
+    if shared.forbidden.lock().contains(target.kind.plural) {
+        let message = format!(
+            "{} is forbidden: User cannot list resource {:?} in API group {:?} at the cluster scope",
+            target.kind.plural, target.kind.plural, target.kind.group
+        );
+        return status(StatusCode::FORBIDDEN, "Forbidden", &message);
+    }
+    let selectors = (
+        Selector::parse(query.get("labelSelector").map_or("", String::as_str)),
+        Selector::parse(query.get("fieldSelector").map_or("", String::as_str)),
+    );
+    let (Ok(labels), Ok(fields)) = selectors else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "invalid selector");
+    };
+    if let Some(name) = &target.name {
+        return get(&shared, &target, name);
+    }
+    if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+        shared
+            .counts
+            .lock()
+            .watches
+            .entry(target.kind.plural)
+            .and_modify(|n| *n += 1)
+            .or_insert(1);
+        return watch(shared, target, &query, labels, fields);
+    }
+    shared
+        .counts
+        .lock()
+        .lists
+        .entry(target.kind.plural)
+        .and_modify(|n| *n += 1)
+        .or_insert(1);
+    list(&shared, &target, &query, &labels, &fields)
+}
+
+fn route(segments: &[&str]) -> Option<Target> {
+    let (group, version, rest) = match segments {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return None,
+    };
+    let (namespace, plural, name) = match rest {
+        [plural] => (None, *plural, None),
+        ["namespaces", name] => (None, "namespaces", Some(*name)),
+        ["namespaces", ns, plural] => (Some(*ns), *plural, None),
+        ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name)),
+        [plural, name] => (None, *plural, Some(*name)),
+        _ => return None,
+    };
+    let kind = KINDS
+        .iter()
+        .copied()
+        .find(|k| k.group == group && k.plural == plural && k.versions.contains(&version))?;
+    if namespace.is_some() && !kind.namespaced {
+        return None;
+    }
+    Some(Target {
+        kind,
+        version: version.to_owned(),
+        namespace: namespace.map(str::to_owned),
+        name: name.map(str::to_owned),
+    })
+}
+
+/// The object as served at the requested version.
+fn served(object: &Value, target: &Target) -> Value {
+    let mut object = object.clone();
+    object["apiVersion"] = Value::String(target.kind.api_version(&target.version));
+    object["kind"] = Value::String(target.kind.kind.to_owned());
+    object
+}
+
+fn get(shared: &Shared, target: &Target, name: &str) -> Response<Body> {
+    let namespace = target.namespace.as_deref().unwrap_or_default();
+    match shared.store.lock().get(target.kind, namespace, name) {
+        Some(object) => json_response(StatusCode::OK, &served(&object, target)),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("{} {name:?} not found", target.kind.plural),
+        ),
+    }
+}
+
+fn list(
+    shared: &Shared,
+    target: &Target,
+    query: &HashMap<String, String>,
+    labels: &Selector,
+    fields: &Selector,
+) -> Response<Body> {
+    let store = shared.store.lock();
+    // A continue token is `<version of the first page>:<namespace>/<name>` of
+    // the last item sent; later pages keep the first page's version.
+    let (version, after) = match query.get("continue").and_then(|c| c.split_once(':')) {
+        Some((v, after)) => (
+            v.parse().unwrap_or(store.resource_version()),
+            Some(after.to_owned()),
+        ),
+        None => (store.resource_version(), None),
+    };
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let key = |o: &Value| {
+        let m = &o["metadata"];
+        format!(
+            "{}/{}",
+            m["namespace"].as_str().unwrap_or_default(),
+            m["name"].as_str().unwrap_or_default()
+        )
+    };
+    let mut items = Vec::new();
+    let mut next = None;
+    for object in store.list(target.kind, target.namespace.as_deref()) {
+        if after.as_ref().is_some_and(|a| key(&object) <= *a) || !selected(&object, labels, fields)
+        {
+            continue;
+        }
+        if limit.is_some_and(|l| items.len() == l) {
+            next = items
+                .last()
+                .map(|last: &Value| format!("{version}:{}", key(last)));
+            break;
+        }
+        items.push(served(&object, target));
+    }
+    let mut metadata = json!({ "resourceVersion": version.to_string() });
+    if let Some(next) = next {
+        metadata["continue"] = Value::String(next);
+    }
+    let body = json!({
+        "apiVersion": target.kind.api_version(&target.version),
+        "kind": format!("{}List", target.kind.kind),
+        "metadata": metadata,
+        "items": items,
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+fn watch(
+    shared: Arc<Shared>,
+    target: Target,
+    query: &HashMap<String, String>,
+    labels: Selector,
+    fields: Selector,
+) -> Response<Body> {
+    let start = match query.get("resourceVersion").map(String::as_str) {
+        None | Some("" | "0") => None,
+        Some(v) => match v.parse::<u64>() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "invalid resourceVersion",
+                );
+            }
+        },
+    };
+    let bookmarks = query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .map_or(Duration::from_secs(1800), Duration::from_secs);
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        let watch = Watch {
+            shared,
+            target,
+            labels,
+            fields,
+            tx,
+        };
+        watch.run(start, bookmarks, timeout).await;
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let line = rx.recv().await?;
+        Some((Ok::<_, Infallible>(Frame::data(line)), rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap_or_else(|_| Response::new(empty()))
+}
+
+/// One open watch response.
+struct Watch {
+    shared: Arc<Shared>,
+    target: Target,
+    labels: Selector,
+    fields: Selector,
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Watch {
+    async fn run(self, start: Option<u64>, bookmarks: bool, timeout: Duration) {
+        let mut changed = self.shared.changed.subscribe();
+        let mut generation = self.shared.generation.subscribe();
+        generation.borrow_and_update();
+        let mut cursor = match start {
+            Some(version) => {
+                let since = self.shared.store.lock().since(version);
+                match since {
+                    Since::Version(v) => v,
+                    Since::Gone => {
+                        let message = format!("too old resource version: {version}");
+                        let error = status_body(410, "Expired", &message);
+                        let _ = self.send_line("ERROR", &error).await;
+                        return;
+                    }
+                }
+            }
+            // No version: the current state as ADDED events, then changes.
+            None => {
+                let (objects, now) = {
+                    let store = self.shared.store.lock();
+                    let objects = store.list(self.target.kind, self.target.namespace.as_deref());
+                    (objects, store.resource_version())
+                };
+                for object in objects {
+                    if self.wanted(&object)
+                        && !self
+                            .send_line("ADDED", &served(&object, &self.target))
+                            .await
+                    {
+                        return;
+                    }
+                }
+                now
+            }
+        };
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(self.shared.bookmark_interval);
+        tick.tick().await;
+        loop {
+            let (changes, now) = {
+                let store = self.shared.store.lock();
+                (
+                    store.changes_after(self.target.kind, cursor),
+                    store.resource_version(),
+                )
+            };
+            for change in changes {
+                if self.wanted(&change.object)
+                    && !self
+                        .send_line(change.event.as_str(), &served(&change.object, &self.target))
+                        .await
+                {
+                    return;
+                }
+            }
+            cursor = now;
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = generation.changed() => return,
+                _ = &mut deadline => return,
+                _ = self.tx.closed() => return,
+                _ = tick.tick() => {
+                    if bookmarks {
+                        let bookmark = json!({
+                            "apiVersion": self.target.kind.api_version(&self.target.version),
+                            "kind": self.target.kind.kind,
+                            "metadata": { "resourceVersion": cursor.to_string() },
+                        });
+                        if !self.send_line("BOOKMARK", &bookmark).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn wanted(&self, object: &Value) -> bool {
+        let in_namespace = self
+            .target
+            .namespace
+            .as_deref()
+            .is_none_or(|ns| object["metadata"]["namespace"].as_str() == Some(ns));
+        in_namespace && selected(object, &self.labels, &self.fields)
+    }
+
+    /// False once the client has gone.
+    async fn send_line(&self, event: &str, object: &Value) -> bool {
+        let mut line =
+            serde_json::to_vec(&json!({ "type": event, "object": object })).unwrap_or_default();
+        line.push(b'\n');
+        self.tx.send(Bytes::from(line)).await.is_ok()
+    }
+}
+
+fn token_review(shared: &Shared, body: &[u8]) -> Response<Body> {
+    shared.counts.lock().token_reviews += 1;
+    let Ok(review) = serde_json::from_slice::<Value>(body) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "body is not a TokenReview",
+        );
+    };
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let asked: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let user = shared.tokens.lock().get(token).cloned();
+    // With audiences asked, the token must be for one of them (the API
+    // server's rule); the answer lists the ones that matched.
+    let status_json = match user {
+        Some(user) if asked.is_empty() || asked.iter().any(|a| user.audiences.contains(a)) => {
+            let audiences: Vec<&String> = if asked.is_empty() {
+                user.audiences.iter().collect()
+            } else {
+                asked
+                    .iter()
+                    .filter(|a| user.audiences.contains(a))
+                    .collect()
+            };
+            json!({
+                "authenticated": true,
+                "user": {
+                    "username": user.username,
+                    "uid": user.uid,
+                    "groups": user.groups,
+                    "extra": user.extra,
+                },
+                "audiences": audiences,
+            })
+        }
+        Some(_) => {
+            json!({ "authenticated": false, "error": "token audiences is invalid for the target audiences" })
+        }
+        None => json!({ "authenticated": false, "error": "invalid bearer token" }),
+    };
+    let body = json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "metadata": { "creationTimestamp": null },
+        "spec": review["spec"],
+        "status": status_json,
+    });
+    json_response(StatusCode::CREATED, &body)
+}
+
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Status",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    })
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    json_response(code, &status_body(code.as_u16(), reason, message))
+}
+
+fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    Response::builder()
+        .status(code)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(BodyExt::boxed(Full::new(Bytes::from(bytes))))
+        .unwrap_or_else(|_| Response::new(empty()))
+}
+
+fn empty() -> Body {
+    BodyExt::boxed(Full::new(Bytes::new()))
+}
+
+fn parse_query(query: &str) -> HashMap<String, String> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
