@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::capture::{BackendChoice, Mark};
 use crate::state::LoadOptions;
 
 #[derive(Debug, Parser)]
@@ -45,7 +46,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the node agent: capture, proxy, tunnel and authorize the traffic
     /// of this node's enrolled pods.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Authorization tools.
     #[command(subcommand)]
     Authz(AuthzCommand),
@@ -142,9 +143,26 @@ pub struct RunArgs {
     #[command(flatten)]
     pub state: StateArgs,
 
+    /// Watch the Kubernetes API for the state (in-cluster service account,
+    /// else kubeconfig) instead of reading `--state`.
+    #[arg(long, env = "AMBIT_KUBE", default_value_t = false)]
+    pub kube: bool,
+
     /// SPIFFE trust domain of workload identities.
     #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+
+    #[command(flatten)]
+    pub capture: CaptureFlags,
+
+    /// How long dialling a destination may take before the client is reset.
+    #[arg(long, env = "AMBIT_CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub connect_timeout_ms: u64,
+
+    /// On shutdown, how long open connections get to finish before they
+    /// are closed.
+    #[arg(long, env = "AMBIT_DRAIN_TIMEOUT_MS", default_value_t = 5_000)]
+    pub drain_timeout_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,7 +198,6 @@ pub struct CheckArgs {
     pub trust_domain: String,
 }
 
-// Placeholder until the capture engine lands: it adds its own flags.
 #[derive(Debug, Subcommand)]
 pub enum CaptureCommand {
     /// Install the capture rules for this node's enrolled pods.
@@ -191,8 +208,67 @@ pub enum CaptureCommand {
     Status(CaptureArgs),
 }
 
+/// `install` reads the state to know which pods to capture; `uninstall`
+/// and `status` only need the capture flags.
 #[derive(Clone, Debug, Args)]
-pub struct CaptureArgs {}
+pub struct CaptureArgs {
+    /// This node's name: the enrolled pods scheduled here are captured.
+    #[arg(long, env = "AMBIT_NODE", default_value_t = default_node_name())]
+    pub node: String,
+
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    #[command(flatten)]
+    pub capture: CaptureFlags,
+}
+
+/// How traffic is captured: listener ports, packet marks, policy routing
+/// and the iptables backend. Shared by `run` and `capture ...`.
+#[derive(Clone, Debug, Args)]
+pub struct CaptureFlags {
+    /// Port of the outbound listener, where connections leaving enrolled
+    /// local pods are TPROXYed.
+    #[arg(long, env = "AMBIT_OUTBOUND_PORT", default_value_t = 15001)]
+    pub outbound_port: u16,
+
+    /// Port of the inbound plaintext listener, for connections from outside
+    /// the mesh to enrolled local pods.
+    #[arg(long, env = "AMBIT_INBOUND_PLAIN_PORT", default_value_t = 15006)]
+    pub inbound_plain_port: u16,
+
+    /// Port of the HBONE listener; connections to `<pod ip>:<this port>` of
+    /// an enrolled local pod are TPROXYed to it.
+    #[arg(long, env = "AMBIT_HBONE_PORT", default_value_t = 15008)]
+    pub hbone_port: u16,
+
+    /// Mark (`VALUE/MASK`) TPROXY puts on captured packets; a policy route
+    /// delivers packets carrying it locally.
+    #[arg(long, env = "AMBIT_TPROXY_MARK", default_value = "0x111/0xfff")]
+    pub tproxy_mark: Mark,
+
+    /// Mark (`VALUE/MASK`) on every socket the agent opens; the capture
+    /// rules let such packets pass, so the agent never captures itself.
+    #[arg(long, env = "AMBIT_SKIP_MARK", default_value = "0x539/0xfff")]
+    pub skip_mark: Mark,
+
+    /// Routing table holding the local route for TPROXYed packets.
+    #[arg(long, env = "AMBIT_ROUTE_TABLE", default_value_t = 133)]
+    pub route_table: u32,
+
+    /// Priority of the `ip rule` sending marked packets to that table.
+    #[arg(long, env = "AMBIT_RULE_PRIORITY", default_value_t = 32000)]
+    pub rule_priority: u32,
+
+    /// iptables implementation: `nft`, `legacy`, or `auto` (the one already
+    /// holding the node's rules; else the system default).
+    #[arg(long, env = "AMBIT_IPTABLES_BACKEND", default_value = "auto")]
+    pub iptables_backend: BackendChoice,
+
+    /// Also capture IPv6 (ip6tables); IPv4 is always captured.
+    #[arg(long, env = "AMBIT_IPV6", default_value_t = false)]
+    pub ipv6: bool,
+}
 
 /// The kernel's host name: a Kubernetes node is named after it unless told
 /// otherwise.
@@ -227,6 +303,13 @@ mod tests {
         assert_eq!(run.state.state, PathBuf::from("/etc/ambit/state"));
         assert_eq!(run.state.root_namespace, "istio-system");
         assert_eq!(run.trust_domain, "cluster.local");
+        assert_eq!(run.capture.outbound_port, 15001);
+        assert_eq!(run.capture.inbound_plain_port, 15006);
+        assert_eq!(run.capture.hbone_port, 15008);
+        assert_eq!(run.capture.tproxy_mark, Mark::new(0x111, 0xfff));
+        assert_eq!(run.capture.skip_mark, Mark::new(0x539, 0xfff));
+        assert_eq!(run.capture.iptables_backend, BackendChoice::Auto);
+        assert!(!run.capture.ipv6);
         let mesh = &run.mesh;
         assert_eq!(mesh.ca_address, "ambit-ca.ambit-system.svc:15012");
         assert_eq!(mesh.ca_server_name, ambit_ca::DEFAULT_SERVING_NAME);
@@ -273,6 +356,47 @@ mod tests {
         assert_eq!(run.mesh.cert_ttl, Duration::from_secs(90 * 60));
         assert_eq!(run.mesh.admin_addr.port(), 25000);
         assert!(parse(&["run", "--cert-ttl", "soon"]).is_err());
+    }
+
+    #[test]
+    fn capture_flags_parse_and_reject_bad_values() {
+        let cli = parse(&[
+            "capture",
+            "install",
+            "--node",
+            "n1",
+            "--iptables-backend",
+            "legacy",
+            "--tproxy-mark",
+            "0x20/0xf0",
+            "--outbound-port",
+            "25001",
+        ])
+        .unwrap();
+        let Command::Capture(CaptureCommand::Install(args)) = cli.command else {
+            panic!("not capture install");
+        };
+        assert_eq!(args.node, "n1");
+        assert_eq!(
+            args.capture.iptables_backend,
+            BackendChoice::Fixed(crate::capture::Backend::Legacy)
+        );
+        assert_eq!(args.capture.tproxy_mark, Mark::new(0x20, 0xf0));
+        assert_eq!(args.capture.outbound_port, 25001);
+        for bad in [
+            ["--iptables-backend", "iptables"],
+            ["--tproxy-mark", "0x100/0xff"],
+            ["--skip-mark", "zero"],
+        ] {
+            let mut argv = vec!["capture", "status"];
+            argv.extend(bad);
+            let e = parse(&argv).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{argv:?}"
+            );
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use ambit_agent::drain::{self, DrainTrigger};
 use ambit_agent::hbone::client::{ClientSettings, Connection};
 use ambit_agent::hbone::tls::IdentityError;
 use ambit_agent::hbone::{
@@ -28,7 +29,6 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// Stands in for the proxy: certificates per local pod IP, an optional denial,
 /// dials the target for real, and records what it saw.
@@ -80,7 +80,8 @@ struct Fixture {
     source: Arc<WorkloadCertificate>,
     analyzer: SpiffeId,
     closed: mpsc::UnboundedReceiver<(InboundRequest, Transfer)>,
-    _shutdown: tokio_util::sync::DropGuard,
+    /// Dropping the trigger drains the server, so the fixture holds it.
+    drain: Option<DrainTrigger>,
 }
 
 async fn fixture(deny: Option<&str>) -> Fixture {
@@ -103,8 +104,8 @@ async fn fixture(deny: Option<&str>) -> Fixture {
         handshake_timeout: Duration::from_millis(300),
     };
     let server = Server::new(tls.clone(), handler.clone(), settings);
-    let shutdown = CancellationToken::new();
-    tokio::spawn(server.serve(listener, shutdown.clone()));
+    let (drain, watcher) = drain::channel();
+    tokio::spawn(server.serve(listener, watcher));
     Fixture {
         ca,
         hbone,
@@ -113,7 +114,7 @@ async fn fixture(deny: Option<&str>) -> Fixture {
         source,
         analyzer,
         closed,
-        _shutdown: shutdown.drop_guard(),
+        drain: Some(drain),
     }
 }
 
@@ -453,10 +454,9 @@ async fn server_presents_the_dialled_pods_certificate() {
     });
     let tls = Arc::new(TlsConfigs::new(ca.bundle()).unwrap());
     let server = Server::new(tls.clone(), handler, ServerSettings::default());
-    let shutdown = CancellationToken::new();
-    let _guard = shutdown.clone().drop_guard();
-    tokio::spawn(server.clone().serve(listener_a, shutdown.clone()));
-    tokio::spawn(server.serve(listener_b, shutdown.clone()));
+    let (_drain, watcher) = drain::channel();
+    tokio::spawn(server.clone().serve(listener_a, watcher.clone()));
+    tokio::spawn(server.serve(listener_b, watcher));
     let source = ca.issue("default", "sleep");
     let request = |hbone_addr, destination: &Arc<WorkloadCertificate>| ConnectRequest {
         source: source.clone(),
@@ -477,6 +477,38 @@ async fn server_presents_the_dialled_pods_certificate() {
             Connection::connect(&PlainConnector, &tls, &request(addr, cert), &settings).await;
         assert_eq!(result.is_ok(), ok, "{addr} as {}", cert.identity);
     }
+}
+
+#[tokio::test]
+async fn drain_lets_open_tunnels_finish_then_forces_the_rest() {
+    let mut f = fixture(None).await;
+    let pod = pod().await;
+    let mut finishing = f.tunnel(pod).await.unwrap();
+    let mut greeting = [0u8; 6];
+    finishing.read_exact(&mut greeting).await.unwrap();
+    let mut lingering = f.tunnel(pod).await.unwrap();
+    lingering.read_exact(&mut greeting).await.unwrap();
+
+    let drain = f.drain.take().unwrap();
+    let outcome = tokio::spawn(drain.drain(Duration::from_millis(500), Duration::from_secs(2)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Draining: the listener is closed, open tunnels keep working.
+    assert!(TcpStream::connect(f.hbone).await.is_err());
+    finishing.write_all(b"during drain").await.unwrap();
+    finishing.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    finishing.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"during drain");
+
+    // The idle one outlives the deadline and is cut.
+    let outcome = outcome.await.unwrap();
+    assert!(
+        matches!(outcome, drain::DrainOutcome::Forced { remaining: 1 }),
+        "{outcome:?}"
+    );
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(2), lingering.read_to_end(&mut rest)).await;
+    assert!(cut.is_ok(), "tunnel survived the forced drain");
 }
 
 /// Counts TCP connections the pool makes to 15008.
@@ -570,20 +602,23 @@ async fn pool_replaces_a_connection_the_server_closed() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hbone = listener.local_addr().unwrap();
     let server = Server::new(f.tls.clone(), f.handler.clone(), ServerSettings::default());
-    let kill = CancellationToken::new();
-    let mut first = Some(kill.clone());
+    // The first connection drains on demand; later ones run on.
+    let (kill, first_watcher) = drain::channel();
+    let (_keep, later_watcher) = drain::channel();
+    let mut first = Some(first_watcher);
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
-            let token = first.take().unwrap_or_default();
-            tokio::spawn(server.clone().serve_connection(tcp, token));
+            let watcher = first.take().unwrap_or_else(|| later_watcher.clone());
+            tokio::spawn(server.clone().serve_connection(tcp, watcher));
         }
     });
     let (pool, dials) = pool(&f, Duration::from_secs(60));
     let mut request = f.request(pod);
     request.hbone_addr = hbone;
     exchange(&mut pool.connect(request.clone()).await.unwrap(), b"before").await;
-    kill.cancel(); // GOAWAY on the pooled connection, which then closes
+    // GOAWAY on the pooled connection, which then closes.
+    tokio::spawn(kill.drain(Duration::from_secs(5), Duration::from_secs(1)));
     tokio::time::sleep(Duration::from_millis(200)).await;
     exchange(&mut pool.connect(request.clone()).await.unwrap(), b"after").await;
     assert_eq!(dials.load(Ordering::SeqCst), 2);

@@ -52,6 +52,25 @@ pub struct Cli {
     #[arg(long, env = "AMBIT_CA_WORKLOADS_POLL", default_value = "2s", value_parser = parse_duration)]
     pub workloads_poll: Duration,
 
+    /// Authenticate callers with the Kubernetes TokenReview API and bind
+    /// identities to nodes from the cluster's Pods (in-cluster config, else
+    /// kubeconfig), instead of `--tokens-file` and `--workloads`.
+    #[arg(long, env = "AMBIT_CA_KUBE", default_value_t = false)]
+    pub kube: bool,
+
+    /// Audience the agents' projected service-account tokens are issued for.
+    #[arg(long, env = "AMBIT_CA_KUBE_AUDIENCE", default_value = "ambit-ca")]
+    pub kube_audience: String,
+
+    /// The agents' service account, `<namespace>/<name>`: with `--kube`, the
+    /// only callers accepted.
+    #[arg(
+        long,
+        env = "AMBIT_CA_AGENT_SERVICE_ACCOUNT",
+        default_value = "ambit-system/ambit-agent"
+    )]
+    pub agent_service_account: crate::authn::token_review::ServiceAccountRef,
+
     /// DNS names on the CA's serving certificate, comma-separated.
     #[arg(
         long,

@@ -390,7 +390,7 @@ fn agent_daemonset_runs_on_every_node_with_host_network_and_two_capabilities() {
         .env
         .iter()
         .flatten()
-        .find(|e| e.name == "AMBIT_NODE_NAME")
+        .find(|e| e.name == "AMBIT_NODE")
         .unwrap();
     let field = node.value_from.clone().unwrap().field_ref.unwrap();
     assert_eq!(field.field_path, "spec.nodeName");
@@ -400,10 +400,14 @@ fn agent_daemonset_runs_on_every_node_with_host_network_and_two_capabilities() {
 fn agent_drains_within_its_grace_period() {
     let ds = daemonset();
     let spec = pod_spec_ds(&ds);
-    let grace = spec.termination_grace_period_seconds.unwrap();
-    let drain = env_value(&only_container(&spec), "AMBIT_DRAIN_TIMEOUT");
-    let drain: i64 = drain.strip_suffix('s').unwrap().parse().unwrap();
-    assert!(0 < drain && drain < grace, "drain {drain}s, grace {grace}s");
+    let grace_ms = spec.termination_grace_period_seconds.unwrap() * 1000;
+    let drain_ms: i64 = env_value(&only_container(&spec), "AMBIT_DRAIN_TIMEOUT_MS")
+        .parse()
+        .unwrap();
+    assert!(
+        0 < drain_ms && drain_ms < grace_ms,
+        "drain {drain_ms} ms, grace {grace_ms} ms"
+    );
 }
 
 #[test]
@@ -413,7 +417,7 @@ fn agent_is_given_the_ca_address_token_and_trust_bundle() {
     let c = only_container(&spec);
 
     // The address names the CA Service, on the port it serves.
-    let addr = env_value(&c, "AMBIT_CA_ADDR");
+    let addr = env_value(&c, "AMBIT_CA_ADDRESS");
     let svc: Service = load("ca-service.yaml");
     let want = format!(
         "{}.{}.svc:15012",
@@ -423,14 +427,14 @@ fn agent_is_given_the_ca_address_token_and_trust_bundle() {
     assert_eq!(addr, want);
 
     // The token is a projected service-account token for the audience the CA expects.
-    let token_file = env_value(&c, "AMBIT_CA_TOKEN_FILE");
+    let token_file = env_value(&c, "AMBIT_TOKEN_FILE");
     let volume = volume_for_file(&spec, &c, &token_file);
     let sources = volume.projected.clone().unwrap().sources.unwrap();
     assert_eq!(sources.len(), 1);
     let token = sources[0].service_account_token.clone().unwrap();
     assert!(token_file.ends_with(&format!("/{}", token.path)));
     let ca = only_container(&pod_spec_deploy(&deployment()));
-    let ca_audience = env_value(&ca, "AMBIT_KUBE_AUDIENCE");
+    let ca_audience = env_value(&ca, "AMBIT_CA_KUBE_AUDIENCE");
     assert_eq!(token.audience.as_deref(), Some(ca_audience.as_str()));
     assert!(token.expiration_seconds.unwrap() <= 3600);
 
@@ -454,13 +458,22 @@ fn agent_is_given_the_ca_address_token_and_trust_bundle() {
     );
 
     // The trust bundle is a ConfigMap key mounted read-only.
-    let bundle = env_value(&c, "AMBIT_CA_TRUST_BUNDLE");
+    let bundle = env_value(&c, "AMBIT_TRUST_BUNDLE");
     let volume = volume_for_file(&spec, &c, &bundle);
     assert_eq!(
         volume.config_map.clone().unwrap().name,
         "ambit-trust-bundle"
     );
     assert!(bundle.ends_with("/root-cert.pem"));
+
+    // The name the agent requires is on the CA's serving certificate.
+    let server_name = env_value(&c, "AMBIT_CA_SERVER_NAME");
+    let serving = env_value(&ca, "AMBIT_CA_SERVING_NAMES");
+    assert!(
+        serving.split(',').any(|n| n == server_name),
+        "{server_name} not in {serving}"
+    );
+    assert!(addr.starts_with(&format!("{server_name}:")));
 
     // Both sides agree on the trust domain.
     assert_eq!(
@@ -475,7 +488,7 @@ fn ca_serves_15012_behind_its_service_unprivileged() {
     let spec = pod_spec_deploy(&d);
     let c = only_container(&spec);
     assert_eq!(container_ports(&c), BTreeSet::from([15012]));
-    assert_eq!(env_value(&c, "AMBIT_LISTEN"), "0.0.0.0:15012");
+    assert_eq!(env_value(&c, "AMBIT_CA_LISTEN"), "0.0.0.0:15012");
     assert_eq!(spec.service_account_name.as_deref(), Some("ambit-ca"));
     assert_ne!(spec.host_network, Some(true));
     assert_eq!(
@@ -488,14 +501,14 @@ fn ca_serves_15012_behind_its_service_unprivileged() {
     assert!(c.readiness_probe.clone().unwrap().tcp_socket.is_some());
 
     // The signing material comes from the `cacerts` Secret.
-    let dir = env_value(&c, "AMBIT_CACERTS_DIR");
+    let dir = env_value(&c, "AMBIT_CA_CACERTS_DIR");
     let volume = volume_for_file(&spec, &c, &format!("{dir}/ca-key.pem"));
     assert_eq!(
         volume.secret.clone().unwrap().secret_name.as_deref(),
         Some("cacerts")
     );
     assert_eq!(
-        env_value(&c, "AMBIT_AGENT_SERVICE_ACCOUNT"),
+        env_value(&c, "AMBIT_CA_AGENT_SERVICE_ACCOUNT"),
         format!("{NAMESPACE}/ambit-agent")
     );
 
@@ -542,4 +555,52 @@ fn workload_selectors_match_their_pod_templates() {
             assert_eq!(labels.get(&k), Some(&v), "selector {k}");
         }
     }
+}
+
+/// Flags of other branches the DaemonSet already sets; each is accepted
+/// until the agent's command line has it, then checked like the rest.
+const AGENT_FLAGS_NOT_YET_MERGED: [&str; 5] = [
+    "AMBIT_CA_ADDRESS",
+    "AMBIT_CA_SERVER_NAME",
+    "AMBIT_TRUST_BUNDLE",
+    "AMBIT_TOKEN_FILE",
+    "AMBIT_DRAIN_TIMEOUT_MS",
+];
+
+/// The `AMBIT_*` variables a clap command reads: its own (global ones
+/// included) and, with `sub`, its subcommand's.
+fn env_names(command: clap::Command, sub: Option<&str>) -> BTreeSet<String> {
+    let mut commands = vec![command.clone()];
+    if let Some(name) = sub {
+        commands.push(command.find_subcommand(name).unwrap().clone());
+    }
+    commands
+        .iter()
+        .flat_map(|c| c.get_arguments())
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect()
+}
+
+fn manifest_env(c: &Container) -> BTreeSet<String> {
+    c.env.iter().flatten().map(|e| e.name.clone()).collect()
+}
+
+#[test]
+fn every_variable_the_manifests_set_is_a_flag_of_the_binary() {
+    use clap::CommandFactory;
+    let ca_flags = env_names(ambit_ca::cli::Cli::command(), None);
+    let ca = manifest_env(&only_container(&pod_spec_deploy(&deployment())));
+    let unknown: Vec<_> = ca.difference(&ca_flags).collect();
+    assert!(unknown.is_empty(), "the CA reads no {unknown:?}");
+
+    let agent_flags = env_names(ambit_agent::cli::Cli::command(), Some("run"));
+    let agent = manifest_env(&only_container(&pod_spec_ds(&daemonset())));
+    let unknown: Vec<_> = agent
+        .difference(&agent_flags)
+        .filter(|name| !AGENT_FLAGS_NOT_YET_MERGED.contains(&name.as_str()))
+        .collect();
+    assert!(unknown.is_empty(), "`ambit-agent run` reads no {unknown:?}");
+    // The run command is what the DaemonSet starts.
+    assert!(agent_flags.contains("AMBIT_KUBE") && agent_flags.contains("AMBIT_NODE"));
 }

@@ -26,6 +26,7 @@ use super::headers::{BAGGAGE, Baggage, FORWARDED, ForwardedFor};
 use super::stream::{H2Stream, Transfer, copy_bidirectional};
 use super::tls::{ALPN_H2, TlsConfigError, TlsConfigs, peer_identity};
 use super::{H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW};
+use crate::drain::DrainWatcher;
 use crate::identity::WorkloadCertificate;
 
 /// Streams a client may open at once on one connection. Clients pool at most 100;
@@ -184,20 +185,21 @@ impl<H: InboundHandler> Server<H> {
         }
     }
 
-    /// Accepts until `shutdown`, each connection on its own task. Open connections
-    /// get a GOAWAY on shutdown and finish their streams.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+    /// Accepts until the drain starts, each connection on its own task holding a
+    /// drain watcher: draining sends GOAWAY and lets open streams finish; the
+    /// forced phase closes the connection.
+    pub async fn serve(self, listener: TcpListener, mut drain: DrainWatcher) {
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
-                () = shutdown.cancelled() => return,
+                () = drain.draining() => return,
             };
             match accepted {
                 Ok((tcp, _)) => {
                     let server = self.clone();
-                    let shutdown = shutdown.clone();
+                    let drain = drain.clone();
                     tokio::spawn(async move {
-                        let _ = server.serve_connection(tcp, shutdown).await;
+                        let _ = server.serve_connection(tcp, drain).await;
                     });
                 }
                 Err(error) => {
@@ -214,13 +216,13 @@ impl<H: InboundHandler> Server<H> {
     pub async fn serve_connection(
         self,
         tcp: TcpStream,
-        shutdown: CancellationToken,
+        drain: DrainWatcher,
     ) -> Result<(), ServerError> {
         let dialled = tcp.local_addr()?;
         let peer_addr = tcp.peer_addr()?;
         let span = info_span!("hbone_inbound", %peer_addr, %dialled, peer = tracing::field::Empty);
         let result = self
-            .run_connection(tcp, dialled, peer_addr, shutdown)
+            .run_connection(tcp, dialled, peer_addr, drain)
             .instrument(span.clone())
             .await;
         if let Err(error) = &result {
@@ -234,7 +236,7 @@ impl<H: InboundHandler> Server<H> {
         tcp: TcpStream,
         dialled: SocketAddr,
         peer_addr: SocketAddr,
-        shutdown: CancellationToken,
+        mut drain: DrainWatcher,
     ) -> Result<(), ServerError> {
         let _ = tcp.set_nodelay(true);
         let timeout = self.settings.handshake_timeout;
@@ -279,12 +281,25 @@ impl<H: InboundHandler> Server<H> {
 
         let mut draining = false;
         loop {
+            let next_phase = async {
+                match draining {
+                    false => drain.draining().await,
+                    true => drain.forced().await,
+                }
+            };
             let next = tokio::select! {
                 next = h2.accept() => next,
-                () = shutdown.cancelled(), if !draining => {
-                    h2.graceful_shutdown();
-                    draining = true;
-                    continue;
+                () = next_phase => {
+                    if !draining {
+                        h2.graceful_shutdown();
+                        draining = true;
+                        continue;
+                    }
+                    h2.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    // Give the GOAWAY a moment to leave; the peer resets its streams.
+                    let closed = futures::future::poll_fn(|cx| h2.poll_closed(cx));
+                    let _ = tokio::time::timeout(Duration::from_millis(100), closed).await;
+                    return Ok(());
                 }
             };
             let Some(next) = next else { return Ok(()) };

@@ -17,6 +17,11 @@ use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+/// Largest DATA payload queued per write. Each write is copied into its own
+/// buffer; staying under the allocator's mmap threshold (128 KiB) keeps those
+/// buffers on the heap instead of mapping and faulting in fresh pages each time.
+const MAX_DATA_CHUNK: usize = 64 * 1024;
+
 /// Something held for as long as either half of a stream lives (the client uses
 /// it to count a connection's open streams).
 pub(crate) type StreamGuard = Arc<dyn Send + Sync>;
@@ -142,13 +147,19 @@ impl AsyncWrite for H2Writer {
         if self.ended {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        self.send.reserve_capacity(buf.len());
-        let granted = match ready!(self.send.poll_capacity(cx)) {
-            Some(Ok(n)) => n,
-            // The stream closed or was reset; the reset reason says which.
-            Some(Err(_)) | None => return self.poll_reset_error(cx),
-        };
-        let n = granted.min(buf.len());
+        let wanted = buf.len().min(MAX_DATA_CHUNK);
+        self.send.reserve_capacity(wanted);
+        // `poll_capacity` only wakes on an increase, so capacity already granted
+        // (left over from a previous write) must be taken without polling.
+        let mut granted = self.send.capacity();
+        if granted == 0 {
+            granted = match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(n)) => n,
+                // The stream closed or was reset; the reset reason says which.
+                Some(Err(_)) | None => return self.poll_reset_error(cx),
+            };
+        }
+        let n = granted.min(wanted);
         match self
             .send
             .send_data(Bytes::copy_from_slice(&buf[..n]), false)

@@ -293,9 +293,12 @@ async fn serve_hbone(agent: &Agent) -> u16 {
     let second = TcpListener::bind(SocketAddr::new(ip(DB), port))
         .await
         .unwrap();
+    // Never drained: the trigger lives as long as the test process.
+    let (trigger, watcher) = crate::drain::channel();
+    std::mem::forget(trigger);
     for listener in [first, second] {
         let server = agent.mesh.hbone.clone();
-        tokio::spawn(server.serve(listener, tokio_util::sync::CancellationToken::new()));
+        tokio::spawn(server.serve(listener, watcher.clone()));
     }
     port
 }

@@ -129,6 +129,22 @@ impl TokenReviewAuthenticator {
         }
     }
 
+    /// The authenticator and the pod index it shares with the node binding,
+    /// from the cluster's own configuration (in-cluster, else kubeconfig).
+    /// The index fills in the background; it binds nothing until synced.
+    pub async fn from_cluster(
+        audience: impl Into<String>,
+        agent: ServiceAccountRef,
+    ) -> Result<(Self, Arc<PodIndex>, tokio::task::JoinHandle<()>), kube::Error> {
+        let client = Client::try_default().await?;
+        let (pods, watch) = PodIndex::start(client.clone());
+        Ok((
+            Self::new(client, audience, agent, pods.clone()),
+            pods,
+            watch,
+        ))
+    }
+
     /// The caller's node, or why not.
     pub async fn review(&self, token: &BearerToken) -> Result<NodeName, ReviewError> {
         let review = TokenReview {
@@ -230,5 +246,50 @@ impl Authenticator for TokenReviewAuthenticator {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    #[test]
+    fn service_account_refs_parse_strictly() {
+        let sa: ServiceAccountRef = "ambit-system/ambit-agent".parse().unwrap();
+        assert_eq!(
+            sa.username(),
+            "system:serviceaccount:ambit-system:ambit-agent"
+        );
+        assert_eq!(sa.to_string(), "ambit-system/ambit-agent");
+        for bad in ["", "ambit-agent", "/x", "x/", "a/b/c"] {
+            assert!(bad.parse::<ServiceAccountRef>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_flags() {
+        let cli = Cli::try_parse_from(["ambit-ca"]).unwrap();
+        assert!(!cli.kube);
+        assert_eq!(cli.kube_audience, "ambit-ca");
+        assert_eq!(
+            cli.agent_service_account.to_string(),
+            "ambit-system/ambit-agent"
+        );
+        let cli = Cli::try_parse_from([
+            "ambit-ca",
+            "--kube",
+            "--kube-audience",
+            "mesh-ca",
+            "--agent-service-account",
+            "mesh/node-agent",
+        ])
+        .unwrap();
+        assert!(cli.kube);
+        assert_eq!(cli.kube_audience, "mesh-ca");
+        assert_eq!(cli.agent_service_account.name, "node-agent");
+        assert!(Cli::try_parse_from(["ambit-ca", "--agent-service-account", "nope"]).is_err());
     }
 }

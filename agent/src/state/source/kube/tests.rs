@@ -179,3 +179,20 @@ fn a_reused_ip_goes_to_the_pod_that_is_not_terminating() {
         assert_eq!(snapshot.workload_by_ip(ip("10.0.0.5")).unwrap().name, "new");
     }
 }
+
+#[test]
+fn run_kube_selects_this_source() {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+    let cli = Cli::try_parse_from(["ambit-agent", "run", "--kube"]).unwrap();
+    let Command::Run(args) = cli.command else {
+        panic!("run");
+    };
+    assert!(args.kube);
+    let cli = Cli::try_parse_from(["ambit-agent", "run"]).unwrap();
+    let Command::Run(args) = cli.command else {
+        panic!("run");
+    };
+    assert!(!args.kube, "the file source stays the default");
+}
