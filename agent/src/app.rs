@@ -3,10 +3,19 @@
 //! and the capture rules from the command line, runs them, and takes them
 //! down in order on SIGTERM or Ctrl-C.
 //!
-//! Start order: state (fail closed until the first load), listeners, then
-//! rules, so no packet is steered to a port nobody listens on. Stop order:
-//! pods' rules out (nothing new is captured), listeners drain, then the rest
-//! of the rules; connections in flight keep their return path until the end.
+//! Start order: state (fail closed until the first load), the mesh
+//! (identities, HBONE listener, metrics/readiness/admin servers, see
+//! `app::mesh`), the proxy listeners, then rules, so no packet is steered to
+//! a port nobody listens on. Readiness waits for the state, the local
+//! workloads' certificates and the listeners.
+//!
+//! Stop order (SIGTERM, Ctrl-C or the admin `/quitquitquit`): pods' rules
+//! out (nothing new is captured), then a two-phase drain: listeners stop
+//! accepting and HBONE connections get a GOAWAY, open connections have the
+//! drain timeout to finish, then the rest are cut; finally the rest of the
+//! rules go. Connections in flight keep their return path until the end.
+
+mod mesh;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -18,28 +27,33 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, Capture, Family, RuleConfig};
 use crate::cli::{CaptureArgs, CaptureCommand, CaptureFlags, RunArgs};
-use crate::proxy::AccessLog;
-use crate::proxy::inbound_plain::{AllowAll, InboundPlainProxy};
+use crate::drain;
+use crate::proxy::inbound_plain::InboundPlainProxy;
 use crate::proxy::outbound::OutboundProxy;
+use crate::readiness::Readiness;
 use crate::socket::SocketFactory;
-use crate::state::source::FileSource;
+use crate::state::source::kube::{KubeSource, KubeWatch};
+use crate::state::source::{FileSource, FileWatch};
 use crate::state::{Snapshot, StateStore};
+use crate::telemetry::LogHandle;
 
-/// Runs the agent until SIGTERM or Ctrl-C.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// Runs the agent until SIGTERM, Ctrl-C or `/quitquitquit`. `logs`, when
+/// given, lets the admin server change the log filter.
+pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
     tracing::info!(
         node = %args.node,
         state = %args.state.state.display(),
         capture = ?args.capture,
         connect_timeout_ms = args.connect_timeout_ms,
         drain_timeout_ms = args.drain_timeout_ms,
+        mesh = ?args.mesh,
         "starting"
     );
+    let readiness = Readiness::new();
+    let state_loaded = readiness.block("state");
     let store = StateStore::new(Snapshot::default());
-    let _watch = FileSource::new(&args.state.state, args.state.load_options())
-        .start(store.clone())
-        .await
-        .with_context(|| format!("loading state from {}", args.state.state.display()))?;
+    let _watch = start_state(&args, &store).await?;
+    drop(state_loaded);
 
     let flags = &args.capture;
     let rules = flags.rule_config();
@@ -55,6 +69,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let inbound_listener = factory
         .listen(SocketAddr::new(any, rules.ports.inbound_plain))
         .context("binding the inbound plaintext listener")?;
+    let shutdown = CancellationToken::new();
+    let (drain_trigger, drain_watch) = drain::channel();
+    let mesh = mesh::start(
+        &args,
+        rules.ports.hbone,
+        &store,
+        factory,
+        any,
+        &readiness,
+        &drain_watch,
+        &shutdown,
+        logs,
+    )
+    .await?;
+    // Only the servers hold watchers: the drain completes when they are done.
+    drop(drain_watch);
 
     let capture = Arc::new(capture_for(flags)?);
     let pods = capture::captured_ips(&store.current(), &args.node, &families);
@@ -72,16 +102,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "capture installed"
     );
 
-    let shutdown = CancellationToken::new();
     let drain = Duration::from_millis(args.drain_timeout_ms);
-    let observer = Arc::new(AccessLog);
-    let outbound = OutboundProxy::new(store.clone(), factory, observer.clone(), None);
+    let parts = &mesh.mesh;
+    let outbound = OutboundProxy::new(
+        store.clone(),
+        factory,
+        parts.observer.clone(),
+        Some(parts.forwarder.clone()),
+    );
     let inbound = InboundPlainProxy::new(
         store.clone(),
         args.node.clone(),
         factory,
-        observer,
-        Arc::new(AllowAll),
+        parts.observer.clone(),
+        parts.admission.clone(),
     );
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(outbound.serve(outbound_listener, shutdown.clone(), drain));
@@ -94,9 +128,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         pods,
         shutdown.clone(),
     ));
-    tracing::info!("ready");
+    {
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            readiness.ready().await;
+            tracing::info!("ready");
+        });
+    }
 
-    let reason = wait_for_termination().await;
+    let reason = tokio::select! {
+        reason = wait_for_termination() => reason,
+        () = mesh.quit.notified() => "quitquitquit",
+    };
     tracing::info!(reason, "shutting down");
     shutdown.cancel();
     let _ = follower.await;
@@ -108,12 +151,63 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Err(error) = stop_capturing {
         tracing::warn!(%error, "removing pod rules before drain");
     }
+    // Phase one: the proxies stop accepting and give open connections the
+    // drain timeout (`serve`), HBONE sends GOAWAY, the HTTP servers finish
+    // their requests; phase two cuts whatever is left.
+    let drained = tokio::spawn(drain_trigger.drain(drain, Duration::from_secs(1)));
     while servers.join_next().await.is_some() {}
+    let mut tasks = mesh.tasks;
+    let tracker = mesh.mesh.tracker.clone();
+    let finished = tokio::time::timeout(drain, async {
+        while tasks.join_next().await.is_some() {}
+        // Inbound tunnels outlive the HBONE listener; they are tracked.
+        while !tracker.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if finished.is_err() {
+        tracing::info!(
+            open = tracker.len(),
+            "drain timeout passed; cutting the rest"
+        );
+        tasks.shutdown().await;
+    }
+    if let Ok(outcome) = drained.await {
+        tracing::info!(?outcome, open = mesh.metrics.open_connections(), "drained");
+    }
     tokio::task::spawn_blocking(move || capture.uninstall())
         .await?
         .context("removing capture rules")?;
     tracing::info!("capture removed; stopped");
     Ok(())
+}
+
+/// Keeps the state source running while held.
+#[expect(dead_code, reason = "only held, for what dropping it stops")]
+enum StateWatch {
+    File(FileWatch),
+    Kube(KubeWatch),
+}
+
+/// Starts the state source and returns once its first complete snapshot is
+/// in `store` (the file read, or the Kubernetes watches listed).
+async fn start_state(args: &RunArgs, store: &StateStore) -> anyhow::Result<StateWatch> {
+    let options = args.state.load_options();
+    if args.kube {
+        let watch = KubeSource::infer(options)
+            .await
+            .context("connecting to the Kubernetes API")?
+            .start(store.clone());
+        tracing::info!("waiting for the first Kubernetes sync");
+        watch.synced().await;
+        return Ok(StateWatch::Kube(watch));
+    }
+    let watch = FileSource::new(&args.state.state, options)
+        .start(store.clone())
+        .await
+        .with_context(|| format!("loading state from {}", args.state.state.display()))?;
+    Ok(StateWatch::File(watch))
 }
 
 /// `ambit-agent capture install|uninstall|status`.

@@ -4,8 +4,10 @@
 //!
 //! - `enforce`: `Snapshot::authorize` and `Snapshot::authorize_from_state`.
 //! - `check`: the `ambit-agent authz check` command.
+//! - `watch`: open connections re-decided, and closed, when the state changes.
 
 pub mod check;
 mod enforce;
+pub mod watch;
 
 pub use enforce::{AuthzError, Inbound};

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -45,7 +46,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the node agent: capture, proxy, tunnel and authorize the traffic
     /// of this node's enrolled pods.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Authorization tools.
     #[command(subcommand)]
     Authz(AuthzCommand),
@@ -77,12 +78,67 @@ impl StateArgs {
     }
 }
 
+/// Workload certificates and the agent's HTTP side doors.
+#[derive(Clone, Debug, Args)]
+pub struct MeshFlags {
+    /// The CA's gRPC address (Istio's CA API over TLS): `host:port` or
+    /// `https://host:port`.
+    #[arg(
+        long,
+        env = "AMBIT_CA_ADDRESS",
+        default_value = "ambit-ca.ambit-system.svc:15012"
+    )]
+    pub ca_address: String,
+
+    /// DNS name the CA's serving certificate must carry.
+    #[arg(long, env = "AMBIT_CA_SERVER_NAME", default_value = ambit_ca::DEFAULT_SERVING_NAME)]
+    pub ca_server_name: String,
+
+    /// PEM file of the mesh's root certificates: peers' certificates and the
+    /// CA's serving certificate must chain to one of them.
+    #[arg(
+        long,
+        env = "AMBIT_TRUST_BUNDLE",
+        default_value = "/var/run/secrets/ambit/root-cert.pem"
+    )]
+    pub trust_bundle: PathBuf,
+
+    /// File holding the token the agent presents to the CA (in Kubernetes its
+    /// service-account token; locally the node's bootstrap token).
+    #[arg(
+        long,
+        env = "AMBIT_TOKEN_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub token_file: PathBuf,
+
+    /// Lifetime asked of the CA for workload certificates (e.g. 24h, 90m, 30s);
+    /// they are renewed at about half of it.
+    #[arg(long, env = "AMBIT_CERT_TTL", default_value = "24h", value_parser = ambit_ca::cli::parse_duration)]
+    pub cert_ttl: Duration,
+
+    /// Address of the Prometheus endpoint (`/metrics`).
+    #[arg(long, env = "AMBIT_METRICS_ADDR", default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+
+    /// Address of the readiness probe (`/healthz/ready`).
+    #[arg(long, env = "AMBIT_READINESS_ADDR", default_value = "0.0.0.0:15021")]
+    pub readiness_addr: SocketAddr,
+
+    /// Address of the admin server (`/config_dump`, `/logging`, status page).
+    #[arg(long, env = "AMBIT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+}
+
 #[derive(Clone, Debug, Args)]
 pub struct RunArgs {
     /// This node's name, as Pods' `spec.nodeName` give it; the agent serves
     /// the enrolled pods scheduled here.
     #[arg(long, env = "AMBIT_NODE", default_value_t = default_node_name())]
     pub node: String,
+
+    #[command(flatten)]
+    pub mesh: MeshFlags,
 
     #[command(flatten)]
     pub state: StateArgs,
@@ -254,6 +310,52 @@ mod tests {
         assert_eq!(run.capture.skip_mark, Mark::new(0x539, 0xfff));
         assert_eq!(run.capture.iptables_backend, BackendChoice::Auto);
         assert!(!run.capture.ipv6);
+        let mesh = &run.mesh;
+        assert_eq!(mesh.ca_address, "ambit-ca.ambit-system.svc:15012");
+        assert_eq!(mesh.ca_server_name, ambit_ca::DEFAULT_SERVING_NAME);
+        assert_eq!(mesh.cert_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(
+            mesh.metrics_addr,
+            "0.0.0.0:15020".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            mesh.readiness_addr,
+            "0.0.0.0:15021".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            mesh.admin_addr,
+            "127.0.0.1:15000".parse::<SocketAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn mesh_flags_parse() {
+        let cli = parse(&[
+            "run",
+            "--ca-address",
+            "10.0.0.9:15012",
+            "--trust-bundle",
+            "/tmp/root.pem",
+            "--token-file",
+            "/tmp/token",
+            "--cert-ttl",
+            "90m",
+            "--admin-addr",
+            "127.0.0.1:25000",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Run(run) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(run.mesh.ca_address, "10.0.0.9:15012");
+        assert_eq!(run.mesh.trust_bundle, PathBuf::from("/tmp/root.pem"));
+        assert_eq!(run.mesh.token_file, PathBuf::from("/tmp/token"));
+        assert_eq!(run.mesh.cert_ttl, Duration::from_secs(90 * 60));
+        assert_eq!(run.mesh.admin_addr.port(), 25000);
+        assert!(parse(&["run", "--cert-ttl", "soon"]).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - `capture`: the iptables TPROXY rules steering enrolled pods' traffic here.
 //! - `socket`: the socket factory (marks, transparency, original destination).
 //! - `proxy`: the outbound and inbound plaintext listeners and byte copying.
+//! - `mesh`: the mesh data path assembled (HBONE both ways, admission, re-authorization).
 
 pub mod admin;
 pub mod app;
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod drain;
 pub mod hbone;
 pub mod identity;
+pub mod mesh;
 pub mod metrics;
 pub mod proxy;
 pub mod readiness;

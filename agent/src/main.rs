@@ -1,51 +1,43 @@
 //! The `ambit-agent` binary: parse the command line, start logging, dispatch,
 //! and turn the outcome into an exit status.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use ambit_agent::app;
 use ambit_agent::authz::check;
 use ambit_agent::cli::{AuthzCommand, CheckArgs, Cli, Command, LogFormat};
+use ambit_agent::telemetry::{self, LogHandle};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// Exit status for bad input: the same as clap's usage errors.
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_tracing(&cli.log, cli.log_format) {
-        eprintln!("ambit-agent: --log {:?}: {e}", cli.log);
-        return ExitCode::from(EXIT_USAGE);
-    }
+    let format = match cli.log_format {
+        LogFormat::Text => telemetry::LogFormat::Text,
+        LogFormat::Json => telemetry::LogFormat::Json,
+    };
+    // The handle lets the admin server change the filter at runtime.
+    let logs = match telemetry::init(format, &cli.log) {
+        Ok(logs) => logs,
+        Err(e) => {
+            eprintln!("ambit-agent: --log {:?}: {e}", cli.log);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     match cli.command {
-        Command::Run(args) => report(run(args)),
+        Command::Run(args) => report(run(*args, logs)),
         Command::Authz(AuthzCommand::Check(args)) => authz_check(&args),
         Command::Capture(command) => report(app::capture(command)),
     }
 }
 
-fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(filter)?)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.try_init().map_err(anyhow::Error::from_boxed)?,
-        LogFormat::Json => builder
-            .json()
-            .try_init()
-            .map_err(anyhow::Error::from_boxed)?,
-    }
-    Ok(())
-}
-
-fn run(args: ambit_agent::cli::RunArgs) -> anyhow::Result<()> {
+fn run(args: ambit_agent::cli::RunArgs, logs: LogHandle) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(app::run(args))
+        .block_on(app::run(args, Some(logs)))
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

@@ -7,13 +7,21 @@
 //!   the mesh to enrolled local pods, admitted by an
 //!   [`inbound_plain::InboundPolicy`] (PeerAuthentication, authorization).
 //! - `copy`: byte copying with half-close and reset semantics.
+//! - `mesh_outbound`: the [`outbound::MeshForwarder`] over HBONE (and in
+//!   process for same-node destinations).
+//! - `inbound_hbone`: the 15008 handler: target check, authorization, dial.
+//! - `admission`: the 15006 [`inbound_plain::InboundPolicy`]:
+//!   PeerAuthentication and authorization without a peer identity.
 //!
 //! Servers take a bound listener and a shutdown token ([`serve`]); each
 //! finished connection is reported once to a [`ConnectionObserver`] (metrics,
 //! access log).
 
+pub mod admission;
 pub mod copy;
+pub mod inbound_hbone;
 pub mod inbound_plain;
+pub mod mesh_outbound;
 pub mod outbound;
 
 use std::future::Future;
@@ -79,6 +87,7 @@ impl From<End> for Status {
             End::Closed => Self::Closed,
             End::ClientFailed => Self::ClientFailed,
             End::ServerFailed => Self::ServerFailed,
+            End::Stopped => Self::Denied,
         }
     }
 }

@@ -41,6 +41,9 @@ pub enum End {
     ClientFailed,
     /// The server connection failed; the client was reset.
     ServerFailed,
+    /// The agent stopped it (a policy change no longer allows it); both
+    /// sides were reset.
+    Stopped,
 }
 
 #[derive(Debug)]
@@ -66,17 +69,33 @@ enum DirectionEnd {
 /// Copies until both directions ended or one side failed, then closes both
 /// (resetting the healthy side if the other failed).
 pub async fn bidirectional(client: TcpStream, server: TcpStream) -> CopyOutcome {
+    bidirectional_until(client, server, std::future::pending()).await
+}
+
+/// As [`bidirectional`], but `stop` completing ends the copy and resets both
+/// sides ([`End::Stopped`]).
+pub async fn bidirectional_until(
+    client: TcpStream,
+    server: TcpStream,
+    stop: impl std::future::Future<Output = ()>,
+) -> CopyOutcome {
     let c2s = AtomicU64::new(0);
     let s2c = AtomicU64::new(0);
     let (end, error) = {
         let up = pump(&client, &server, &c2s);
         let down = pump(&server, &client, &s2c);
-        tokio::pin!(up, down);
+        tokio::pin!(up, down, stop);
         let (mut up_done, mut down_done) = (false, false);
         loop {
             let (from_client, result) = tokio::select! {
                 r = &mut up, if !up_done => (true, r),
                 r = &mut down, if !down_done => (false, r),
+                () = &mut stop => {
+                    break (End::Stopped, Some(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "closed by the agent",
+                    )));
+                }
             };
             match (from_client, result) {
                 (true, DirectionEnd::Eof) => up_done = true,
@@ -97,6 +116,10 @@ pub async fn bidirectional(client: TcpStream, server: TcpStream) -> CopyOutcome 
         End::Closed => {}
         End::ClientFailed => socket::reset(server),
         End::ServerFailed => socket::reset(client),
+        End::Stopped => {
+            socket::reset(client);
+            socket::reset(server);
+        }
     }
     CopyOutcome {
         bytes: Transferred {

@@ -27,10 +27,32 @@ pub struct InboundRequest<'a> {
     pub orig_dst: OrigDst,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Admission {
     Allow,
-    Deny { reason: String },
+    /// Allowed, and followed by the policy while it is open: it may be
+    /// closed early, and is told how it ended.
+    Follow(Box<dyn Admitted>),
+    Deny {
+        reason: String,
+    },
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Allow => f.write_str("Allow"),
+            Self::Follow(_) => f.write_str("Follow"),
+            Self::Deny { reason } => f.debug_struct("Deny").field("reason", reason).finish(),
+        }
+    }
+}
+
+/// An admitted connection as its policy follows it (metrics, re-authorization).
+pub trait Admitted: Send {
+    /// Completes when the connection must be closed early; both ends are reset.
+    fn closed_by_policy(&self) -> CancellationToken;
+    /// The connection ended (or the pod could not be reached).
+    fn finished(self: Box<Self>, result: &Forwarded);
 }
 
 /// Decides plaintext admission: the seam where PeerAuthentication and L4
@@ -135,19 +157,32 @@ impl InboundPlainProxy {
                 orig_dst,
             }),
         };
-        record.result = match admission {
+        let (admitted, stop) = match admission {
             Admission::Deny { reason } => {
                 socket::reset(client);
-                Forwarded::refused(Status::Denied, reason)
+                record.result = Forwarded::refused(Status::Denied, reason);
+                record.duration = started.elapsed();
+                self.observer.connection_closed(&record);
+                return;
             }
-            Admission::Allow => match self.factory.connect(orig_dst.0, Some(peer.ip())).await {
-                Ok(server) => copy::bidirectional(client, server).await.into(),
-                Err(error) => {
-                    socket::reset(client);
-                    Forwarded::refused(Status::ConnectFailed, error.to_string())
-                }
-            },
+            Admission::Allow => (None, CancellationToken::new()),
+            Admission::Follow(admitted) => {
+                let stop = admitted.closed_by_policy();
+                (Some(admitted), stop)
+            }
         };
+        record.result = match self.factory.connect(orig_dst.0, Some(peer.ip())).await {
+            Ok(server) => copy::bidirectional_until(client, server, stop.cancelled_owned())
+                .await
+                .into(),
+            Err(error) => {
+                socket::reset(client);
+                Forwarded::refused(Status::ConnectFailed, error.to_string())
+            }
+        };
+        if let Some(admitted) = admitted {
+            admitted.finished(&record.result);
+        }
         record.duration = started.elapsed();
         self.observer.connection_closed(&record);
     }

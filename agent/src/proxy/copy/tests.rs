@@ -173,3 +173,34 @@ async fn buffered_fallback_has_the_same_semantics() {
     assert_eq!(got, data);
     assert_eq!(count.load(Ordering::Relaxed), data.len() as u64);
 }
+
+#[tokio::test]
+async fn stop_resets_both_sides_and_keeps_the_counts() {
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = TcpStream::connect(front.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (accepted, _) = front.accept().await.unwrap();
+    let dialled = TcpStream::connect(back.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut server, _) = back.accept().await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let copy = tokio::spawn(bidirectional_until(
+        accepted,
+        dialled,
+        stop.clone().cancelled_owned(),
+    ));
+    client.write_all(b"abc").await.unwrap();
+    let mut buf = [0u8; 3];
+    server.read_exact(&mut buf).await.unwrap();
+    stop.cancel();
+    let outcome = copy.await.unwrap();
+    assert_eq!(outcome.end, End::Stopped);
+    assert_eq!(outcome.bytes.client_to_server, 3);
+    for side in [&mut client, &mut server] {
+        let err = side.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    }
+}

@@ -1,0 +1,345 @@
+//! The mesh half of `run`: workload identities from the CA, the mesh data
+//! path the proxies plug in, the HBONE listener, and the metrics, readiness
+//! and admin servers with their config dump.
+//!
+//! Readiness waits for three things: the state (already loaded when this
+//! starts), a certificate for every local enrolled workload, and the
+//! listeners being bound. Until then the data path refuses what it cannot
+//! serve (no state, no certificate): it fails closed.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_ca::SpiffeId;
+use ambit_ca::authn::BearerToken;
+use ambit_ca::client::{CaClient, CaClientConfig};
+use anyhow::Context;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::authz;
+use crate::cli::RunArgs;
+use crate::drain::DrainWatcher;
+use crate::identity::{IdentityConfig, IdentityManager, TrustBundle, WorkloadCertificate};
+use crate::mesh::{self, CertificateSource, Mesh, MeshConfig};
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::socket::SocketFactory;
+use crate::state::{Snapshot, StateStore};
+use crate::telemetry::LogHandle;
+
+/// What the rest of `run` needs from the mesh.
+pub struct Started {
+    /// Forwarder, admission and observer for the 15001 and 15006 proxies.
+    pub mesh: Mesh,
+    pub metrics: Arc<Metrics>,
+    /// Woken by the admin server's `/quitquitquit`.
+    pub quit: Arc<Notify>,
+    pub tasks: JoinSet<()>,
+}
+
+/// Starts identities, the mesh data path, 15008 and the HTTP servers.
+#[allow(clippy::too_many_arguments)]
+pub async fn start(
+    args: &RunArgs,
+    hbone_port: u16,
+    store: &StateStore,
+    factory: SocketFactory,
+    listen_ip: IpAddr,
+    readiness: &Readiness,
+    drain: &DrainWatcher,
+    shutdown: &CancellationToken,
+    logs: Option<LogHandle>,
+) -> anyhow::Result<Started> {
+    let flags = &args.mesh;
+    let trust = TrustBundle::from_pem_file(&flags.trust_bundle, &args.trust_domain)
+        .context("reading the trust bundle")?;
+    let identities = identity_manager(args, trust.clone())?;
+    let listeners = readiness.block("listeners");
+    let certificates = readiness.block("certificates");
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let registry = Arc::new(registry);
+    let certs: Arc<dyn CertificateSource> = identities.clone();
+    let mut config = MeshConfig::new(args.node.clone(), args.trust_domain.clone());
+    config.hbone_port = hbone_port;
+    let mesh = mesh::build(
+        &config,
+        store.clone(),
+        certs.clone(),
+        trust,
+        factory,
+        metrics.clone(),
+    )
+    .context("building the HBONE TLS configuration")?;
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(mesh::follow_identities(
+        certs,
+        store.subscribe(),
+        args.node.clone(),
+        args.trust_domain.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(authz::watch::follow(
+        mesh.tracker.clone(),
+        store.subscribe(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(count_state_reloads(
+        metrics.clone(),
+        store.subscribe(),
+        shutdown.clone(),
+    ));
+    {
+        let (identities, store) = (identities.clone(), store.clone());
+        let (node, trust_domain) = (args.node.clone(), args.trust_domain.clone());
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = local_certificates_loaded(&identities, &store, &node, &trust_domain) => drop(certificates),
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+
+    let hbone_addr = SocketAddr::new(listen_ip, hbone_port);
+    let hbone = factory
+        .listen(hbone_addr)
+        .with_context(|| format!("binding the HBONE listener on {hbone_addr}"))?;
+    tasks.spawn(mesh.hbone.clone().serve(hbone, drain.clone()));
+    let metrics_listener = bind(flags.metrics_addr, "metrics").await?;
+    let readiness_listener = bind(flags.readiness_addr, "readiness").await?;
+    let admin_listener = bind(flags.admin_addr, "admin").await?;
+    tracing::info!(
+        hbone = %hbone_addr,
+        metrics = %flags.metrics_addr,
+        readiness = %flags.readiness_addr,
+        admin = %flags.admin_addr,
+        ca = %flags.ca_address,
+        "mesh listeners bound"
+    );
+
+    let quit = Arc::new(Notify::new());
+    let mut state = AdminState::new(readiness.clone())
+        .with_metrics(metrics.clone())
+        .with_quit(quit.clone());
+    if let Some(logs) = logs {
+        state = state.with_logging(logs);
+    }
+    let state = config_dump(state, args, store, &identities);
+    tasks.spawn(admin::serve_metrics(
+        metrics_listener,
+        registry,
+        drain.clone(),
+    ));
+    tasks.spawn(admin::serve_readiness(
+        readiness_listener,
+        readiness.clone(),
+        drain.clone(),
+    ));
+    tasks.spawn(admin::serve_admin(admin_listener, state, drain.clone()));
+    drop(listeners);
+    Ok(Started {
+        mesh,
+        metrics,
+        quit,
+        tasks,
+    })
+}
+
+fn identity_manager(args: &RunArgs, trust: TrustBundle) -> anyhow::Result<Arc<IdentityManager>> {
+    let flags = &args.mesh;
+    let roots_pem = std::fs::read_to_string(&flags.trust_bundle)
+        .with_context(|| format!("reading {}", flags.trust_bundle.display()))?;
+    let token = std::fs::read_to_string(&flags.token_file)
+        .with_context(|| format!("reading the CA token from {}", flags.token_file.display()))?;
+    let address = if flags.ca_address.contains("://") {
+        flags.ca_address.clone()
+    } else {
+        format!("https://{}", flags.ca_address)
+    };
+    let mut config = CaClientConfig::new(address, roots_pem);
+    config.server_name = flags.ca_server_name.clone();
+    config.token = Some(BearerToken::new(token.trim()));
+    let client = CaClient::new(config).context("configuring the CA client")?;
+    let config = IdentityConfig {
+        requested_lifetime: flags.cert_ttl,
+        ..IdentityConfig::new(trust)
+    };
+    Ok(IdentityManager::new(config, client))
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+/// Returns once every enrolled workload of the node holds a certificate,
+/// re-reading the state between attempts (pods come and go meanwhile).
+async fn local_certificates_loaded(
+    identities: &IdentityManager,
+    store: &StateStore,
+    node: &str,
+    trust_domain: &str,
+) {
+    loop {
+        let ids = mesh::local_identities(&store.current(), node, trust_domain);
+        let mut missing = BTreeSet::new();
+        for id in &ids {
+            if let Err(error) = identities.certificate(id).await {
+                tracing::warn!(identity = %id, %error, "waiting for a workload certificate");
+                missing.insert(id.clone());
+            }
+        }
+        if missing.is_empty() {
+            tracing::info!(identities = ids.len(), "local workload certificates loaded");
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn count_state_reloads(
+    metrics: Arc<Metrics>,
+    mut snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = snapshots.changed() => if changed.is_err() { return },
+        }
+        metrics.agent.state_reloaded();
+    }
+}
+
+fn config_dump(
+    state: AdminState,
+    args: &RunArgs,
+    store: &StateStore,
+    identities: &Arc<IdentityManager>,
+) -> AdminState {
+    let effective = format!("{args:?}");
+    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
+    let ids = identities.clone();
+    state
+        .with_config("config", Arc::new(move || Value::String(effective.clone())))
+        .with_config(
+            "state",
+            Arc::new(move || {
+                let status = s1.status();
+                let snapshot = s1.current();
+                json!({
+                    "generation": status.generation,
+                    "synced": snapshot.is_synced(),
+                    "last_error": status.last_error.map(|e| e.message),
+                })
+            }),
+        )
+        .with_config("workloads", Arc::new(move || workloads_json(&s2.current())))
+        .with_config("services", Arc::new(move || services_json(&s3.current())))
+        .with_config(
+            "policies",
+            Arc::new(move || {
+                let snapshot = s4.current();
+                let errors: Vec<String> = snapshot
+                    .policy_errors()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                json!({ "summary": snapshot.policies().summary(), "errors": errors })
+            }),
+        )
+        .with_config(
+            "certificates",
+            Arc::new(move || serde_json::to_value(ids.status()).unwrap_or(Value::Null)),
+        )
+}
+
+fn workloads_json(snapshot: &Snapshot) -> Value {
+    Value::Array(
+        snapshot
+            .workloads()
+            .map(|w| {
+                json!({
+                    "uid": w.uid,
+                    "name": w.name,
+                    "namespace": w.namespace,
+                    "service_account": w.service_account,
+                    "node": w.node,
+                    "ips": w.ips,
+                    "labels": w.labels,
+                    "enrolled": w.enrolled,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn services_json(snapshot: &Snapshot) -> Value {
+    Value::Array(
+        snapshot
+            .services()
+            .map(|s| {
+                let ports: Vec<Value> = s
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        json!({
+                            "name": p.name,
+                            "port": p.port,
+                            "ready_endpoints": s.ready_endpoints(p.port),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": s.name,
+                    "namespace": s.namespace,
+                    "vips": s.vips,
+                    "ports": ports,
+                })
+            })
+            .collect(),
+    )
+}
+
+// === impl CertificateSource ===
+
+impl CertificateSource for IdentityManager {
+    fn certificate<'a>(
+        &'a self,
+        id: &'a SpiffeId,
+    ) -> BoxFuture<'a, Option<Arc<WorkloadCertificate>>> {
+        async move {
+            // The cached one first: the data path must not wait on the CA
+            // while a valid certificate is at hand.
+            if let Some(cert) = self.current(id) {
+                return Some(cert);
+            }
+            match IdentityManager::certificate(self, id).await {
+                Ok(cert) => Some(cert),
+                Err(error) => {
+                    tracing::warn!(identity = %id, %error, "no certificate");
+                    None
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn track(&self, ids: BTreeSet<SpiffeId>) {
+        IdentityManager::track(self, ids);
+    }
+}

@@ -1,0 +1,111 @@
+//! Admission of plaintext (15006) connections to enrolled local pods:
+//! PeerAuthentication and AuthorizationPolicy through `Snapshot::authorize`
+//! with no peer identity. STRICT on the destination port refuses; PERMISSIVE
+//! and DISABLE go on to authorization, where rules on principals or
+//! namespaces cannot match a client without an identity.
+//!
+//! Every decided connection is counted (reporter `destination`, security
+//! policy `none`), and an admitted one is registered with the
+//! [`ConnectionTracker`] so a later STRICT or DENY closes it.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Forwarded;
+use super::inbound_plain::{Admission, Admitted, InboundPolicy, InboundRequest};
+use crate::authz::Inbound;
+use crate::authz::watch::{ConnectionTracker, Registration, TrackedConnection};
+use crate::metrics::{self, ConnectionOpen, Metrics, Reporter, SecurityPolicy};
+
+/// The 15006 admission policy.
+#[derive(Debug)]
+pub struct PlaintextAdmission {
+    trust_domain: String,
+    metrics: Arc<Metrics>,
+    tracker: Arc<ConnectionTracker>,
+}
+
+impl PlaintextAdmission {
+    pub fn new(
+        trust_domain: impl Into<String>,
+        metrics: Arc<Metrics>,
+        tracker: Arc<ConnectionTracker>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            trust_domain: trust_domain.into(),
+            metrics,
+            tracker,
+        })
+    }
+}
+
+/// An admitted plaintext connection: counted, and closed by a policy change.
+struct PlaintextConnection {
+    record: metrics::ConnectionRecord,
+    registration: Registration,
+}
+
+impl Admitted for PlaintextConnection {
+    fn closed_by_policy(&self) -> CancellationToken {
+        self.registration.close_token()
+    }
+
+    fn finished(self: Box<Self>, result: &Forwarded) {
+        self.record.record_received(result.bytes.client_to_server);
+        self.record.record_sent(result.bytes.server_to_client);
+    }
+}
+
+impl InboundPolicy for PlaintextAdmission {
+    fn admit(&self, request: &InboundRequest<'_>) -> Admission {
+        let destination = request.destination;
+        let dst_id = destination.identity(&self.trust_domain).ok();
+        let record = self.metrics.open_connection(&ConnectionOpen {
+            source_workload: request.source.map(|w| &**w),
+            destination_workload: Some(destination),
+            destination_identity: dst_id.as_ref(),
+            security: SecurityPolicy::None,
+            ..ConnectionOpen::new(Reporter::Destination, request.client.0, request.orig_dst.0)
+        });
+        let decision = request.snapshot.authorize(&Inbound {
+            src: request.client.0.ip(),
+            peer: None,
+            dst: request.orig_dst.0,
+        });
+        let decision = match decision {
+            Ok(d) => d,
+            Err(error) => {
+                record.set_decision(metrics::Decision::Deny, "undecidable (fail closed)", None);
+                return Admission::Deny {
+                    reason: error.to_string(),
+                };
+            }
+        };
+        record.record_authorization(&decision);
+        tracing::debug!(
+            client = %request.client,
+            dst = %request.orig_dst,
+            workload = %destination.qualified_name(),
+            mtls_mode = decision.mtls_mode.as_str(),
+            decision = if decision.allowed { "allow" } else { "deny" },
+            reason = decision.reason.as_str(),
+            policy = decision.policy.as_deref().unwrap_or("-"),
+            "plaintext admission"
+        );
+        if !decision.allowed {
+            return Admission::Deny {
+                reason: decision.reason.as_str().to_owned(),
+            };
+        }
+        let registration = self.tracker.register(TrackedConnection {
+            src: request.client.0,
+            peer: None,
+            dst: request.orig_dst.0,
+        });
+        Admission::Follow(Box::new(PlaintextConnection {
+            record,
+            registration,
+        }))
+    }
+}

@@ -1,0 +1,279 @@
+//! The inbound side of HBONE (15008): what the agent decides for a tunnel to
+//! one of its pods once the HBONE server has authenticated the peer.
+//!
+//! For each CONNECT it checks that the target is the enrolled local pod that
+//! was dialled (and a port a pod can serve), works out the client address it
+//! can trust, authorizes the peer principal, namespace and address against the
+//! snapshot in force, dials the pod from the client's address, and counts the
+//! connection (reporter `destination`, `mutual_tls`). Admitted connections are
+//! registered with the [`ConnectionTracker`] so a later policy can close them.
+//!
+//! The `forwarded` header is only believed when the address it names belongs
+//! to a workload whose identity is the peer's certificate identity: a peer can
+//! speak for its own pod, never for another. Otherwise the client address is
+//! the tunnel's own TCP source, which the network, not the peer, vouches for
+//! (the peer's node or pod address), and ipBlock rules see that address.
+//!
+//! Same-node connections come here too, without the network: the outbound
+//! side calls [`InboundHbone::admit`] with the source workload's identity.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ambit_ca::SpiffeId;
+
+use crate::authz::Inbound;
+use crate::authz::watch::{ConnectionTracker, Registration, TrackedConnection};
+use crate::hbone::{
+    ForwardedFor, HBONE_PORT, InboundHandler, InboundRequest, Refusal, Transfer, Upstream,
+};
+use crate::identity::WorkloadCertificate;
+use crate::mesh::CertificateSource;
+use crate::metrics::{self, ConnectionOpen, Metrics, Reporter, SecurityPolicy};
+use crate::socket::SocketFactory;
+use crate::state::{Snapshot, StateStore, Workload};
+
+/// The inbound HBONE handler; one per agent, shared by the 15008 server and
+/// the same-node path.
+pub struct InboundHbone {
+    state: StateStore,
+    node: String,
+    trust_domain: String,
+    certs: Arc<dyn CertificateSource>,
+    factory: SocketFactory,
+    metrics: Arc<Metrics>,
+    tracker: Arc<ConnectionTracker>,
+}
+
+impl std::fmt::Debug for InboundHbone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundHbone")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An admitted tunnel: counted while it lives, re-authorized on state changes.
+#[derive(Debug)]
+pub struct InboundConnection {
+    pub record: metrics::ConnectionRecord,
+    _registration: Registration,
+}
+
+impl InboundConnection {
+    /// Counts the tunnel's bytes; `forward` is client to pod.
+    pub fn finish(self, forward: u64, backward: u64) {
+        self.record.record_received(forward);
+        self.record.record_sent(backward);
+    }
+}
+
+/// One request to reach a local pod, as the transport established it.
+#[derive(Clone, Copy, Debug)]
+pub struct Admit<'a> {
+    /// The peer identity the transport proved (the TLS client certificate, or
+    /// the source workload itself on the same-node path).
+    pub peer: &'a SpiffeId,
+    /// Where the tunnel came from on the network.
+    pub peer_addr: SocketAddr,
+    pub forwarded_for: Option<ForwardedFor>,
+    /// The pod address and port asked for.
+    pub target: SocketAddr,
+    /// The identity presented to the peer, when a handshake happened.
+    pub presented: Option<&'a SpiffeId>,
+}
+
+impl InboundHbone {
+    pub fn new(
+        state: StateStore,
+        node: impl Into<String>,
+        trust_domain: impl Into<String>,
+        certs: Arc<dyn CertificateSource>,
+        factory: SocketFactory,
+        metrics: Arc<Metrics>,
+        tracker: Arc<ConnectionTracker>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            node: node.into(),
+            trust_domain: trust_domain.into(),
+            certs,
+            factory,
+            metrics,
+            tracker,
+        })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The enrolled workload of this node at `ip`, with its identity.
+    fn local_pod(&self, snapshot: &Snapshot, ip: IpAddr) -> Option<(Arc<Workload>, SpiffeId)> {
+        let w = snapshot
+            .workload_by_ip(ip)
+            .filter(|w| w.enrolled && w.node == self.node)?;
+        let id = w.identity(&self.trust_domain).ok()?;
+        Some((w.clone(), id))
+    }
+
+    /// The certificate of the local pod at `ip`, if it is one and has one.
+    pub async fn local_certificate(&self, ip: IpAddr) -> Option<Arc<WorkloadCertificate>> {
+        let snapshot = self.state.current();
+        if !snapshot.is_synced() {
+            return None;
+        }
+        let (_, id) = self.local_pod(&snapshot, ip)?;
+        self.certs.certificate(&id).await
+    }
+
+    /// The client address authorization and the pod see, and its workload
+    /// when the peer proved to be it (see the module doc).
+    fn client(&self, snapshot: &Snapshot, req: &Admit<'_>) -> (SocketAddr, Option<Arc<Workload>>) {
+        let speaks_for = |ip: IpAddr| {
+            snapshot
+                .workload_by_ip(ip)
+                .filter(|w| {
+                    w.identity(&self.trust_domain)
+                        .is_ok_and(|id| id == *req.peer)
+                })
+                .cloned()
+        };
+        if let Some(f) = req.forwarded_for {
+            if let Some(w) = speaks_for(f.ip) {
+                return (SocketAddr::new(f.ip, f.port.unwrap_or(0)), Some(w));
+            }
+            tracing::info!(
+                peer = %req.peer,
+                peer_addr = %req.peer_addr,
+                forwarded = %f.ip,
+                "forwarded address is not the peer's workload; using the tunnel source"
+            );
+        }
+        (req.peer_addr, speaks_for(req.peer_addr.ip()))
+    }
+
+    /// Checks, authorizes and dials one request; the whole inbound decision.
+    pub async fn admit(&self, req: &Admit<'_>) -> Result<Upstream<InboundConnection>, Refusal> {
+        let snapshot = self.state.current();
+        let wrong_target = || Refusal::WrongTarget {
+            target: req.target,
+            dialled: SocketAddr::new(req.target.ip(), HBONE_PORT),
+        };
+        if !snapshot.is_synced() {
+            return Err(Refusal::Unreachable(std::io::Error::other(
+                "state not synced",
+            )));
+        }
+        let (dst, dst_id) = self
+            .local_pod(&snapshot, req.target.ip())
+            .ok_or_else(wrong_target)?;
+        if req.target.port() == 0 || req.target.port() == HBONE_PORT {
+            return Err(wrong_target());
+        }
+        if req.presented.is_some_and(|p| *p != dst_id) {
+            // The pod's identity changed since the handshake.
+            return Err(wrong_target());
+        }
+        let (client, source) = self.client(&snapshot, req);
+        let record = self.metrics.open_connection(&ConnectionOpen {
+            source_workload: source.as_deref(),
+            source_identity: Some(req.peer),
+            destination_workload: Some(&*dst),
+            destination_identity: Some(&dst_id),
+            security: SecurityPolicy::MutualTls,
+            ..ConnectionOpen::new(Reporter::Destination, client, req.target)
+        });
+        let decision = snapshot.authorize(&Inbound {
+            src: client.ip(),
+            peer: Some(req.peer),
+            dst: req.target,
+        });
+        match decision {
+            Ok(d) => {
+                record.record_authorization(&d);
+                tracing::debug!(
+                    peer = %req.peer,
+                    %client,
+                    target = %req.target,
+                    workload = %dst.qualified_name(),
+                    decision = if d.allowed { "allow" } else { "deny" },
+                    reason = d.reason.as_str(),
+                    policy = d.policy.as_deref().unwrap_or("-"),
+                    "inbound authorization"
+                );
+                if !d.allowed {
+                    return Err(Refusal::Denied {
+                        reason: d.reason.as_str().to_owned(),
+                    });
+                }
+            }
+            Err(error) => {
+                record.set_decision(metrics::Decision::Deny, "undecidable (fail closed)", None);
+                return Err(Refusal::Denied {
+                    reason: error.to_string(),
+                });
+            }
+        }
+        let stream = self
+            .factory
+            .connect(req.target, Some(client.ip()))
+            .await
+            .map_err(Refusal::Unreachable)?;
+        let registration = self.tracker.register(TrackedConnection {
+            src: client,
+            peer: Some(req.peer.clone()),
+            dst: req.target,
+        });
+        let close = registration.close_token();
+        Ok(Upstream {
+            stream,
+            connection: InboundConnection {
+                record,
+                _registration: registration,
+            },
+            close: Some(close),
+        })
+    }
+}
+
+impl InboundHandler for InboundHbone {
+    type Connection = InboundConnection;
+
+    async fn server_certificate(&self, dialled: IpAddr) -> Option<Arc<WorkloadCertificate>> {
+        let cert = self.local_certificate(dialled).await;
+        if cert.is_none() {
+            tracing::info!(%dialled, "hbone connection to an address without a local workload certificate");
+        }
+        cert
+    }
+
+    async fn handle(
+        &self,
+        request: &InboundRequest,
+    ) -> Result<Upstream<InboundConnection>, Refusal> {
+        self.admit(&Admit {
+            peer: &request.peer,
+            peer_addr: request.peer_addr,
+            forwarded_for: request.forwarded_for,
+            target: request.target,
+            presented: Some(&request.local_identity),
+        })
+        .await
+    }
+
+    fn refused(&self, request: &InboundRequest, refusal: &Refusal) {
+        tracing::info!(
+            peer = %request.peer,
+            peer_addr = %request.peer_addr,
+            target = %request.target,
+            status = refusal.status().as_u16(),
+            reason = %refusal,
+            "hbone connect refused"
+        );
+    }
+
+    fn closed(&self, _request: InboundRequest, connection: InboundConnection, transfer: Transfer) {
+        connection.finish(transfer.forward, transfer.backward);
+    }
+}

@@ -1,0 +1,309 @@
+//! The outbound side of the mesh: carries a captured connection to an
+//! enrolled destination, either through an HBONE tunnel to the destination
+//! pod's agent or, when the destination is a pod of this node, through the
+//! inbound decision in process.
+//!
+//! Tunnels present the source workload's certificate and require the
+//! destination workload's identity from the server (secure naming); the
+//! CONNECT names the pod address (`:authority`), the application's address
+//! (`forwarded`) and the source workload (`baggage`). A refused CONNECT or a
+//! failed tunnel resets the application's connection, which is how it would
+//! see a refused or broken TCP connection.
+//!
+//! Same node: the capture rules let the agent's own (marked) packets through
+//! uncaptured, so a tunnel to a local pod's 15008 would reach the pod, not the
+//! agent. Instead the agent runs the very same inbound checks in process
+//! ([`InboundHbone::admit`]) with the source workload's identity as the peer,
+//! once it holds certificates for both ends, and counts the connection twice,
+//! as the source and as the destination, exactly as two agents would.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::net::TcpStream;
+
+use super::inbound_hbone::{Admit, InboundHbone};
+use super::outbound::{MeshConnection, MeshForwarder};
+use super::{Forwarded, Status, Transferred};
+use crate::hbone::{self, Baggage, ConnectError, ConnectRequest, Connector, Pool, Refusal};
+use crate::mesh::CertificateSource;
+use crate::metrics::{self, ConnectionOpen, Metrics, Reporter, SecurityPolicy};
+use crate::socket::{self, SocketFactory};
+use crate::state::{StateStore, Workload};
+
+/// Dials peers' HBONE ports through the socket factory, so the tunnel's
+/// packets carry the skip mark and are never captured again.
+#[derive(Clone, Copy, Debug)]
+pub struct MarkedConnector(pub SocketFactory);
+
+impl Connector for MarkedConnector {
+    fn connect(
+        &self,
+        destination: SocketAddr,
+        _source: IpAddr,
+    ) -> impl Future<Output = io::Result<TcpStream>> + Send {
+        // From the node's own address: the peer learns the client from
+        // `forwarded`, which it checks against our certificate.
+        self.0.connect(destination, None)
+    }
+}
+
+/// The [`MeshForwarder`] the outbound proxy hands mesh destinations to.
+pub struct MeshOutbound<C> {
+    shared: Arc<Shared<C>>,
+}
+
+struct Shared<C> {
+    state: StateStore,
+    /// The peers' HBONE port: 15008, except in tests.
+    hbone_port: u16,
+    trust_domain: String,
+    certs: Arc<dyn CertificateSource>,
+    pool: Pool<C>,
+    metrics: Arc<Metrics>,
+    local: Arc<InboundHbone>,
+}
+
+impl<C: Connector> MeshOutbound<C> {
+    pub fn new(
+        state: StateStore,
+        hbone_port: u16,
+        trust_domain: impl Into<String>,
+        certs: Arc<dyn CertificateSource>,
+        pool: Pool<C>,
+        metrics: Arc<Metrics>,
+        local: Arc<InboundHbone>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            shared: Arc::new(Shared {
+                state,
+                hbone_port,
+                trust_domain: trust_domain.into(),
+                certs,
+                pool,
+                metrics,
+                local,
+            }),
+        })
+    }
+}
+
+impl<C: Connector> Shared<C> {
+    async fn carry(self: Arc<Self>, conn: MeshConnection) -> Forwarded {
+        let MeshConnection {
+            client,
+            client_addr,
+            orig_dst,
+            source,
+            target,
+            destination,
+        } = conn;
+        let snapshot = self.state.current();
+        let service = snapshot.service_by_vip(orig_dst.0.ip()).cloned();
+        let (src_id, dst_id) = match (
+            source.identity(&self.trust_domain),
+            destination.identity(&self.trust_domain),
+        ) {
+            (Ok(s), Ok(d)) if source.enrolled && source.node == self.local.node() => (s, d),
+            _ => {
+                socket::reset(client);
+                return Forwarded::refused(Status::Denied, "no mesh identity for the source");
+            }
+        };
+        let record = self.metrics.open_connection(&ConnectionOpen {
+            source_workload: Some(&*source),
+            source_identity: Some(&src_id),
+            destination_workload: Some(&*destination),
+            destination_identity: Some(&dst_id),
+            destination_service: service.as_deref(),
+            security: SecurityPolicy::MutualTls,
+            ..ConnectionOpen::new(Reporter::Source, client_addr.0, orig_dst.0)
+        });
+        let Some(cert) = self.certs.certificate(&src_id).await else {
+            socket::reset(client);
+            return Forwarded::refused(
+                Status::ConnectFailed,
+                format!("no certificate for {src_id}"),
+            );
+        };
+        let forwarded = if destination.node == self.local.node() {
+            self.carry_local(client, client_addr.0, &src_id, target, &record)
+                .await
+        } else {
+            let request = ConnectRequest {
+                source: cert,
+                destination: dst_id.clone(),
+                hbone_addr: SocketAddr::new(target.ip(), self.hbone_port),
+                target,
+                client: client_addr.0,
+                baggage: Some(baggage(&source)),
+            };
+            self.carry_remote(client, request, &record).await
+        };
+        record.record_received(forwarded.bytes.client_to_server);
+        record.record_sent(forwarded.bytes.server_to_client);
+        tracing::debug!(
+            src = %client_addr,
+            src_identity = %src_id,
+            dst = %target,
+            dst_identity = %dst_id,
+            status = forwarded.status.as_str(),
+            reason = forwarded.reason.as_deref().unwrap_or("-"),
+            "mesh connection ended"
+        );
+        forwarded
+    }
+
+    async fn carry_remote(
+        &self,
+        client: TcpStream,
+        request: ConnectRequest,
+        record: &metrics::ConnectionRecord,
+    ) -> Forwarded {
+        let hbone_addr = request.hbone_addr;
+        let peer = request.destination.clone();
+        let tunnel = match self.pool.connect(request).await {
+            Ok(tunnel) => tunnel,
+            Err(error) => {
+                socket::reset(client);
+                let (status, reason) = connect_failure(&error);
+                if status == Status::Denied {
+                    record.set_decision(metrics::Decision::Deny, reason, None);
+                }
+                tracing::info!(%hbone_addr, %peer, %error, "hbone tunnel refused");
+                return Forwarded::refused(status, error.to_string());
+            }
+        };
+        record.set_decision(metrics::Decision::Allow, "accepted by destination", None);
+        let (tunnel_read, tunnel_write) = tunnel.into_split();
+        copy_then_close(client, (tunnel_read, tunnel_write)).await
+    }
+
+    /// The same-node path: the inbound decision in process, then a plain
+    /// copy between the two local sockets.
+    async fn carry_local(
+        &self,
+        client: TcpStream,
+        client_addr: SocketAddr,
+        source: &ambit_ca::SpiffeId,
+        target: SocketAddr,
+        record: &metrics::ConnectionRecord,
+    ) -> Forwarded {
+        // What a handshake would prove: this node holds the destination's identity.
+        if self.local.local_certificate(target.ip()).await.is_none() {
+            socket::reset(client);
+            return Forwarded::refused(Status::ConnectFailed, "no certificate for destination");
+        }
+        let admit = Admit {
+            peer: source,
+            peer_addr: client_addr,
+            forwarded_for: Some(hbone::ForwardedFor {
+                ip: client_addr.ip(),
+                port: Some(client_addr.port()),
+            }),
+            target,
+            presented: None,
+        };
+        let upstream = match self.local.admit(&admit).await {
+            Ok(upstream) => upstream,
+            Err(refusal) => {
+                socket::reset(client);
+                let status = match refusal {
+                    Refusal::Denied { .. } => {
+                        record.set_decision(
+                            metrics::Decision::Deny,
+                            "refused by destination",
+                            None,
+                        );
+                        Status::Denied
+                    }
+                    Refusal::Unreachable(_) => Status::ConnectFailed,
+                    Refusal::Malformed(_) | Refusal::WrongTarget { .. } => Status::Denied,
+                };
+                tracing::info!(%target, peer = %source, status = refusal.status().as_u16(), reason = %refusal, "same-node connection refused");
+                return Forwarded::refused(status, refusal.to_string());
+            }
+        };
+        record.set_decision(metrics::Decision::Allow, "accepted by destination", None);
+        let stop = upstream.close.unwrap_or_default();
+        let outcome =
+            super::copy::bidirectional_until(client, upstream.stream, stop.cancelled_owned()).await;
+        upstream.connection.finish(
+            outcome.bytes.client_to_server,
+            outcome.bytes.server_to_client,
+        );
+        outcome.into()
+    }
+}
+
+impl<C: Connector> MeshForwarder for MeshOutbound<C> {
+    fn forward(&self, conn: MeshConnection) -> BoxFuture<'static, Forwarded> {
+        self.shared.clone().carry(conn).boxed()
+    }
+}
+
+/// What a failed tunnel means for the application and the metrics.
+fn connect_failure(error: &ConnectError) -> (Status, &'static str) {
+    match error {
+        ConnectError::Status(s) if *s == http::StatusCode::UNAUTHORIZED => {
+            (Status::Denied, "refused by destination")
+        }
+        ConnectError::Status(s) if *s == http::StatusCode::BAD_REQUEST => {
+            (Status::Denied, "rejected by destination")
+        }
+        _ => (Status::ConnectFailed, "tunnel failed"),
+    }
+}
+
+/// Copies between the application and the tunnel; resets the application's
+/// connection if either side failed, so a broken tunnel looks like a reset.
+async fn copy_then_close<R, W>(mut client: TcpStream, tunnel: (R, W)) -> Forwarded
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let transfer = {
+        let (client_read, client_write) = client.split();
+        hbone::copy_bidirectional((client_read, client_write), tunnel, std::future::pending()).await
+    };
+    let bytes = Transferred {
+        client_to_server: transfer.forward,
+        server_to_client: transfer.backward,
+    };
+    match transfer.result {
+        Ok(()) => Forwarded {
+            bytes,
+            status: Status::Closed,
+            reason: None,
+        },
+        Err(error) => {
+            socket::reset(client);
+            Forwarded {
+                bytes,
+                status: Status::ServerFailed,
+                reason: Some(error.to_string()),
+            }
+        }
+    }
+}
+
+/// The W3C baggage naming the source workload, as ztunnel sends it.
+fn baggage(source: &Workload) -> Baggage {
+    let app = [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|k| source.labels.get(*k).cloned())
+    .unwrap_or_else(|| source.name.clone());
+    Baggage::new([
+        ("k8s.namespace.name".to_owned(), source.namespace.clone()),
+        ("k8s.pod.name".to_owned(), source.name.clone()),
+        ("service.name".to_owned(), app),
+    ])
+}
