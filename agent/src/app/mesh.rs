@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use ambit_ca::SpiffeId;
 use ambit_ca::authn::BearerToken;
@@ -96,6 +96,11 @@ pub async fn start(
         store.subscribe(),
         shutdown.clone(),
     ));
+    tasks.spawn(export_cert_expiry(
+        identities.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(count_state_reloads(
         metrics.clone(),
         store.subscribe(),
@@ -108,7 +113,8 @@ pub async fn start(
         tasks.spawn(async move {
             tokio::select! {
                 () = local_certificates_loaded(&identities, &store, &node, &trust_domain) => drop(certificates),
-                () = shutdown.cancelled() => {}
+                // Shutting down before the certificates came: stay not ready.
+                () = shutdown.cancelled() => std::mem::forget(certificates),
             }
         });
     }
@@ -208,6 +214,37 @@ async fn local_certificates_loaded(
             return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Keeps `ambit_identity_cert_expiry_timestamp_seconds` equal to the
+/// certificates held, every few seconds.
+async fn export_cert_expiry(
+    identities: Arc<IdentityManager>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut exported: BTreeSet<SpiffeId> = BTreeSet::new();
+    loop {
+        let mut held = BTreeSet::new();
+        for status in identities.status() {
+            let (Ok(id), Some(not_after)) = (status.identity.parse::<SpiffeId>(), status.not_after)
+            else {
+                continue;
+            };
+            metrics
+                .agent
+                .set_cert_expiry(&id, UNIX_EPOCH + Duration::from_secs(not_after));
+            held.insert(id);
+        }
+        for gone in exported.difference(&held) {
+            metrics.agent.remove_cert(gone);
+        }
+        exported = held;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
     }
 }
 
