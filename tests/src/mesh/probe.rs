@@ -65,11 +65,17 @@ pub fn echo(from: &MeshPod, to: SocketAddr, payload: &[u8]) -> Outcome {
     });
     match (read, sent) {
         (Ok(_), Ok(())) if received == payload => Outcome::Allowed,
-        (read, sent) => refused(format!(
-            "{} of {} bytes echoed (read: {read:?}, write: {sent:?})",
-            received.len(),
-            payload.len()
-        )),
+        (read, sent) => {
+            let ended = match (read, sent) {
+                (Err(e), _) | (Ok(_), Err(e)) => e.kind().to_string(),
+                (Ok(_), Ok(())) => "closed early".to_owned(),
+            };
+            refused(format!(
+                "{ended}, {} of {} bytes echoed",
+                received.len(),
+                payload.len()
+            ))
+        }
     }
 }
 
