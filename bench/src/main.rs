@@ -8,9 +8,13 @@
 //!   plain agent, the mesh) is a new [`Mode`] subcommand plus its setup there.
 //! - `measure`: the three measurements, identical for every mode: they see
 //!   only a client namespace and server addresses.
+//! - `mesh`: the mesh mode: a running mesh, measured through two agents and
+//!   beside it the baseline on the same cluster.
 //! - `report`: the result record, its JSON form and its Markdown table.
 
 mod measure;
+mod mesh;
+mod plain;
 mod report;
 mod scenario;
 
@@ -38,18 +42,30 @@ pub enum Mode {
     /// No mesh: pod to pod through the cluster's veths, bridge and node
     /// routing. The physical limit every mesh figure is compared with.
     Baseline,
+    /// The client pod enrolled, the server outside the mesh: an
+    /// `ambit-agent` on the client's node captures and carries the traffic
+    /// as plain TCP.
+    Plain,
+    /// Through two Ambit agents (HBONE between the nodes), beside the
+    /// baseline measured on the same cluster (see `mesh`).
+    Mesh,
 }
 
 impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Baseline => "baseline",
+            Mode::Plain => "plain",
+            Mode::Mesh => "mesh",
         }
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.mode == Mode::Mesh {
+        return mesh::run(&cli.measure, cli.json.as_deref());
+    }
     let scenario = scenario::Scenario::build(cli.mode).context("setting up the cluster")?;
     eprintln!(
         "mode={} client={} ({}) server={} ({})",

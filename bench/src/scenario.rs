@@ -8,12 +8,13 @@
 //! [`Process`] handles in `node_processes`; the measurements do not change.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use ambit_tests::traffic::{Server, ServerKind};
-use ambit_tests::{Cluster, Pod, Process};
+use ambit_tests::{Cluster, Mesh, Pod, Process};
 use anyhow::Context;
 
-use crate::Mode;
+use crate::{Mode, plain};
 
 const COUNT_PORT: u16 = 5201;
 const ECHO_PORT: u16 = 5202;
@@ -29,10 +30,12 @@ pub struct Scenario {
     pub echo: SocketAddr,
     /// Answers one line and closes (connection rate).
     pub peer: SocketAddr,
-    // Drop order: servers, node processes, then the cluster.
+    // Drop order: servers, node processes, then the cluster (or the mesh).
     _servers: Vec<Server>,
     _node_processes: Vec<Process>,
-    _cluster: Cluster,
+    _state_files: Vec<plain::StateFile>,
+    _cluster: Option<Cluster>,
+    _mesh: Option<Arc<Mesh>>,
 }
 
 impl Scenario {
@@ -40,6 +43,32 @@ impl Scenario {
         let cluster = Cluster::builder().nodes(2).pods_per_node(1).build()?;
         let client = cluster.pod(0, 0).clone();
         let server = cluster.pod(1, 0).clone();
+        let (node_processes, state_files) = match mode {
+            Mode::Baseline => (Vec::new(), Vec::new()),
+            Mode::Plain => {
+                let (agent, state) = plain::start(&cluster, &client, &server)?;
+                (vec![agent], vec![state])
+            }
+            Mode::Mesh => anyhow::bail!("mesh mode sets up its own cluster (crate::mesh)"),
+        };
+        let mut scenario = Self::between(client, server)?;
+        scenario._node_processes = node_processes;
+        scenario._state_files = state_files;
+        scenario._cluster = Some(cluster);
+        Ok(scenario)
+    }
+
+    /// Measures between two pods of a running mesh (see `crate::mesh`),
+    /// which stays up as long as the scenario.
+    pub fn in_mesh(mesh: &Arc<Mesh>, client: &str, server: &str) -> anyhow::Result<Self> {
+        let mut scenario =
+            Self::between(mesh.pod(client).pod.clone(), mesh.pod(server).pod.clone())?;
+        scenario._mesh = Some(Arc::clone(mesh));
+        Ok(scenario)
+    }
+
+    /// Starts the servers in `server`.
+    fn between(client: Pod, server: Pod) -> anyhow::Result<Self> {
         let at = |port| SocketAddr::new(IpAddr::V4(server.ip), port);
         let servers = [
             (COUNT_PORT, ServerKind::Count),
@@ -52,10 +81,6 @@ impl Scenario {
                 .with_context(|| format!("starting the {kind:?} server"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-
-        let node_processes = match mode {
-            Mode::Baseline => Vec::new(),
-        };
         Ok(Self {
             count: at(COUNT_PORT),
             echo: at(ECHO_PORT),
@@ -63,8 +88,10 @@ impl Scenario {
             client,
             server,
             _servers: servers,
-            _node_processes: node_processes,
-            _cluster: cluster,
+            _node_processes: Vec::new(),
+            _state_files: Vec::new(),
+            _cluster: None,
+            _mesh: None,
         })
     }
 }

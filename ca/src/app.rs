@@ -11,8 +11,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{CaService, ServerLimits, ServingIdentity};
+use crate::authn::Authenticator;
 use crate::authn::bootstrap::BootstrapTokens;
-use crate::binding::StateFileBinding;
+use crate::authn::token_review::TokenReviewAuthenticator;
+use crate::binding::{IdentityBinding, StateFileBinding};
 use crate::cli::Cli;
 use crate::keys;
 use crate::signer::{Lifetimes, Signer};
@@ -47,6 +49,31 @@ impl RunningCa {
     }
 }
 
+/// Who may call and which identities each node may hold: TokenReview and the
+/// cluster's Pods with `--kube`, else the bootstrap tokens and the workloads file.
+/// The returned task keeps the binding current; it stops with the CA.
+async fn callers(
+    cli: &Cli,
+) -> anyhow::Result<(
+    Arc<dyn Authenticator>,
+    Arc<dyn IdentityBinding>,
+    JoinHandle<()>,
+)> {
+    if cli.kube {
+        let (authn, pods, watch) = TokenReviewAuthenticator::from_cluster(
+            &cli.kube_audience,
+            cli.agent_service_account.clone(),
+        )
+        .await
+        .context("connecting to the Kubernetes API for TokenReview and pods")?;
+        return Ok((Arc::new(authn), pods, watch));
+    }
+    let tokens = BootstrapTokens::load(&cli.tokens_file)?;
+    let binding = Arc::new(StateFileBinding::load(&cli.workloads)?);
+    let reloader = binding.spawn_reloader(cli.workloads_poll);
+    Ok((Arc::new(tokens), binding, reloader))
+}
+
 /// Loads key material and configuration, binds the listener and starts serving.
 pub async fn start(cli: &Cli) -> anyhow::Result<RunningCa> {
     let listener = TcpListener::bind(cli.listen)
@@ -75,9 +102,7 @@ pub async fn start_on(cli: &Cli, listener: TcpListener) -> anyhow::Result<Runnin
             max: cli.max_cert_ttl,
         },
     ));
-    let tokens = BootstrapTokens::load(&cli.tokens_file)?;
-    let binding = Arc::new(StateFileBinding::load(&cli.workloads)?);
-    let reloader = binding.spawn_reloader(cli.workloads_poll);
+    let (authn, binding, reloader) = callers(cli).await?;
 
     let serving_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let serving = signer.issue_serving(&serving_key, &cli.serving_names, SERVING_CERT_TTL)?;
@@ -87,7 +112,7 @@ pub async fn start_on(cli: &Cli, listener: TcpListener) -> anyhow::Result<Runnin
         key_pem: serving_key.serialize_pem(),
     };
     let root_pem = signer.root_pem().to_string();
-    let service = CaService::new(signer, Arc::new(tokens), binding);
+    let service = CaService::new(signer, authn, binding);
     let limits = ServerLimits {
         request_timeout: cli.request_timeout,
         ..ServerLimits::default()

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
-use crate::index::{Inner, NamespaceIndex, PolicyIdx, PolicySet};
-use crate::model::{Attributes, AuthzPolicy, Effect, MtlsMode, Rule};
+use crate::index::{Candidate, Inner, Kind, NamespaceIndex, PolicyIdx, PolicySet, Probe};
+use crate::model::{Attributes, AuthzPolicy, MtlsMode};
 
 /// The destination workload of a connection.
 #[derive(Clone, Copy, Debug)]
@@ -115,10 +115,6 @@ impl Best {
     }
 }
 
-fn first_match(rules: &[Rule], a: &Attributes<'_>) -> Option<usize> {
-    rules.iter().find(|r| r.matches(a)).map(|r| r.index)
-}
-
 impl PolicySet {
     /// Decides a connection to `dst`.
     pub fn evaluate(&self, dst: &Target<'_>, conn: &Connection<'_>) -> Decision {
@@ -148,31 +144,30 @@ impl PolicySet {
         let mut deny = Best::default();
         let mut allow = Best::default();
         let mut any_allow = false;
-        let mut visit = |idx: PolicyIdx| {
-            let Some(p) = inner.authz.get(idx as usize) else {
-                return;
-            };
-            if !p.selector.as_ref().is_none_or(|s| s.matches(dst.labels)) {
+        let probe = Probe::new(&attrs);
+        let mut visit = |c: &Candidate| {
+            let idx = c.idx;
+            if !c.selects(dst.labels) {
                 return;
             }
-            match &p.effect {
-                Effect::Invalid => invalid.offer(idx, None),
-                Effect::Custom => custom.offer(idx, None),
-                Effect::Deny(rules) if !deny.beats(idx) => {
-                    if let Some(rule) = first_match(rules, &attrs) {
+            match c.kind {
+                Kind::Invalid => invalid.offer(idx, None),
+                Kind::Custom => custom.offer(idx, None),
+                Kind::Deny if !deny.beats(idx) => {
+                    if let Some(rule) = c.first_match(&probe) {
                         deny.offer(idx, Some(rule));
                     }
                 }
-                Effect::Allow(rules) => {
+                Kind::Allow => {
                     any_allow = true;
                     if allow.beats(idx) {
                         return;
                     }
-                    if let Some(rule) = first_match(rules, &attrs) {
+                    if let Some(rule) = c.first_match(&probe) {
                         allow.offer(idx, Some(rule));
                     }
                 }
-                Effect::Deny(_) | Effect::Audit | Effect::Waypoint => {}
+                Kind::Deny => {}
             }
         };
         inner.root.authz.for_each_candidate(dst.labels, &mut visit);
@@ -239,36 +234,24 @@ impl Inner {
         dst: &Target<'_>,
         port: u16,
     ) -> (MtlsMode, Option<&str>) {
-        let mut mode = MtlsMode::Permissive;
-        let mut by = None;
-        let mut apply = |idx: Option<PolicyIdx>, port: Option<u16>| {
-            let Some(p) = idx.and_then(|i| self.peer.get(i as usize)) else {
-                return;
-            };
-            let set = match port {
-                Some(port) => p.mode_for(port),
-                None => p.mode,
-            };
-            if let Some(m) = set {
-                mode = m;
-                by = Some(&*p.id);
-            }
-        };
-        apply(self.root.peer.namespace_wide, None);
-        if dst.namespace != &*self.root_namespace {
-            apply(own.and_then(|s| s.peer.namespace_wide), None);
-        }
+        let (mut mode, mut by) = own.unwrap_or(&self.root).inherited_mtls;
         // Workload policies apply only in their own namespace (`build` drops
         // those in the root namespace, as Istio ignores them).
         let workload = own.and_then(|s| {
-            s.peer.workload.iter().copied().find(|&i| {
-                self.peer
-                    .get(i as usize)
-                    .and_then(|p| p.selector.as_ref())
-                    .is_some_and(|sel| sel.matches(dst.labels))
+            s.peer.workload.iter().find_map(|&i| {
+                let p = self.peer.get(i as usize)?;
+                let selected = p
+                    .selector
+                    .as_ref()
+                    .is_some_and(|sel| sel.matches(dst.labels));
+                selected.then_some((i, p))
             })
         });
-        apply(workload, Some(port));
+        if let Some((i, m)) = workload.and_then(|(i, p)| Some((i, p.mode_for(port)?))) {
+            mode = m;
+            by = Some(i);
+        }
+        let by = by.and_then(|i| self.peer.get(i as usize)).map(|p| &*p.id);
         (mode, by)
     }
 }

@@ -13,10 +13,13 @@ use std::sync::Arc;
 
 use foldhash::HashMap;
 
-use crate::model::{AuthzPolicy, Effect, PeerAuthn, Selector};
+use crate::model::{AuthzPolicy, Effect, MtlsMode, PeerAuthn, Selector};
 use crate::parse::{self, Compiled, PolicyError, PolicyKind};
 
+mod compiled;
 mod summary;
+
+pub(crate) use compiled::{Candidate, Kind, Probe};
 
 /// Position of a policy in [`Inner::authz`] (sorted by `namespace/name`): the
 /// lowest position wins when several policies would explain a decision.
@@ -42,56 +45,129 @@ pub(crate) struct Inner {
 }
 
 /// The policies of one namespace.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct NamespaceIndex {
     pub authz: Scope,
     pub peer: PeerScope,
+    /// The mode (and the PeerAuthentication setting it) before workload
+    /// policies: mesh-wide, overridden by this namespace's own.
+    pub inherited_mtls: (MtlsMode, Option<PolicyIdx>),
 }
 
-/// The AuthorizationPolicies of one namespace that take part in decisions.
+impl Default for NamespaceIndex {
+    fn default() -> Self {
+        Self {
+            authz: Scope::default(),
+            peer: PeerScope::default(),
+            inherited_mtls: (MtlsMode::Permissive, None),
+        }
+    }
+}
+
+/// The AuthorizationPolicies of one namespace that take part in decisions,
+/// compiled: those selecting everyone, and the others filed under one selector
+/// pair, found by the pair's hash (sorted, so binary search) and then its bytes.
 #[derive(Debug, Default)]
 pub(crate) struct Scope {
-    everyone: Vec<PolicyIdx>,
-    by_label: HashMap<Box<str>, HashMap<Box<str>, Vec<PolicyIdx>>>,
+    everyone: Box<[Candidate]>,
+    /// Bit `min(len, 63)` set for the length of every indexed key: a workload
+    /// label whose key length is not here is skipped without reading its bytes.
+    key_lens: u64,
+    pair_hashes: Box<[u64]>,
+    /// Parallel to `pair_hashes`.
+    groups: Box<[LabelGroup]>,
+}
+
+/// The candidates filed under one `key=value` pair.
+#[derive(Debug)]
+struct LabelGroup {
+    /// The key's bytes then the value's, in one allocation.
+    pair: Box<str>,
+    key_len: usize,
+    candidates: Box<[Candidate]>,
+}
+
+impl LabelGroup {
+    fn is(&self, key: &str, value: &str) -> bool {
+        self.pair.len() == key.len() + value.len()
+            && self.pair.get(..self.key_len) == Some(key)
+            && self.pair.get(self.key_len..) == Some(value)
+    }
 }
 
 impl Scope {
-    fn insert(&mut self, idx: PolicyIdx, selector: Option<&Selector>) {
-        match selector {
-            None => self.everyone.push(idx),
-            Some(s) => {
-                let (k, v) = s.index_label();
-                self.by_label
-                    .entry(k.into())
-                    .or_default()
-                    .entry(v.into())
-                    .or_default()
-                    .push(idx);
+    /// Compiles the policies at `idxs` (positions in `authz`).
+    fn new(authz: &[AuthzPolicy], idxs: &[PolicyIdx]) -> Self {
+        let mut everyone = Vec::new();
+        let mut by_label: BTreeMap<(&str, &str), Vec<Candidate>> = BTreeMap::new();
+        for &idx in idxs {
+            let Some(p) = authz.get(idx as usize) else {
+                continue;
+            };
+            let filed = p.selector.as_ref().map(Selector::index_label);
+            let Some(c) = Candidate::new(idx, p, filed) else {
+                continue;
+            };
+            match filed {
+                None => everyone.push(c),
+                Some(pair) => by_label.entry(pair).or_default().push(c),
             }
+        }
+        let mut groups: Vec<(u64, LabelGroup)> = by_label
+            .into_iter()
+            .map(|((k, v), candidates)| {
+                let group = LabelGroup {
+                    pair: format!("{k}{v}").into(),
+                    key_len: k.len(),
+                    candidates: candidates.into(),
+                };
+                (compiled::hash_pair(k, v), group)
+            })
+            .collect();
+        groups.sort_by_key(|(h, _)| *h);
+        let key_lens = groups
+            .iter()
+            .fold(0, |m, (_, g)| m | key_len_bit(g.key_len));
+        let (pair_hashes, groups): (Vec<u64>, Vec<LabelGroup>) = groups.into_iter().unzip();
+        Self {
+            everyone: everyone.into(),
+            key_lens,
+            pair_hashes: pair_hashes.into(),
+            groups: groups.into(),
         }
     }
 
     /// Calls `f` with every policy whose selector may select a workload with
     /// `labels`; each policy at most once (it is filed under a single pair).
-    pub(crate) fn for_each_candidate(
-        &self,
+    /// The pair it is filed under has been checked; [`Candidate::selects`]
+    /// checks the rest.
+    pub(crate) fn for_each_candidate<'s>(
+        &'s self,
         labels: &BTreeMap<String, String>,
-        mut f: impl FnMut(PolicyIdx),
+        mut f: impl FnMut(&'s Candidate),
     ) {
-        self.everyone.iter().copied().for_each(&mut f);
-        if self.by_label.is_empty() {
+        self.everyone.iter().for_each(&mut f);
+        if self.pair_hashes.is_empty() {
             return;
         }
         for (k, v) in labels {
-            if let Some(idxs) = self
-                .by_label
-                .get(k.as_str())
-                .and_then(|m| m.get(v.as_str()))
-            {
-                idxs.iter().copied().for_each(&mut f);
+            if self.key_lens & key_len_bit(k.len()) == 0 {
+                continue;
+            }
+            let h = compiled::hash_pair(k, v);
+            let first = self.pair_hashes.partition_point(|&x| x < h);
+            let same = self.pair_hashes[first..].iter().take_while(|&&x| x == h);
+            for (_, group) in same.zip(&self.groups[first..]) {
+                if group.is(k, v) {
+                    group.candidates.iter().for_each(&mut f);
+                }
             }
         }
     }
+}
+
+fn key_len_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// PeerAuthentications of one namespace.
@@ -176,30 +252,27 @@ impl PolicySetBuilder {
 
     pub fn build(self) -> PolicySet {
         let root_namespace: Box<str> = self.root_namespace.into();
-        let mut root = NamespaceIndex::default();
-        let mut namespaces: HashMap<Box<str>, NamespaceIndex> = HashMap::default();
         let authz: Vec<AuthzPolicy> = self.authz.into_values().collect();
+        // Positions per namespace, then each namespace compiled once.
+        let mut authz_by_ns: BTreeMap<&str, Vec<PolicyIdx>> = BTreeMap::new();
         for (i, p) in authz.iter().enumerate() {
             // AUDIT never changes a decision; waypoint policies are not ours.
             if matches!(p.effect, Effect::Audit | Effect::Waypoint) {
                 continue;
             }
             let idx = PolicyIdx::try_from(i).unwrap_or(PolicyIdx::MAX);
-            namespace_index(&mut root, &mut namespaces, &root_namespace, &p.namespace)
-                .authz
-                .insert(idx, p.selector.as_ref());
+            authz_by_ns.entry(&p.namespace).or_default().push(idx);
         }
 
         let mut peer: Vec<PeerAuthn> = self.peer.into_values().collect();
         peer.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
+        let mut peer_by_ns: BTreeMap<&str, PeerScope> = BTreeMap::new();
         for (i, p) in peer.iter().enumerate() {
             if p.ignored_in(&root_namespace) {
                 continue;
             }
             let idx = PolicyIdx::try_from(i).unwrap_or(PolicyIdx::MAX);
-            let scope =
-                &mut namespace_index(&mut root, &mut namespaces, &root_namespace, &p.namespace)
-                    .peer;
+            let scope = peer_by_ns.entry(&p.namespace).or_default();
             match p.selector {
                 None => {
                     scope.namespace_wide.get_or_insert(idx);
@@ -207,6 +280,32 @@ impl PolicySetBuilder {
                 Some(_) => scope.workload.push(idx),
             }
         }
+
+        let names: BTreeSet<&str> = (authz_by_ns.keys().chain(peer_by_ns.keys()))
+            .copied()
+            .filter(|ns| *ns != &*root_namespace)
+            .collect();
+        let mode_of = |(mode, by): (MtlsMode, Option<PolicyIdx>), idx: Option<PolicyIdx>| match idx
+            .and_then(|i| Some((i, peer.get(i as usize)?.mode?)))
+        {
+            Some((i, m)) => (m, Some(i)),
+            None => (mode, by),
+        };
+        let mut index_of = |ns: &str, inherited| {
+            let peer = peer_by_ns.remove(ns).unwrap_or_default();
+            let idxs = authz_by_ns.remove(ns).unwrap_or_default();
+            NamespaceIndex {
+                authz: Scope::new(&authz, &idxs),
+                inherited_mtls: mode_of(inherited, peer.namespace_wide),
+                peer,
+            }
+        };
+        let root = index_of(&root_namespace, (MtlsMode::Permissive, None));
+        let namespaces: HashMap<Box<str>, NamespaceIndex> = names
+            .into_iter()
+            .map(|ns| (ns.into(), index_of(ns, root.inherited_mtls)))
+            .collect();
+        drop((authz_by_ns, peer_by_ns));
 
         PolicySet {
             inner: Arc::new(Inner {
@@ -218,19 +317,6 @@ impl PolicySetBuilder {
                 errors: self.errors.into_values().collect(),
             }),
         }
-    }
-}
-
-fn namespace_index<'a>(
-    root: &'a mut NamespaceIndex,
-    namespaces: &'a mut HashMap<Box<str>, NamespaceIndex>,
-    root_namespace: &str,
-    ns: &str,
-) -> &'a mut NamespaceIndex {
-    if ns == root_namespace {
-        root
-    } else {
-        namespaces.entry(ns.into()).or_default()
     }
 }
 

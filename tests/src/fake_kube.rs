@@ -14,6 +14,7 @@
 
 mod http;
 mod store;
+mod watch_stream;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -11,6 +11,8 @@
 //! - [`traffic`]: echo, sink and peer-reporting servers and their clients,
 //!   with a chunking-independent checksum. The `ambit-testpod` binary serves
 //!   the same protocols from a separate process.
+//! - [`mesh`]: a running mesh on a cluster: the CA, one agent per node, the
+//!   state file they read, policy changes, metrics and admin scrapes.
 //! - [`fake_kube`]: a fake Kubernetes API server on loopback (list, watch,
 //!   TokenReview) for the agent's watchers and the CA's authentication.
 //! - [`bin_path`]: where the workspace's binaries are, for spawning them in
@@ -18,6 +20,7 @@
 
 pub mod cluster;
 pub mod fake_kube;
+pub mod mesh;
 pub mod netns;
 pub mod preflight;
 pub mod traffic;
@@ -25,6 +28,7 @@ pub mod traffic;
 use std::path::PathBuf;
 
 pub use cluster::{Cluster, ClusterBuilder, ClusterError, Node, Pod};
+pub use mesh::{Mesh, MeshBuilder, MeshError, MeshPod, PodSpec};
 pub use netns::{Netns, NetnsError, Process};
 pub use preflight::require_e2e;
 pub use traffic::{Exchange, Server, ServerKind, TrafficError, Transfer};

@@ -1,12 +1,19 @@
 //! AuthorizationPolicy as an L4 proxy applies it: actions, rules, sources,
 //! operations and conditions, with their match logic.
 //!
+//! The `matches` methods here are the reference semantics (test builds only):
+//! decisions use the compiled form in `index::compiled`, tested against them.
+//!
 //! L7-only attributes never reach this model. `parse` drops an ALLOW rule that
 //! needs one (it could never be proven to match at L4) and strips them from a
 //! DENY rule (so it matches on its L4 part alone: failing closed).
 
-use super::matcher::{IpMatch, PortSet, StringMatch, any_string};
-use super::{Attributes, Selector};
+#[cfg(test)]
+use super::Attributes;
+use super::Selector;
+#[cfg(test)]
+use super::matcher::any_string;
+use super::matcher::{IpMatch, PortSet, StringMatch};
 
 /// The `action` of a policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +77,7 @@ pub(crate) struct Rule {
     pub when: Vec<Condition>,
 }
 
+#[cfg(test)]
 impl Rule {
     pub(crate) fn matches(&self, a: &Attributes<'_>) -> bool {
         (self.from.is_empty() || self.from.iter().any(|s| s.matches(a)))
@@ -95,16 +103,19 @@ pub(crate) struct Source {
     pub not_ip_blocks: Vec<IpMatch>,
 }
 
+#[cfg(test)]
 /// Positive list: absent, or the value is present and matches one entry.
 fn want(set: &[StringMatch], value: Option<&str>) -> bool {
     set.is_empty() || value.is_some_and(|v| any_string(set, v))
 }
 
+#[cfg(test)]
 /// Negative list: absent, or the value is absent or matches no entry.
 fn refuse(set: &[StringMatch], value: Option<&str>) -> bool {
     set.is_empty() || !value.is_some_and(|v| any_string(set, v))
 }
 
+#[cfg(test)]
 impl Source {
     pub(crate) fn matches(&self, a: &Attributes<'_>) -> bool {
         self.ip_blocks.iter().all(|m| m.contains(a.src_ip))
@@ -125,6 +136,7 @@ pub(crate) struct Operation {
     pub not_ports: PortSet,
 }
 
+#[cfg(test)]
 impl Operation {
     pub(crate) fn matches(&self, a: &Attributes<'_>) -> bool {
         (self.ports.is_empty() || self.ports.contains(a.dst_port))
@@ -174,6 +186,7 @@ pub(crate) struct Condition {
     pub not_values: Option<ConditionValues>,
 }
 
+#[cfg(test)]
 impl Condition {
     fn test(&self, values: &ConditionValues, a: &Attributes<'_>) -> bool {
         match (values, self.key) {

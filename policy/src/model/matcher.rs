@@ -46,6 +46,7 @@ impl StringMatch {
 }
 
 /// Any-of over string matchers.
+#[cfg(test)]
 pub(crate) fn any_string(set: &[StringMatch], value: &str) -> bool {
     set.iter().any(|m| m.matches(value))
 }
@@ -71,6 +72,11 @@ impl IpMatch {
         self.nets.is_empty()
     }
 
+    pub(crate) fn nets(&self) -> &[IpNet] {
+        &self.nets
+    }
+
+    #[cfg(test)]
     pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; policies name
         // them as IPv4.
@@ -94,6 +100,11 @@ impl PortSet {
         self.ports.is_empty()
     }
 
+    pub(crate) fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    #[cfg(test)]
     pub(crate) fn contains(&self, port: u16) -> bool {
         self.ports.contains(&port)
     }

@@ -1,28 +1,26 @@
 //! The fake API server's HTTP side: routing `/api/v1/...` and
 //! `/apis/<group>/<version>/...` paths, list (with `limit`/`continue`
-//! paging), get, watch as a held-open chunked body of JSON lines, and
-//! TokenReview.
+//! paging), get and TokenReview; watches are in `watch`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::store::{Selector, Since, selected};
+use super::store::{Selector, selected};
+use super::watch_stream::watch;
 use super::{KINDS, Kind, Shared};
 
-type Body = BoxBody<Bytes, Infallible>;
+pub(super) type Body = BoxBody<Bytes, Infallible>;
 
 pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     // Dropping the set (when this task is aborted) aborts every connection.
@@ -46,11 +44,11 @@ pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// A parsed resource path.
-struct Target {
-    kind: &'static Kind,
-    version: String,
-    namespace: Option<String>,
-    name: Option<String>,
+pub(super) struct Target {
+    pub kind: &'static Kind,
+    pub version: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
@@ -154,7 +152,7 @@ fn route(segments: &[&str]) -> Option<Target> {
 }
 
 /// The object as served at the requested version.
-fn served(object: &Value, target: &Target) -> Value {
+pub(super) fn served(object: &Value, target: &Target) -> Value {
     let mut object = object.clone();
     object["apiVersion"] = Value::String(target.kind.api_version(&target.version));
     object["kind"] = Value::String(target.kind.kind.to_owned());
@@ -230,160 +228,6 @@ fn list(
     json_response(StatusCode::OK, &body)
 }
 
-fn watch(
-    shared: Arc<Shared>,
-    target: Target,
-    query: &HashMap<String, String>,
-    labels: Selector,
-    fields: Selector,
-) -> Response<Body> {
-    let start = match query.get("resourceVersion").map(String::as_str) {
-        None | Some("" | "0") => None,
-        Some(v) => match v.parse::<u64>() {
-            Ok(v) => Some(v),
-            Err(_) => {
-                return status(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    "invalid resourceVersion",
-                );
-            }
-        },
-    };
-    let bookmarks = query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
-    let timeout = query
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse().ok())
-        .map_or(Duration::from_secs(1800), Duration::from_secs);
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(async move {
-        let watch = Watch {
-            shared,
-            target,
-            labels,
-            fields,
-            tx,
-        };
-        watch.run(start, bookmarks, timeout).await;
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        let line = rx.recv().await?;
-        Some((Ok::<_, Infallible>(Frame::data(line)), rx))
-    });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(BodyExt::boxed(StreamBody::new(stream)))
-        .unwrap_or_else(|_| Response::new(empty()))
-}
-
-/// One open watch response.
-struct Watch {
-    shared: Arc<Shared>,
-    target: Target,
-    labels: Selector,
-    fields: Selector,
-    tx: mpsc::Sender<Bytes>,
-}
-
-impl Watch {
-    async fn run(self, start: Option<u64>, bookmarks: bool, timeout: Duration) {
-        let mut changed = self.shared.changed.subscribe();
-        let mut generation = self.shared.generation.subscribe();
-        generation.borrow_and_update();
-        let mut cursor = match start {
-            Some(version) => {
-                let since = self.shared.store.lock().since(version);
-                match since {
-                    Since::Version(v) => v,
-                    Since::Gone => {
-                        let message = format!("too old resource version: {version}");
-                        let error = status_body(410, "Expired", &message);
-                        let _ = self.send_line("ERROR", &error).await;
-                        return;
-                    }
-                }
-            }
-            // No version: the current state as ADDED events, then changes.
-            None => {
-                let (objects, now) = {
-                    let store = self.shared.store.lock();
-                    let objects = store.list(self.target.kind, self.target.namespace.as_deref());
-                    (objects, store.resource_version())
-                };
-                for object in objects {
-                    if self.wanted(&object)
-                        && !self
-                            .send_line("ADDED", &served(&object, &self.target))
-                            .await
-                    {
-                        return;
-                    }
-                }
-                now
-            }
-        };
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
-        let mut tick = tokio::time::interval(self.shared.bookmark_interval);
-        tick.tick().await;
-        loop {
-            let (changes, now) = {
-                let store = self.shared.store.lock();
-                (
-                    store.changes_after(self.target.kind, cursor),
-                    store.resource_version(),
-                )
-            };
-            for change in changes {
-                if self.wanted(&change.object)
-                    && !self
-                        .send_line(change.event.as_str(), &served(&change.object, &self.target))
-                        .await
-                {
-                    return;
-                }
-            }
-            cursor = now;
-            tokio::select! {
-                _ = changed.changed() => {}
-                _ = generation.changed() => return,
-                _ = &mut deadline => return,
-                _ = self.tx.closed() => return,
-                _ = tick.tick() => {
-                    if bookmarks {
-                        let bookmark = json!({
-                            "apiVersion": self.target.kind.api_version(&self.target.version),
-                            "kind": self.target.kind.kind,
-                            "metadata": { "resourceVersion": cursor.to_string() },
-                        });
-                        if !self.send_line("BOOKMARK", &bookmark).await {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn wanted(&self, object: &Value) -> bool {
-        let in_namespace = self
-            .target
-            .namespace
-            .as_deref()
-            .is_none_or(|ns| object["metadata"]["namespace"].as_str() == Some(ns));
-        in_namespace && selected(object, &self.labels, &self.fields)
-    }
-
-    /// False once the client has gone.
-    async fn send_line(&self, event: &str, object: &Value) -> bool {
-        let mut line =
-            serde_json::to_vec(&json!({ "type": event, "object": object })).unwrap_or_default();
-        line.push(b'\n');
-        self.tx.send(Bytes::from(line)).await.is_ok()
-    }
-}
-
 fn token_review(shared: &Shared, body: &[u8]) -> Response<Body> {
     shared.counts.lock().token_reviews += 1;
     let Ok(review) = serde_json::from_slice::<Value>(body) else {
@@ -441,7 +285,7 @@ fn token_review(shared: &Shared, body: &[u8]) -> Response<Body> {
     json_response(StatusCode::CREATED, &body)
 }
 
-fn status_body(code: u16, reason: &str, message: &str) -> Value {
+pub(super) fn status_body(code: u16, reason: &str, message: &str) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Status",
@@ -453,7 +297,7 @@ fn status_body(code: u16, reason: &str, message: &str) -> Value {
     })
 }
 
-fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+pub(super) fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
     json_response(code, &status_body(code.as_u16(), reason, message))
 }
 
@@ -466,7 +310,7 @@ fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(empty()))
 }
 
-fn empty() -> Body {
+pub(super) fn empty() -> Body {
     BodyExt::boxed(Full::new(Bytes::new()))
 }
 
