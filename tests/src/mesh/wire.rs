@@ -1,5 +1,10 @@
-//! Watching the wire: `tcpdump` on the fabric bridge, inside the fabric
-//! namespace, so a test can show what crosses between nodes.
+//! Watching the wire: `tcpdump` on the fabric bridge's ports, inside the
+//! fabric namespace, so a test can show what crosses between nodes.
+//!
+//! The capture listens on every interface of the fabric namespace (`-i
+//! any`): frames the bridge forwards from one port to another never pass the
+//! bridge device itself, only its ports. Each frame is seen twice, entering
+//! on one port and leaving on another.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -26,14 +31,26 @@ pub struct Recording {
 }
 
 impl FabricCapture {
-    /// Starts tcpdump on `cluster`'s bridge and waits until it captures.
+    /// Starts tcpdump on `cluster`'s bridge ports and waits until it captures.
     pub fn start(cluster: &Cluster, pcap: PathBuf) -> Result<Self, MeshError> {
-        let bridge = format!("{}b", cluster.interface_tag());
         let mut cmd = Command::new("tcpdump");
-        // -U: write each packet as it arrives; -s 0: whole frames.
-        cmd.args(["-i", &bridge, "-n", "-U", "-s", "0", "-w"])
-            .arg(&pcap)
-            .arg("tcp");
+        // --immediate-mode: take each frame from the kernel as it arrives
+        // (not when a buffer block fills or times out); -U: write it out at
+        // once; -s 0: whole frames; -B: a kernel buffer (KiB) for bursts.
+        cmd.args([
+            "-i",
+            "any",
+            "-n",
+            "--immediate-mode",
+            "-U",
+            "-s",
+            "0",
+            "-B",
+            "32768",
+            "-w",
+        ])
+        .arg(&pcap)
+        .arg("tcp");
         let mut process = cluster.fabric().spawn(&cmd)?;
         let start = Instant::now();
         while !process.log().contains("listening on") {
@@ -59,9 +76,17 @@ impl FabricCapture {
 
     /// Stops tcpdump (letting it flush) and reads what it wrote.
     pub fn stop(self) -> Result<Recording, MeshError> {
-        // Frames still in flight reach the bridge within microseconds; a
-        // short pause keeps the capture from ending before them.
-        std::thread::sleep(Duration::from_millis(200));
+        // tcpdump may lag behind a burst of traffic: frames already taken
+        // from the kernel but not yet written would be lost with it. Stop
+        // once the file has stopped growing.
+        let size = || std::fs::metadata(&self.pcap).map_or(0, |m| m.len());
+        let (start, mut last, mut still) = (Instant::now(), size(), 0);
+        while still < 4 && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = size();
+            still = if now == last { still + 1 } else { 0 };
+            last = now;
+        }
         let _ = self.process.stop(Duration::from_secs(5));
         let bytes = std::fs::read(&self.pcap).map_err(|e| MeshError::io(self.pcap.clone(), e))?;
         Ok(Recording {

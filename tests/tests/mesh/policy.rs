@@ -67,7 +67,6 @@ fn expect(gb: &Guestbook, from: &str, to: &str, allowed: bool) {
 }
 
 #[test]
-#[ignore = "needs the mesh wiring of `ambit-agent run` (lands ~15:20 UTC)"]
 fn authorization_policy_on_analyzer() {
     if !require_e2e() {
         return;
@@ -103,7 +102,6 @@ fn authorization_policy_on_analyzer() {
 }
 
 #[test]
-#[ignore = "needs the mesh wiring of `ambit-agent run` (lands ~15:20 UTC)"]
 fn peer_authentication_modes() {
     if !require_e2e() {
         return;

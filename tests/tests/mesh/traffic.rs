@@ -31,7 +31,6 @@ fn delta(before: &Samples, after: &Samples, name: &str, filter: &[(&str, &str)])
 }
 
 #[test]
-#[ignore = "needs the mesh wiring of `ambit-agent run` (lands ~15:20 UTC)"]
 fn enrolled_pods_talk_across_nodes_inside_mtls_and_are_counted() {
     if !require_e2e() {
         return;
@@ -194,7 +193,6 @@ fn enrolled_pods_talk_across_nodes_inside_mtls_and_are_counted() {
 }
 
 #[test]
-#[ignore = "needs the mesh wiring of `ambit-agent run` (lands ~15:20 UTC)"]
 fn the_hbone_port_presents_a_chain_to_the_ca_root_naming_the_pod() {
     if !require_e2e() {
         return;
