@@ -69,6 +69,8 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
     let inbound_listener = factory
         .listen(SocketAddr::new(any, rules.ports.inbound_plain))
         .context("binding the inbound plaintext listener")?;
+    // Not ready until the rules steer the pods' traffic through the agent.
+    let capture_installed = readiness.block("capture");
     let shutdown = CancellationToken::new();
     let (drain_trigger, drain_watch) = drain::channel();
     let mesh = mesh::start(
@@ -93,6 +95,7 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || capture.install(&pods)).await?
     }
     .context("installing capture rules")?;
+    drop(capture_installed);
     tracing::info!(
         backend = %capture.backend(),
         pods = ?pods,

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use super::*;
 use crate::hbone::client::{ClientSettings, Connection};
-use crate::hbone::{ConnectError, PlainConnector};
+use crate::hbone::{ConnectError, Connector};
 use crate::metrics::tests::{parse_openmetrics, value};
 use crate::proxy::inbound_plain::{Admission, InboundRequest};
 use crate::proxy::outbound::MeshConnection;
@@ -339,9 +339,31 @@ async fn echo(app: &mut TcpStream, payload: &[u8]) -> io::Result<Vec<u8>> {
     Ok(back)
 }
 
+/// Dials from a chosen source address, as a pod (or an impostor in one) would.
+struct BoundConnector(IpAddr);
+
+impl Connector for BoundConnector {
+    async fn connect(&self, destination: SocketAddr, _source: IpAddr) -> io::Result<TcpStream> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(self.0, 0))?;
+        socket.connect(destination).await
+    }
+}
+
 /// A CONNECT straight to node-b's server as `client_sa`, bypassing node-a.
 async fn raw_connect(
     c: &Cluster,
+    client_sa: &str,
+    dialled: &str,
+    target: SocketAddr,
+    forwarded: &str,
+) -> Result<crate::hbone::H2Stream, ConnectError> {
+    raw_connect_from(c, "127.0.0.1", client_sa, dialled, target, forwarded).await
+}
+
+async fn raw_connect_from(
+    c: &Cluster,
+    from: &str,
     client_sa: &str,
     dialled: &str,
     target: SocketAddr,
@@ -360,8 +382,8 @@ async fn raw_connect(
         client: forwarded.parse().unwrap(),
         baggage: None,
     };
-    let conn =
-        Connection::connect(&PlainConnector, &tls, &request, &ClientSettings::default()).await?;
+    let connector = BoundConnector(ip(from));
+    let conn = Connection::connect(&connector, &tls, &request, &ClientSettings::default()).await?;
     conn.open(target, request.client, None).await
 }
 
@@ -528,6 +550,32 @@ async fn forwarded_address_is_believed_only_for_the_peers_own_workload() {
     expect_status(
         raw_connect(&c, "sleep", ANALYZER, c.analyzer, &guestbook_addr).await,
         401,
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_is_refused_from_another_pods_address() {
+    let c = cluster(&[]).await;
+    let forwarded = format!("{GUESTBOOK}:1000");
+    // guestbook's own key, from guestbook's address: fine.
+    let mut ok = raw_connect_from(&c, GUESTBOOK, "guestbook", ANALYZER, c.analyzer, &forwarded)
+        .await
+        .unwrap();
+    assert_eq!(echo_h2(&mut ok, b"honest").await, b"honest");
+    // sleep's key used from guestbook's address: stolen.
+    expect_status(
+        raw_connect_from(&c, GUESTBOOK, "sleep", ANALYZER, c.analyzer, &forwarded).await,
+        401,
+    );
+    assert_eq!(
+        c.node_b.metric(
+            "ambit_authorization_decisions_total",
+            &[
+                ("decision", "deny"),
+                ("reason", "peer identity is not its pod's")
+            ]
+        ),
+        Some(1.0)
     );
 }
 

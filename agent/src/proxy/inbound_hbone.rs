@@ -153,6 +153,19 @@ impl InboundHbone {
         (req.peer_addr, speaks_for(req.peer_addr.ip()))
     }
 
+    /// The pod whose address the tunnel comes from, when it is not the
+    /// peer's: a workload only ever speaks for itself, so a certificate
+    /// presented from another pod's address is a stolen or misused key.
+    /// Agents dial from node addresses, which are no workload's
+    /// (host-network pods are not in the state).
+    fn impersonates(&self, snapshot: &Snapshot, req: &Admit<'_>) -> Option<String> {
+        let pod = snapshot.workload_by_ip(req.peer_addr.ip())?;
+        let own = pod
+            .identity(&self.trust_domain)
+            .is_ok_and(|id| id == *req.peer);
+        (!own).then(|| pod.qualified_name())
+    }
+
     /// Checks, authorizes and dials one request; the whole inbound decision.
     pub async fn admit(&self, req: &Admit<'_>) -> Result<Upstream<InboundConnection>, Refusal> {
         let snapshot = self.state.current();
@@ -176,6 +189,7 @@ impl InboundHbone {
             return Err(wrong_target());
         }
         let (client, source) = self.client(&snapshot, req);
+        let impostor = self.impersonates(&snapshot, req);
         let record = self.metrics.open_connection(&ConnectionOpen {
             source_workload: source.as_deref(),
             source_identity: Some(req.peer),
@@ -184,6 +198,22 @@ impl InboundHbone {
             security: SecurityPolicy::MutualTls,
             ..ConnectionOpen::new(Reporter::Destination, client, req.target)
         });
+        if let Some(pod) = impostor {
+            record.set_decision(
+                metrics::Decision::Deny,
+                "peer identity is not its pod's",
+                None,
+            );
+            tracing::warn!(
+                peer = %req.peer,
+                peer_addr = %req.peer_addr,
+                pod = %pod,
+                "certificate presented from another pod's address"
+            );
+            return Err(Refusal::Denied {
+                reason: format!("{} presented from the address of {pod}", req.peer),
+            });
+        }
         let decision = snapshot.authorize(&Inbound {
             src: client.ip(),
             peer: Some(req.peer),
