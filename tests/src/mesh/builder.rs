@@ -11,8 +11,6 @@ use crate::cluster::Cluster;
 use super::state::{self, PodRecord, ServiceRecord, State};
 use super::{Mesh, MeshError, MeshPod, PodSpec, READINESS_PORT, control, http, tail};
 
-/// What the agent logs once its capture rules are installed.
-const CAPTURE_INSTALLED: &str = "capture installed";
 /// How long agents get to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -159,13 +157,9 @@ impl Mesh {
                 });
             }
             match http::get(&node.netns, addr, "/healthz/ready") {
-                // The agent reports ready before its capture rules are in
-                // (readiness does not track capture yet), so the rules'
-                // installation is waited for in its log as well.
-                Ok(r) if r.status == 200 && agent.log().contains(CAPTURE_INSTALLED) => {
-                    return Ok(());
-                }
-                Ok(r) if r.status == 200 => last = "ready, capture not installed yet".to_owned(),
+                // Ready means state synced, certificates loaded and capture
+                // rules installed: traffic is tunnelled from here on.
+                Ok(r) if r.status == 200 => return Ok(()),
                 Ok(r) => last = format!("{}: {}", r.status, r.body.trim()),
                 Err(e) => last = e.to_string(),
             }
