@@ -9,22 +9,22 @@
 //! SIGTERM: signals are taken by a thread with `sigwait`, so the main thread
 //! returns normally and every `Drop` runs.
 
+#[path = "ambit-demo/show.rs"]
+mod show;
+#[path = "ambit-demo/signals.rs"]
+mod signals;
+
 use std::io::BufRead;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ambit_tests::mesh::guestbook::{
     ALLOW_GUESTBOOK, ALLOW_NOTHING, ECHO_PORT, Guestbook, peer_authentication,
 };
-use ambit_tests::mesh::probe::{Outcome, echo, payload};
-use ambit_tests::mesh::{MeshPod, Samples};
-use anyhow::{Context, bail};
+use ambit_tests::mesh::probe::{echo, payload};
+use anyhow::Context;
 use clap::Parser;
-use nix::sys::signal::{SigSet, Signal};
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-const DECISIONS: &str = "ambit_authorization_decisions_total";
+use show::{DECISIONS, decisions_added, show_outcome, yes_no};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,14 +40,9 @@ struct Cli {
     interactive: bool,
 }
 
-/// Ends the walk-through early when a signal arrived.
-#[derive(Debug, thiserror::Error)]
-#[error("interrupted")]
-struct Interrupted;
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = catch_signals() {
+    if let Err(e) = signals::catch_signals() {
         eprintln!("ambit-demo: cannot take over SIGINT/SIGTERM: {e}");
         return std::process::ExitCode::FAILURE;
     }
@@ -55,7 +50,7 @@ fn main() -> std::process::ExitCode {
     // The mesh is gone by now: `run` owns it and dropped it on the way out.
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
+        Err(_) if signals::interrupted() => {
             println!("\nInterrupted: the CA, the agents and every namespace were removed.");
             std::process::ExitCode::from(130)
         }
@@ -64,29 +59,6 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// Blocks SIGINT and SIGTERM in every thread (children get a clean mask
-/// from `Command`) and waits for them on a dedicated thread.
-fn catch_signals() -> nix::Result<()> {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set.thread_block()?;
-    std::thread::spawn(move || {
-        if let Ok(signal) = set.wait() {
-            INTERRUPTED.store(true, Ordering::SeqCst);
-            eprintln!("\n{signal} received: stopping after the current action and tearing down...");
-        }
-    });
-    Ok(())
-}
-
-fn check_interrupt() -> anyhow::Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!(Interrupted);
-    }
-    Ok(())
 }
 
 struct Demo {
@@ -149,7 +121,7 @@ impl Demo {
     fn wait(&self) -> anyhow::Result<()> {
         let start = Instant::now();
         loop {
-            check_interrupt()?;
+            signals::check_interrupt()?;
             match &self.enter {
                 Some(rx) => match rx.recv_timeout(Duration::from_millis(100)) {
                     Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
@@ -387,7 +359,7 @@ impl Demo {
     }
 
     fn apply(&self, gb: &Guestbook, yaml: &str) -> anyhow::Result<()> {
-        check_interrupt()?;
+        signals::check_interrupt()?;
         println!("  Applying to the state file:");
         for line in yaml.trim().lines() {
             println!("    | {line}");
@@ -402,7 +374,7 @@ impl Demo {
     }
 
     fn remove(&self, gb: &Guestbook, name: &str) -> anyhow::Result<()> {
-        check_interrupt()?;
+        signals::check_interrupt()?;
         gb.mesh.remove(name)?;
         println!("  Removed {name} from the state file.");
         Ok(())
@@ -411,7 +383,7 @@ impl Demo {
     /// One connection, judged three ways: the application, `authz check`,
     /// and the decision the destination's agent counted.
     fn connect(&self, gb: &Guestbook, from: &str, to: &str) -> anyhow::Result<()> {
-        check_interrupt()?;
+        signals::check_interrupt()?;
         let (src, dst) = (gb.pod(from), gb.pod(to));
         let node = dst.pod.node;
         let before = gb.mesh.metrics(node)?;
@@ -441,40 +413,4 @@ impl Demo {
         }
         Ok(())
     }
-}
-
-/// Decisions counted between two scrapes, as `decision (reason)` lines.
-fn decisions_added(before: &Samples, after: &Samples) -> Vec<String> {
-    after
-        .matching(DECISIONS, &[])
-        .filter_map(|s| {
-            let filter: Vec<(&str, &str)> = s
-                .labels
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let added = s.value - before.sum(DECISIONS, &filter);
-            let l = |k: &str| s.labels.get(k).map_or("?", String::as_str);
-            (added > 0.0).then(|| format!("decision={} reason=\"{}\"", l("decision"), l("reason")))
-        })
-        .collect()
-}
-
-fn show_outcome(from: &MeshPod, to: &MeshPod, outcome: &Outcome) {
-    let path = format!(
-        "{} ({}) -> {}:{ECHO_PORT}",
-        from.name(),
-        from.ip(),
-        to.name()
-    );
-    match outcome {
-        Outcome::Allowed => println!("  ALLOWED  {path}: the echo came back intact"),
-        Outcome::Refused { how, after } => {
-            println!("  REFUSED  {path}: {how}, after {} ms", after.as_millis());
-        }
-    }
-}
-
-fn yes_no(b: bool) -> &'static str {
-    if b { "yes" } else { "no" }
 }
