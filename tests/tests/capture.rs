@@ -276,7 +276,7 @@ fn setup(state: impl Fn(&Cluster) -> String) -> Setup {
 }
 
 #[test]
-#[ignore = "ambit-agent run with no reachable CA does not reach `capture installed` since the mesh wiring landed (2026-11-25); under investigation"]
+#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn enrolled_pod_to_remote_non_mesh_pod_is_captured_and_delivered_intact() {
     if !require_e2e() {
         return;
@@ -319,7 +319,7 @@ fn enrolled_pod_to_remote_non_mesh_pod_is_captured_and_delivered_intact() {
 }
 
 #[test]
-#[ignore = "ambit-agent run with no reachable CA does not reach `capture installed` since the mesh wiring landed (2026-11-25); under investigation"]
+#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn unenrolled_and_opted_out_pods_are_not_captured() {
     if !require_e2e() {
         return;
@@ -355,7 +355,7 @@ fn unenrolled_and_opted_out_pods_are_not_captured() {
 }
 
 #[test]
-#[ignore = "ambit-agent run with no reachable CA does not reach `capture installed` since the mesh wiring landed (2026-11-25); under investigation"]
+#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn labelling_and_unlabelling_the_namespace_starts_and_stops_capture_live() {
     if !require_e2e() {
         return;
@@ -492,7 +492,7 @@ fn edge_cases(client: &Pod, server: &Pod, port: u16) -> EdgeCases {
 }
 
 #[test]
-#[ignore = "ambit-agent run with no reachable CA does not reach `capture installed` since the mesh wiring landed (2026-11-25); under investigation"]
+#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn half_close_reset_and_refused_behave_as_without_the_agent() {
     if !require_e2e() {
         return;
@@ -538,7 +538,7 @@ fn no_ambit_left(node: &ambit_tests::Node) {
 }
 
 #[test]
-#[ignore = "ambit-agent run with no reachable CA does not reach `capture installed` since the mesh wiring landed (2026-11-25); under investigation"]
+#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn uninstall_and_shutdown_leave_no_rule_and_traffic_flows() {
     if !require_e2e() {
         return;
@@ -613,7 +613,7 @@ fn uninstall_and_shutdown_leave_no_rule_and_traffic_flows() {
 }
 
 #[test]
-#[ignore = "ambit-agent run with no reachable CA does not reach `capture installed` since the mesh wiring landed (2026-11-25); under investigation"]
+#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn kill_9_then_restart_repairs_without_duplicating_rules() {
     if !require_e2e() {
         return;
@@ -650,7 +650,7 @@ fn kill_9_then_restart_repairs_without_duplicating_rules() {
 }
 
 #[test]
-#[ignore = "ambit-agent run with no reachable CA does not reach `capture installed` since the mesh wiring landed (2026-11-25); under investigation"]
+#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn malformed_state_edit_keeps_traffic_flowing() {
     if !require_e2e() {
         return;
@@ -683,7 +683,7 @@ fn malformed_state_edit_keeps_traffic_flowing() {
 }
 
 #[test]
-#[ignore = "ambit-agent run with no reachable CA does not reach `capture installed` since the mesh wiring landed (2026-11-25); under investigation"]
+#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn legacy_backend_captures_as_well() {
     if !require_e2e() {
         return;
@@ -713,7 +713,7 @@ fn legacy_backend_captures_as_well() {
 }
 
 #[test]
-#[ignore = "ambit-agent run with no reachable CA does not reach `capture installed` since the mesh wiring landed (2026-11-25); under investigation"]
+#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn inbound_plaintext_to_an_enrolled_pod_is_captured_and_sees_the_real_client() {
     if !require_e2e() {
         return;
