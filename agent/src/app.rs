@@ -15,6 +15,7 @@
 //! drain timeout to finish, then the rest are cut; finally the rest of the
 //! rules go. Connections in flight keep their return path until the end.
 
+mod credentials;
 mod mesh;
 
 use std::collections::BTreeSet;

@@ -14,6 +14,7 @@
 //! - `readiness`, `drain`: start-up gating and two-phase shutdown.
 //! - `telemetry`: the tracing subscriber and its runtime-reloadable filter.
 //! - `capture`: the iptables TPROXY rules steering enrolled pods' traffic here.
+//! - `file_events`: wake-ups when a watched input file (state, trust bundle) changes.
 //! - `socket`: the socket factory (marks, transparency, original destination).
 //! - `proxy`: the outbound and inbound plaintext listeners and byte copying.
 //! - `mesh`: the mesh data path assembled (HBONE both ways, admission, re-authorization).
@@ -24,6 +25,7 @@ pub mod authz;
 pub mod capture;
 pub mod cli;
 pub mod drain;
+pub mod file_events;
 pub mod hbone;
 pub mod identity;
 pub mod mesh;

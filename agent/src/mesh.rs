@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::authz::watch::ConnectionTracker;
 use crate::hbone::{self, Pool, PoolSettings, ServerSettings, TlsConfigs};
-use crate::identity::{TrustBundle, WorkloadCertificate};
+use crate::identity::{BundleStatus, RotatingCaClient, TrustBundle, WorkloadCertificate};
 use crate::metrics::{ConnectionOpen, Metrics, Reporter};
 use crate::proxy::admission::PlaintextAdmission;
 use crate::proxy::inbound_hbone::InboundHbone;
@@ -174,6 +174,66 @@ pub async fn follow_identities(
             changed = snapshots.changed() => if changed.is_err() { return },
         }
     }
+}
+
+/// Applies the trust bundle in force, then each new one, to the HBONE TLS
+/// configs and to the CA client (when given), and keeps the trust bundle
+/// metrics current, until `shutdown`. New connections verify peers against
+/// the new roots; open ones were verified already and are left alone.
+pub async fn follow_trust_bundle(
+    mut bundles: watch::Receiver<BundleStatus>,
+    tls: Arc<TlsConfigs>,
+    ca: Option<Arc<RotatingCaClient>>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let (mut generation, mut rejected) = (None, 0);
+    loop {
+        let status = bundles.borrow_and_update().clone();
+        if status.rejected > rejected {
+            metrics
+                .agent
+                .trust_bundle_reload_errors
+                .inc_by(status.rejected - rejected);
+            rejected = status.rejected;
+        }
+        if generation != Some(status.generation) {
+            apply_trust_bundle(&status, &tls, ca.as_deref(), &metrics);
+            let applied = status.generation - generation.unwrap_or(0);
+            metrics.agent.trust_bundle_reloads.inc_by(applied);
+            generation = Some(status.generation);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = bundles.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+fn apply_trust_bundle(
+    status: &BundleStatus,
+    tls: &TlsConfigs,
+    ca: Option<&RotatingCaClient>,
+    metrics: &Metrics,
+) {
+    let roots = status.bundle.roots.len();
+    // The bundle was validated when read, so these only fail on a rustls or
+    // tonic disagreement; the old roots then stay in that one place.
+    if let Err(error) = tls.set_trust_bundle(status.bundle.clone()) {
+        tracing::error!(%error, generation = status.generation, "HBONE keeps its previous trust bundle");
+        return;
+    }
+    if let Some(ca) = ca
+        && let Err(error) = ca.set_trust_bundle(&status.bundle)
+    {
+        tracing::error!(%error, generation = status.generation, "CA client keeps its previous trust bundle");
+    }
+    metrics.agent.set_trust_bundle_roots(roots);
+    tracing::debug!(
+        roots,
+        generation = status.generation,
+        "trust bundle in force"
+    );
 }
 
 /// Counts the connections the outbound proxy carried as plain TCP (reporter

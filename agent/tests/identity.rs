@@ -61,9 +61,13 @@ fn ca_cli(dir: &Path, listen: &str, ttl: &str) -> ambit_ca::cli::Cli {
 /// A manager for node-a talking to `ca`, with a trust bundle file holding the
 /// CA's root and an unrelated second root (as during a rotation).
 fn manager(dir: &Path, ca: &RunningCa, lifetime: Duration) -> Arc<IdentityManager> {
-    let other = rcgen::generate_simple_self_signed(vec!["other-root".to_string()]).unwrap();
+    let mut other = rcgen::CertificateParams::new(vec!["other-root".to_string()]).unwrap();
+    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other = other
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap();
     let bundle_path = dir.join("roots.pem");
-    std::fs::write(&bundle_path, format!("{}{}", ca.root_pem, other.cert.pem())).unwrap();
+    std::fs::write(&bundle_path, format!("{}{}", ca.root_pem, other.pem())).unwrap();
     let bundle = TrustBundle::from_pem_file(&bundle_path, "cluster.local").unwrap();
     assert_eq!(bundle.roots.len(), 2);
 

@@ -115,18 +115,21 @@ impl CaClient {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
-        let authorization = config
-            .token
-            .map(|t| {
-                format!("Bearer {}", t.expose())
-                    .parse()
-                    .map_err(|_| CaClientError::Config("token is not valid header text".into()))
-            })
-            .transpose()?;
+        let authorization = config.token.as_ref().map(authorization).transpose()?;
         Ok(Self {
             grpc: IstioCertificateServiceClient::new(endpoint.connect_lazy()),
             authorization,
             request_timeout: config.request_timeout,
+        })
+    }
+
+    /// The same client, on the same connection, sending `token` from now on: a
+    /// caller whose token rotates (a projected service-account token) swaps it
+    /// without reconnecting.
+    pub fn with_token(&self, token: &BearerToken) -> Result<Self, CaClientError> {
+        Ok(Self {
+            authorization: Some(authorization(token)?),
+            ..self.clone()
         })
     }
 
@@ -163,4 +166,12 @@ impl CaClient {
         }
         Ok(chain)
     }
+}
+
+fn authorization(
+    token: &BearerToken,
+) -> Result<MetadataValue<tonic::metadata::Ascii>, CaClientError> {
+    format!("Bearer {}", token.expose())
+        .parse()
+        .map_err(|_| CaClientError::Config("token is not valid header text".into()))
 }

@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use ambit_ca::SpiffeId;
-use ambit_ca::authn::BearerToken;
-use ambit_ca::client::{CaClient, CaClientConfig};
 use anyhow::Context;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -25,11 +23,12 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::credentials;
 use crate::admin::{self, AdminState};
 use crate::authz;
 use crate::cli::RunArgs;
 use crate::drain::DrainWatcher;
-use crate::identity::{IdentityConfig, IdentityManager, TrustBundle, WorkloadCertificate};
+use crate::identity::{IdentityManager, WorkloadCertificate};
 use crate::mesh::{self, CertificateSource, Mesh, MeshConfig};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -61,9 +60,8 @@ pub async fn start(
     logs: Option<LogHandle>,
 ) -> anyhow::Result<Started> {
     let flags = &args.mesh;
-    let trust = TrustBundle::from_pem_file(&flags.trust_bundle, &args.trust_domain)
-        .context("reading the trust bundle")?;
-    let identities = identity_manager(args, trust.clone())?;
+    let credentials = credentials::start(args).await?;
+    let identities = credentials.identities.clone();
     let listeners = readiness.block("listeners");
     let certificates = readiness.block("certificates");
 
@@ -77,7 +75,7 @@ pub async fn start(
         &config,
         store.clone(),
         certs.clone(),
-        trust,
+        credentials.bundle.current().bundle,
         factory,
         metrics.clone(),
     )
@@ -144,6 +142,18 @@ pub async fn start(
         state = state.with_logging(logs);
     }
     let state = config_dump(state, args, store, &identities);
+    let state = credentials::config_dump(state, &credentials);
+    {
+        let bundles = credentials.bundle.subscribe();
+        let (tls, ca) = (mesh.tls.clone(), Some(credentials.ca.clone()));
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+        let bundle_watch = credentials.bundle;
+        tasks.spawn(async move {
+            // The file is followed as long as its changes are applied.
+            let _bundle_watch = bundle_watch;
+            mesh::follow_trust_bundle(bundles, tls, ca, metrics, shutdown).await;
+        });
+    }
     tasks.spawn(admin::serve_metrics(
         metrics_listener,
         registry,
@@ -162,28 +172,6 @@ pub async fn start(
         quit,
         tasks,
     })
-}
-
-fn identity_manager(args: &RunArgs, trust: TrustBundle) -> anyhow::Result<Arc<IdentityManager>> {
-    let flags = &args.mesh;
-    let roots_pem = std::fs::read_to_string(&flags.trust_bundle)
-        .with_context(|| format!("reading {}", flags.trust_bundle.display()))?;
-    let token = std::fs::read_to_string(&flags.token_file)
-        .with_context(|| format!("reading the CA token from {}", flags.token_file.display()))?;
-    let address = if flags.ca_address.contains("://") {
-        flags.ca_address.clone()
-    } else {
-        format!("https://{}", flags.ca_address)
-    };
-    let mut config = CaClientConfig::new(address, roots_pem);
-    config.server_name = flags.ca_server_name.clone();
-    config.token = Some(BearerToken::new(token.trim()));
-    let client = CaClient::new(config).context("configuring the CA client")?;
-    let config = IdentityConfig {
-        requested_lifetime: flags.cert_ttl,
-        ..IdentityConfig::new(trust)
-    };
-    Ok(IdentityManager::new(config, client))
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

@@ -14,6 +14,7 @@ use rcgen::{CertificateParams, DistinguishedName, KeyPair, PublicKeyData, SanTyp
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::certificate::{ChainError, WorkloadCertificate};
+use super::token_file::TokenError;
 
 /// Signs CSRs for workload identities.
 pub trait CertificateIssuer: Send + Sync + 'static {
@@ -23,7 +24,7 @@ pub trait CertificateIssuer: Send + Sync + 'static {
         csr_pem: &'a str,
         validity: Duration,
         identity: &'a SpiffeId,
-    ) -> BoxFuture<'a, Result<Vec<String>, CaClientError>>;
+    ) -> BoxFuture<'a, Result<Vec<String>, IssueError>>;
 }
 
 impl CertificateIssuer for CaClient {
@@ -32,11 +33,21 @@ impl CertificateIssuer for CaClient {
         csr_pem: &'a str,
         validity: Duration,
         identity: &'a SpiffeId,
-    ) -> BoxFuture<'a, Result<Vec<String>, CaClientError>> {
-        Box::pin(CaClient::create_certificate(
-            self, csr_pem, validity, identity,
-        ))
+    ) -> BoxFuture<'a, Result<Vec<String>, IssueError>> {
+        Box::pin(async move {
+            Ok(CaClient::create_certificate(self, csr_pem, validity, identity).await?)
+        })
     }
+}
+
+/// Why an issuer could not get a chain signed.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error(transparent)]
+    Ca(#[from] CaClientError),
+    /// No token to authenticate with (see [`TokenFile`](super::TokenFile)).
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 /// Why one issuance attempt failed.
@@ -45,7 +56,7 @@ pub enum FetchError {
     #[error("generating key or CSR: {0}")]
     Key(#[from] rcgen::Error),
     #[error(transparent)]
-    Ca(#[from] CaClientError),
+    Issue(#[from] IssueError),
     #[error("CA answer unusable: {0}")]
     Chain(#[from] ChainError),
 }

@@ -27,6 +27,8 @@ use super::renewal::{Backoff, renew_after};
 /// How the manager asks for and renews certificates.
 #[derive(Clone, Debug)]
 pub struct IdentityConfig {
+    /// The bundle read at start; `run` follows the file's later changes
+    /// through a [`BundleWatch`](super::BundleWatch).
     pub trust_bundle: TrustBundle,
     /// Lifetime asked of the CA; the CA may shorten it.
     pub requested_lifetime: Duration,
@@ -223,7 +225,7 @@ impl IdentityManager {
         drop(dropped);
     }
 
-    /// The roots peers' certificates must chain to.
+    /// The roots peers' certificates had to chain to at start.
     pub fn trust_bundle(&self) -> TrustBundle {
         self.config.trust_bundle.clone()
     }

@@ -61,6 +61,9 @@ pub struct AgentMetrics {
     pub cert_expiry: Family<IdentityLabels, Gauge>,
     pub state_reloads: Counter,
     pub state_reload_errors: Counter,
+    pub trust_bundle_roots: Gauge,
+    pub trust_bundle_reloads: Counter,
+    pub trust_bundle_reload_errors: Counter,
 }
 
 impl AgentMetrics {
@@ -92,6 +95,21 @@ impl AgentMetrics {
             "Cluster state updates rejected (the last good state was kept)",
             m.state_reload_errors.clone(),
         );
+        registry.register(
+            "trust_bundle_roots",
+            "Root certificates in the trust bundle in force",
+            m.trust_bundle_roots.clone(),
+        );
+        registry.register(
+            "trust_bundle_reloads",
+            "Trust bundle changes applied after start",
+            m.trust_bundle_reloads.clone(),
+        );
+        registry.register(
+            "trust_bundle_reload_errors",
+            "Trust bundle changes or reads rejected (the last good bundle was kept)",
+            m.trust_bundle_reload_errors.clone(),
+        );
         m
     }
 
@@ -122,5 +140,11 @@ impl AgentMetrics {
     /// An update was rejected and the last good state kept.
     pub fn state_reload_failed(&self) {
         self.state_reload_errors.inc();
+    }
+
+    /// A trust bundle of `roots` roots is in force.
+    pub fn set_trust_bundle_roots(&self, roots: usize) {
+        self.trust_bundle_roots
+            .set(i64::try_from(roots).unwrap_or(i64::MAX));
     }
 }

@@ -1,5 +1,6 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use crate::identity::IssueError;
 use ambit_ca::client::CaClientError;
 use ambit_ca::signer::{Lifetimes, Signer};
 use futures::future::BoxFuture;
@@ -45,7 +46,7 @@ impl CertificateIssuer for Arc<FakeCa> {
         csr_pem: &'a str,
         validity: Duration,
         identity: &'a SpiffeId,
-    ) -> BoxFuture<'a, Result<Vec<String>, CaClientError>> {
+    ) -> BoxFuture<'a, Result<Vec<String>, IssueError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -56,7 +57,8 @@ impl CertificateIssuer for Arc<FakeCa> {
                 return Err(CaClientError::Status {
                     code: tonic::Code::Unavailable,
                     message: "connection refused".into(),
-                });
+                }
+                .into());
             }
             let issued = self.signer.sign(csr_pem, identity, Some(validity)).unwrap();
             Ok(issued.chain_pem)

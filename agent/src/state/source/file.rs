@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::RecommendedWatcher;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::file_events;
 use crate::state::{LoadError, LoadOptions, Snapshot, SnapshotBuilder, StateStore};
 
 /// File name extensions read from a folder.
@@ -127,37 +127,10 @@ impl FileSource {
         if !self.inotify {
             return None;
         }
-        // A file is watched through its directory: a rename over it replaces
-        // the inode a watch on the file itself would hold.
-        let dir = if self.path.is_dir() {
-            self.path.clone()
-        } else {
-            match self.path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-                _ => PathBuf::from("."),
-            }
-        };
-        let handler = move |event: notify::Result<notify::Event>| {
-            let relevant = match event {
-                // Our own reads open and close the files.
-                Ok(e) => match e.kind {
-                    EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-                    EventKind::Access(_) => false,
-                    _ => true,
-                },
-                Err(_) => true,
-            };
-            if relevant {
-                wake.notify_one();
-            }
-        };
-        let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
-            w.watch(&dir, RecursiveMode::NonRecursive)?;
-            Ok(w)
-        });
-        match watcher {
+        match file_events::watch_directory_of(&self.path, wake) {
             Ok(w) => Some(w),
             Err(error) => {
+                let dir = file_events::watched_directory(&self.path);
                 tracing::warn!(dir = %dir.display(), %error, poll = ?self.poll, "cannot watch state for changes; polling");
                 None
             }
