@@ -264,8 +264,7 @@ impl ConnectionObserver for PlainMetrics {
             destination_workload: r.destination.as_deref(),
             ..ConnectionOpen::new(Reporter::Source, r.client.0, target)
         });
-        record.record_received(r.result.bytes.client_to_server);
-        record.record_sent(r.result.bytes.server_to_client);
+        r.result.account(&record);
     }
 }
 

@@ -14,8 +14,9 @@
 //!   PeerAuthentication and authorization without a peer identity.
 //!
 //! Servers take a bound listener and a shutdown token ([`serve`]); each
-//! finished connection is reported once to a [`ConnectionObserver`] (metrics,
-//! access log).
+//! finished connection is reported once to a [`ConnectionObserver`], and
+//! the connection's metrics record gets its bytes and outcome from
+//! [`Forwarded::account`] (the access log line is written when the record drops).
 
 pub mod admission;
 pub mod copy;
@@ -67,6 +68,9 @@ pub enum Status {
     ConnectFailed,
     /// Policy or state refused the connection; the client was reset.
     Denied,
+    /// A tunnelled connection ended with an error that neither end owns
+    /// (the inbound side of HBONE sees one copy error for both).
+    Failed,
 }
 
 impl Status {
@@ -77,6 +81,7 @@ impl Status {
             Self::ServerFailed => "server_failed",
             Self::ConnectFailed => "connect_failed",
             Self::Denied => "denied",
+            Self::Failed => "failed",
         }
     }
 }
@@ -112,6 +117,15 @@ impl Forwarded {
     }
 }
 
+impl Forwarded {
+    /// Counts the bytes in `record` and gives it the outcome for the access log.
+    pub fn account(&self, record: &crate::metrics::ConnectionRecord) {
+        record.record_received(self.bytes.client_to_server);
+        record.record_sent(self.bytes.server_to_client);
+        record.set_outcome(self.status.as_str(), self.reason.as_deref());
+    }
+}
+
 impl From<CopyOutcome> for Forwarded {
     fn from(outcome: CopyOutcome) -> Self {
         Self {
@@ -141,35 +155,6 @@ pub struct ConnectionRecord {
 /// Told about every connection when it ends: the seam for metrics.
 pub trait ConnectionObserver: Send + Sync + 'static {
     fn connection_closed(&self, record: &ConnectionRecord);
-}
-
-/// The default observer: one access-log line per connection.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AccessLog;
-
-impl ConnectionObserver for AccessLog {
-    fn connection_closed(&self, r: &ConnectionRecord) {
-        let name = |w: &Option<Arc<Workload>>| {
-            w.as_ref()
-                .map_or_else(|| "-".to_owned(), |w| w.qualified_name())
-        };
-        tracing::info!(
-            target: "ambit::access",
-            direction = r.direction.as_str(),
-            src = %r.client,
-            dst = %r.orig_dst,
-            target = %r.target.map_or_else(|| "-".to_owned(), |t| t.to_string()),
-            src_workload = %name(&r.source),
-            dst_workload = %name(&r.destination),
-            mesh = r.mesh,
-            status = r.result.status.as_str(),
-            reason = r.result.reason.as_deref().unwrap_or("-"),
-            bytes_sent = r.result.bytes.client_to_server,
-            bytes_received = r.result.bytes.server_to_client,
-            duration_ms = r.duration.as_millis() as u64,
-            "connection closed"
-        );
-    }
 }
 
 /// Accepts on `listener` and runs `handle` for each connection until

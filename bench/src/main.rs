@@ -3,18 +3,16 @@
 //! and prints a Markdown table and a JSON object.
 //!
 //! Layout:
-//! - `scenario`: what each mode sets up (the cluster, the servers in the
-//!   server pod, and whatever the mode runs on the nodes). A new mode (the
-//!   plain agent, the mesh) is a new [`Mode`] subcommand plus its setup there.
+//! - `scenario`: the client and server pods of one measurement and the
+//!   servers started in the server pod.
 //! - `measure`: the three measurements, identical for every mode: they see
 //!   only a client namespace and server addresses.
-//! - `mesh`: the mesh mode: a running mesh, measured through two agents and
-//!   beside it the baseline on the same cluster.
+//! - `mesh`: the `plain` and `mesh` modes: a running mesh (CA and agents),
+//!   measured through the agents beside the baseline on the same cluster.
 //! - `report`: the result record, its JSON form and its Markdown table.
 
 mod measure;
 mod mesh;
-mod plain;
 mod report;
 mod scenario;
 
@@ -42,12 +40,12 @@ pub enum Mode {
     /// No mesh: pod to pod through the cluster's veths, bridge and node
     /// routing. The physical limit every mesh figure is compared with.
     Baseline,
-    /// The client pod enrolled, the server outside the mesh: an
-    /// `ambit-agent` on the client's node captures and carries the traffic
-    /// as plain TCP.
+    /// The client pod enrolled, the server outside the mesh: the agent on
+    /// the client's node captures the traffic and carries it as plain TCP.
+    /// Measured beside the baseline on the same running mesh.
     Plain,
-    /// Through two Ambit agents (HBONE between the nodes), beside the
-    /// baseline measured on the same cluster (see `mesh`).
+    /// The plain row, then both pods enrolled: through two agents with an
+    /// HBONE tunnel between the nodes. Beside the baseline on the same mesh.
     Mesh,
 }
 
@@ -63,10 +61,18 @@ impl Mode {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if cli.mode == Mode::Mesh {
-        return mesh::run(&cli.measure, cli.json.as_deref());
+    match cli.mode {
+        Mode::Plain => return mesh::run(&cli.measure, cli.json.as_deref(), &[Mode::Plain]),
+        Mode::Mesh => {
+            return mesh::run(
+                &cli.measure,
+                cli.json.as_deref(),
+                &[Mode::Plain, Mode::Mesh],
+            );
+        }
+        Mode::Baseline => {}
     }
-    let scenario = scenario::Scenario::build(cli.mode).context("setting up the cluster")?;
+    let scenario = scenario::Scenario::baseline().context("setting up the cluster")?;
     eprintln!(
         "mode={} client={} ({}) server={} ({})",
         cli.mode.name(),

@@ -1,13 +1,20 @@
-//! `mesh` mode: the same three measurements through two Ambit agents, and
-//! the no-mesh baseline on the same cluster with the agents running.
+//! The `plain` and `mesh` modes: the three measurements through Ambit
+//! agents, beside the no-mesh baseline on the same cluster with the agents
+//! running.
 //!
-//! One two-node mesh holds two pairs of pods, client on node 0 and server on
-//! node 1: `client`/`server` in the enrolled namespace `default` (their
-//! traffic crosses both agents inside an HBONE tunnel) and
-//! `plain-client`/`plain-server` in the unenrolled namespace `outside`
-//! (their traffic is not captured: the physical path, measured under the
-//! same conditions). The baseline pair is measured first, then the mesh
-//! pair; the report puts both rows and the ratios side by side.
+//! One two-node mesh (CA and an agent per node) holds three pods on node 0
+//! and two on node 1:
+//! - `plain-client` -> `plain-server`, both in the unenrolled namespace
+//!   `outside`: not captured, the physical path under the same conditions
+//!   (the baseline row);
+//! - `client` (enrolled namespace `default`) -> `plain-server`: captured by
+//!   node 0's agent and carried as plain TCP, since the server is outside
+//!   the mesh (the `plain` row);
+//! - `client` -> `server`, both enrolled: through an HBONE tunnel between
+//!   the two agents (the `mesh` row).
+//!
+//! Rows are measured one after the other; the report puts each beside the
+//! baseline with the ratios.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,21 +28,48 @@ use crate::measure::{self, Settings};
 use crate::report::Report;
 use crate::scenario::Scenario;
 
-/// Both rows and how the mesh compares.
+/// The baseline and each measured row compared with it.
 #[derive(Debug, Serialize)]
 struct Comparison {
     baseline: Report,
-    mesh: Report,
-    /// Mesh throughput as a fraction of the baseline's.
+    rows: Vec<Row>,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    report: Report,
+    /// Throughput as a fraction of the baseline's.
     throughput_ratio: f64,
-    /// Microseconds the mesh adds to a round trip.
+    /// Microseconds added to a round trip.
     added_p50_us: f64,
     added_p99_us: f64,
-    /// Mesh connection rate as a fraction of the baseline's.
+    /// Connection rate as a fraction of the baseline's.
     connection_rate_ratio: f64,
 }
 
-pub fn run(settings: &Settings, json: Option<&Path>) -> anyhow::Result<()> {
+impl Row {
+    fn new(report: Report, baseline: &Report) -> Self {
+        Self {
+            throughput_ratio: round3(report.throughput.gbit_per_s / baseline.throughput.gbit_per_s),
+            added_p50_us: round3(report.latency.p50_us - baseline.latency.p50_us),
+            added_p99_us: round3(report.latency.p99_us - baseline.latency.p99_us),
+            connection_rate_ratio: round3(report.connections.per_s / baseline.connections.per_s),
+            report,
+        }
+    }
+}
+
+/// Which pods carry the traffic of `mode`'s row.
+fn pods(mode: Mode) -> (&'static str, &'static str) {
+    match mode {
+        Mode::Baseline => ("plain-client", "plain-server"),
+        Mode::Plain => ("client", "plain-server"),
+        Mode::Mesh => ("client", "server"),
+    }
+}
+
+/// Measures the baseline, then each of `rows`, on one mesh.
+pub fn run(settings: &Settings, json: Option<&Path>, rows: &[Mode]) -> anyhow::Result<()> {
     let pod = |name: &str, namespace: &str, node| {
         PodSpec::new(name)
             .namespace(namespace)
@@ -56,49 +90,42 @@ pub fn run(settings: &Settings, json: Option<&Path>) -> anyhow::Result<()> {
             .context("starting the mesh (CA and two agents)")?,
     );
 
-    eprintln!("baseline: plain-client -> plain-server, not enrolled");
-    let plain = Scenario::in_mesh(&mesh, "plain-client", "plain-server")?;
-    let baseline = Report::new(
-        Mode::Baseline,
-        settings,
-        &plain,
-        measure::run_all(settings, &plain)?,
-    );
-    drop(plain);
-
-    eprintln!("mesh: client -> server, enrolled, through both agents");
-    let meshed = Scenario::in_mesh(&mesh, "client", "server")?;
-    let through = Report::new(
-        Mode::Mesh,
-        settings,
-        &meshed,
-        measure::run_all(settings, &meshed)?,
-    );
-    drop(meshed);
-
-    let comparison = Comparison {
-        throughput_ratio: round3(through.throughput.gbit_per_s / baseline.throughput.gbit_per_s),
-        added_p50_us: round3(through.latency.p50_us - baseline.latency.p50_us),
-        added_p99_us: round3(through.latency.p99_us - baseline.latency.p99_us),
-        connection_rate_ratio: round3(through.connections.per_s / baseline.connections.per_s),
-        baseline,
-        mesh: through,
+    let measure_row = |mode: Mode| -> anyhow::Result<Report> {
+        let (client, server) = pods(mode);
+        eprintln!("{}: {client} -> {server}", mode.name());
+        let scenario = Scenario::in_mesh(&mesh, client, server)?;
+        let results = measure::run_all(settings, &scenario)?;
+        Ok(Report::new(mode, settings, &scenario, results))
     };
-    let (base, meshed) = (comparison.baseline.markdown(), comparison.mesh.markdown());
+    let baseline = measure_row(Mode::Baseline)?;
+    let rows = rows
+        .iter()
+        .map(|&mode| Ok(Row::new(measure_row(mode)?, &baseline)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let comparison = Comparison { baseline, rows };
+
+    let base = comparison.baseline.markdown();
     let line = |text: &str, n: usize| text.lines().nth(n).unwrap_or_default().to_owned();
+    let mut table = vec![line(&base, 0), line(&base, 1), line(&base, 2)];
+    let mut summary = Vec::new();
+    for row in &comparison.rows {
+        table.push(line(&row.report.markdown(), 2));
+        summary.push(format!(
+            "{} vs baseline: throughput {:.0}%, latency +{:.1} µs at p50 and +{:.1} µs at p99, \
+             new connections/s {:.0}%.",
+            row.report.mode,
+            row.throughput_ratio * 100.0,
+            row.added_p50_us,
+            row.added_p99_us,
+            row.connection_rate_ratio * 100.0,
+        ));
+    }
     println!(
-        "{}\n{}\n{}\n{}\n\n{}\nBoth rows on one cluster with both agents running; the baseline pods are \
-         not enrolled. Mesh vs baseline: throughput {:.0}%, latency +{:.1} µs at p50 and +{:.1} µs \
-         at p99, new connections/s {:.0}%.\n",
-        line(&base, 0),
-        line(&base, 1),
-        line(&base, 2),
-        line(&meshed, 2),
+        "{}\n\n{}\nAll rows on one cluster with both agents running; the baseline pods are not \
+         enrolled.\n{}\n",
+        table.join("\n"),
         line(&base, 4),
-        comparison.throughput_ratio * 100.0,
-        comparison.added_p50_us,
-        comparison.added_p99_us,
-        comparison.connection_rate_ratio * 100.0,
+        summary.join("\n"),
     );
     let text = serde_json::to_string_pretty(&comparison)?;
     println!("{text}");

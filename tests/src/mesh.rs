@@ -221,6 +221,17 @@ impl Mesh {
         &self.agents[index]
     }
 
+    /// The access-log lines node `index`'s agent has written so far, one per
+    /// closed connection, with their fields flattened (`src.addr`, `decision`, ...).
+    pub fn access_log(&self, index: usize) -> Vec<serde_json::Value> {
+        self.agents[index]
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["target"] == "access")
+            .collect()
+    }
+
     pub fn ca_process(&self) -> &Process {
         &self.ca
     }

@@ -170,7 +170,7 @@ impl Agent {
             let seen = self
                 .events()
                 .iter()
-                .filter(|e| e["fields"]["message"] == message)
+                .filter(|e| e["message"] == message)
                 .count();
             if seen >= times {
                 return;
@@ -200,14 +200,13 @@ impl Agent {
         }
     }
 
-    /// Access-log records (their fields) of connections from `client`.
+    /// Access-log lines (target `access`, fields flattened) of connections from `client`.
     fn access_lines(&self, client: &Pod) -> Vec<Value> {
         let src = format!("{}:", client.ip);
         self.events()
             .into_iter()
-            .filter(|e| e["target"] == "ambit::access")
-            .map(|e| e["fields"].clone())
-            .filter(|f| f["src"].as_str().is_some_and(|s| s.starts_with(&src)))
+            .filter(|e| e["target"] == "access")
+            .filter(|e| e["src.addr"].as_str().is_some_and(|s| s.starts_with(&src)))
             .collect()
     }
 }
@@ -257,10 +256,32 @@ fn seen_client(from: &Pod, server: SocketAddr) -> IpAddr {
     traffic::ask_peer(connect(from, server)).unwrap().ip()
 }
 
+/// Connects from `client` to the peer server `peer`, which must see the client's own address.
+#[track_caller]
+fn assert_sees_client(peer: &Server, client: &Pod) {
+    assert_eq!(
+        seen_client(client, peer.local_addr()),
+        IpAddr::V4(client.ip)
+    );
+}
+
 struct Setup {
     cluster: Cluster,
     _dir: tempfile::TempDir,
     state: PathBuf,
+}
+
+/// The usual layout: pod0 of node 0 in the enrolled namespace, pod0 of node 1 outside it.
+fn enrolled_client_plain_server() -> Setup {
+    setup(|c| {
+        state_yaml(
+            true,
+            &[
+                pod_state(c.pod(0, 0), "mesh"),
+                pod_state(c.pod(1, 0), "plain"),
+            ],
+        )
+    })
 }
 
 fn setup(state: impl Fn(&Cluster) -> String) -> Setup {
@@ -276,20 +297,11 @@ fn setup(state: impl Fn(&Cluster) -> String) -> Setup {
 }
 
 #[test]
-#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn enrolled_pod_to_remote_non_mesh_pod_is_captured_and_delivered_intact() {
     if !require_e2e() {
         return;
     }
-    let s = setup(|c| {
-        state_yaml(
-            true,
-            &[
-                pod_state(c.pod(0, 0), "mesh"),
-                pod_state(c.pod(1, 0), "plain"),
-            ],
-        )
-    });
+    let s = enrolled_client_plain_server();
     let (client, server) = (s.cluster.pod(0, 0), s.cluster.pod(1, 0));
     let mut agent = start_agent(&s.cluster, 0, &s.state, &[]);
     let rules = mangle(&agent.node, "iptables-save");
@@ -300,26 +312,25 @@ fn enrolled_pod_to_remote_non_mesh_pod_is_captured_and_delivered_intact() {
     let exchange = traffic::send_to_sink(connect(client, sink.local_addr()), 8 * MB, 7).unwrap();
     assert_eq!(exchange.sent.bytes, 8 * MB);
     assert_eq!(exchange.received, exchange.sent);
-    assert_eq!(
-        seen_client(client, peer.local_addr()),
-        IpAddr::V4(client.ip)
-    );
+    assert_sees_client(&peer, client);
     assert_eq!(sink.served()[0].peer.ip(), IpAddr::V4(client.ip));
 
     agent.wait_log("connection closed", 2);
     let lines = agent.access_lines(client);
     let to_sink = lines
         .iter()
-        .find(|l| l["dst"] == sink.local_addr().to_string())
+        .find(|l| l["dst.addr"] == sink.local_addr().to_string())
         .unwrap_or_else(|| panic!("no access line for the sink: {lines:?}"));
-    assert_eq!(to_sink["direction"], "outbound", "{to_sink}");
-    assert_eq!(to_sink["bytes_sent"], 8 * MB, "{to_sink}");
+    // Reported by the client's side, carried as plain TCP; the request bytes
+    // are what the agent received from the client (Istio's naming).
+    assert_eq!(to_sink["reporter"], "source", "{to_sink}");
+    assert_eq!(to_sink["security"], "none", "{to_sink}");
+    assert_eq!(to_sink["bytes_received"], 8 * MB, "{to_sink}");
     assert_eq!(to_sink["status"], "closed", "{to_sink}");
-    assert_eq!(to_sink["src_workload"], "mesh/n0-pod0", "{to_sink}");
+    assert_eq!(to_sink["src.workload"], "mesh/n0-pod0", "{to_sink}");
 }
 
 #[test]
-#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn unenrolled_and_opted_out_pods_are_not_captured() {
     if !require_e2e() {
         return;
@@ -355,7 +366,6 @@ fn unenrolled_and_opted_out_pods_are_not_captured() {
 }
 
 #[test]
-#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn labelling_and_unlabelling_the_namespace_starts_and_stops_capture_live() {
     if !require_e2e() {
         return;
@@ -380,18 +390,12 @@ fn labelling_and_unlabelling_the_namespace_starts_and_stops_capture_live() {
 
     write_state(&s.state, &pods(&s.cluster, true));
     wait_rules(&agent.node, "pod chain added", |t| t.contains(&chain));
-    assert_eq!(
-        seen_client(client, peer.local_addr()),
-        IpAddr::V4(client.ip)
-    );
+    assert_sees_client(&peer, client);
     assert_eq!(agent.wait_access(client, 1).len(), 1);
 
     write_state(&s.state, &pods(&s.cluster, false));
     wait_rules(&agent.node, "pod chain removed", |t| !t.contains(&chain));
-    assert_eq!(
-        seen_client(client, peer.local_addr()),
-        IpAddr::V4(client.ip)
-    );
+    assert_sees_client(&peer, client);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
         agent.access_lines(client).len(),
@@ -492,7 +496,6 @@ fn edge_cases(client: &Pod, server: &Pod, port: u16) -> EdgeCases {
 }
 
 #[test]
-#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn half_close_reset_and_refused_behave_as_without_the_agent() {
     if !require_e2e() {
         return;
@@ -538,20 +541,11 @@ fn no_ambit_left(node: &ambit_tests::Node) {
 }
 
 #[test]
-#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn uninstall_and_shutdown_leave_no_rule_and_traffic_flows() {
     if !require_e2e() {
         return;
     }
-    let s = setup(|c| {
-        state_yaml(
-            true,
-            &[
-                pod_state(c.pod(0, 0), "mesh"),
-                pod_state(c.pod(1, 0), "plain"),
-            ],
-        )
-    });
+    let s = enrolled_client_plain_server();
     let (client, server) = (s.cluster.pod(0, 0), s.cluster.pod(1, 0));
     let node = s.cluster.node(0);
     // Someone else's rule in the same table, which must survive.
@@ -590,43 +584,25 @@ fn uninstall_and_shutdown_leave_no_rule_and_traffic_flows() {
     by_hand("uninstall");
     no_ambit_left(node);
     assert!(mangle(node, "iptables-save").contains("-i eth9 -j ACCEPT"));
-    assert_eq!(
-        seen_client(client, peer.local_addr()),
-        IpAddr::V4(client.ip)
-    );
+    assert_sees_client(&peer, client);
 
     // The agent: rules while it runs, none after SIGTERM, traffic as before.
     let agent = start_agent(&s.cluster, 0, &s.state, &[]);
-    assert_eq!(
-        seen_client(client, peer.local_addr()),
-        IpAddr::V4(client.ip)
-    );
+    assert_sees_client(&peer, client);
     assert_eq!(agent.wait_access(client, 1).len(), 1);
     let status = agent.process.stop(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "{status}");
     no_ambit_left(node);
     assert!(mangle(node, "iptables-save").contains("-i eth9 -j ACCEPT"));
-    assert_eq!(
-        seen_client(client, peer.local_addr()),
-        IpAddr::V4(client.ip)
-    );
+    assert_sees_client(&peer, client);
 }
 
 #[test]
-#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn kill_9_then_restart_repairs_without_duplicating_rules() {
     if !require_e2e() {
         return;
     }
-    let s = setup(|c| {
-        state_yaml(
-            true,
-            &[
-                pod_state(c.pod(0, 0), "mesh"),
-                pod_state(c.pod(1, 0), "plain"),
-            ],
-        )
-    });
+    let s = enrolled_client_plain_server();
     let (client, server) = (s.cluster.pod(0, 0), s.cluster.pod(1, 0));
     let peer = Server::start(&server.netns, addr(server, 9001), ServerKind::Peer).unwrap();
     let first = start_agent(&s.cluster, 0, &s.state, &[]);
@@ -642,28 +618,16 @@ fn kill_9_then_restart_repairs_without_duplicating_rules() {
     assert_eq!(rules(&repaired), rules(&installed), "{repaired}");
     assert_eq!(repaired.matches("-j AMBIT-PREROUTING").count(), 1);
     assert_eq!(ip_rules(&node).matches("lookup 133").count(), 1);
-    assert_eq!(
-        seen_client(client, peer.local_addr()),
-        IpAddr::V4(client.ip)
-    );
+    assert_sees_client(&peer, client);
     assert_eq!(second.wait_access(client, 1).len(), 1);
 }
 
 #[test]
-#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn malformed_state_edit_keeps_traffic_flowing() {
     if !require_e2e() {
         return;
     }
-    let s = setup(|c| {
-        state_yaml(
-            true,
-            &[
-                pod_state(c.pod(0, 0), "mesh"),
-                pod_state(c.pod(1, 0), "plain"),
-            ],
-        )
-    });
+    let s = enrolled_client_plain_server();
     let (client, server) = (s.cluster.pod(0, 0), s.cluster.pod(1, 0));
     let agent = start_agent(&s.cluster, 0, &s.state, &[]);
     let before = mangle(&agent.node, "iptables-save");
@@ -683,29 +647,17 @@ fn malformed_state_edit_keeps_traffic_flowing() {
 }
 
 #[test]
-#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn legacy_backend_captures_as_well() {
     if !require_e2e() {
         return;
     }
-    let s = setup(|c| {
-        state_yaml(
-            true,
-            &[
-                pod_state(c.pod(0, 0), "mesh"),
-                pod_state(c.pod(1, 0), "plain"),
-            ],
-        )
-    });
+    let s = enrolled_client_plain_server();
     let (client, server) = (s.cluster.pod(0, 0), s.cluster.pod(1, 0));
     let agent = start_agent(&s.cluster, 0, &s.state, &["--iptables-backend", "legacy"]);
     assert!(mangle(&agent.node, "iptables-legacy-save").contains(&pod_chain(client)));
     assert!(!mangle(&agent.node, "iptables-nft-save").contains("AMBIT"));
     let peer = Server::start(&server.netns, addr(server, 9001), ServerKind::Peer).unwrap();
-    assert_eq!(
-        seen_client(client, peer.local_addr()),
-        IpAddr::V4(client.ip)
-    );
+    assert_sees_client(&peer, client);
     assert_eq!(agent.wait_access(client, 1).len(), 1);
     let status = agent.process.stop(Duration::from_secs(10)).unwrap();
     assert!(status.success());
@@ -713,36 +665,26 @@ fn legacy_backend_captures_as_well() {
 }
 
 #[test]
-#[ignore = "reads the pre-mesh JSON log shape (fields.message, ambit::access target); the wired agent logs message at top level and access lines on target `access`: port the parsers"]
 fn inbound_plaintext_to_an_enrolled_pod_is_captured_and_sees_the_real_client() {
     if !require_e2e() {
         return;
     }
-    let s = setup(|c| {
-        state_yaml(
-            true,
-            &[
-                pod_state(c.pod(0, 0), "mesh"),
-                pod_state(c.pod(1, 0), "plain"),
-            ],
-        )
-    });
+    let s = enrolled_client_plain_server();
     // The agent runs on the server's node this time.
     let (server, client) = (s.cluster.pod(0, 0), s.cluster.pod(1, 0));
     let mut agent = start_agent(&s.cluster, 0, &s.state, &[]);
     let peer = Server::start(&server.netns, addr(server, 9001), ServerKind::Peer).unwrap();
     let echo = Server::start(&server.netns, addr(server, 9002), ServerKind::Echo).unwrap();
-    assert_eq!(
-        seen_client(client, peer.local_addr()),
-        IpAddr::V4(client.ip)
-    );
+    assert_sees_client(&peer, client);
     let echoed = traffic::echo_through(connect(client, echo.local_addr()), 4 * MB, 5).unwrap();
     assert_eq!(echoed.received, echoed.sent);
     agent.wait_log("connection closed", 2);
     let lines = agent.access_lines(client);
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(
-        lines.iter().all(|l| l["direction"] == "inbound_plain"),
+        lines
+            .iter()
+            .all(|l| l["reporter"] == "destination" && l["security"] == "none"),
         "{lines:?}"
     );
     assert!(
@@ -750,7 +692,7 @@ fn inbound_plaintext_to_an_enrolled_pod_is_captured_and_sees_the_real_client() {
         "{lines:?}"
     );
     assert!(
-        lines.iter().all(|l| l["dst_workload"] == "mesh/n0-pod0"),
+        lines.iter().all(|l| l["dst.workload"] == "mesh/n0-pod0"),
         "{lines:?}"
     );
 }

@@ -43,6 +43,14 @@ pub(super) struct ConnectionInfo {
     received: AtomicU64,
     sent: AtomicU64,
     decision: Mutex<Option<Verdict>>,
+    outcome: Mutex<Option<Outcome>>,
+}
+
+/// How the connection ended, as the proxy that carried it saw it.
+#[derive(Clone, Debug)]
+struct Outcome {
+    status: &'static str,
+    error: Option<String>,
 }
 
 /// The authorization outcome as the access log reports it.
@@ -169,6 +177,7 @@ impl ConnectionRecord {
             received: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             decision: Mutex::new(None),
+            outcome: Mutex::new(None),
         });
         metrics
             .connections
@@ -225,6 +234,15 @@ impl ConnectionRecord {
         });
     }
 
+    /// Records how the connection ended for the access log: `status` is a short
+    /// fixed word (`closed`, `server_failed`, ...), `error` what went wrong.
+    pub fn set_outcome(&self, status: &'static str, error: Option<&str>) {
+        *self.bytes.info.outcome.lock() = Some(Outcome {
+            status,
+            error: error.map(str::to_owned),
+        });
+    }
+
     /// `set_decision` from the policy engine's answer.
     pub fn record_authorization(&self, decision: &ambit_policy::Decision) {
         self.set_decision(
@@ -259,6 +277,14 @@ impl Drop for ConnectionRecord {
             Some(v) => (v.decision.as_str(), v.reason, v.policy.as_deref()),
             None => ("none", "closed before authorization", None),
         };
+        let outcome = info.outcome.lock().take();
+        // A connection refused before it was carried has no proxy outcome.
+        let status = match (&outcome, decision) {
+            (Some(o), _) => o.status,
+            (None, "deny") => "denied",
+            (None, _) => "unknown",
+        };
+        let error = outcome.as_ref().and_then(|o| o.error.as_deref());
         tracing::info!(
             target: ACCESS_LOG_TARGET,
             reporter = self.labels.reporter.as_str(),
@@ -276,6 +302,8 @@ impl Drop for ConnectionRecord {
             decision,
             reason,
             policy,
+            status,
+            error,
             "connection closed"
         );
     }

@@ -428,6 +428,7 @@ async fn one_access_log_line_per_connection_with_its_facts() {
     counted.read_exact(&mut buf).await.unwrap();
     counted.write_all(b"reply!").await.unwrap();
     rec.set_decision(Decision::Allow, "no ALLOW policies", None);
+    rec.set_outcome("server_failed", Some("connection reset by peer"));
     assert!(out.json_lines().is_empty(), "nothing logged while open");
     drop(rec);
     let unauthorized = f.metrics.open_connection(&ConnectionOpen::new(
@@ -436,13 +437,20 @@ async fn one_access_log_line_per_connection_with_its_facts() {
         addr("10.0.2.7:8080"),
     ));
     drop(unauthorized);
+    let denied = f.metrics.open_connection(&f.inbound_mtls());
+    denied.set_decision(
+        Decision::Deny,
+        "denied by policy",
+        Some("default/deny".into()),
+    );
+    drop(denied);
 
     let lines: Vec<serde_json::Value> = out
         .json_lines()
         .into_iter()
         .filter(|l| l["target"] == "access")
         .collect();
-    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!(lines.len(), 3, "{lines:#?}");
     let l = &lines[0];
     assert_eq!(l["reporter"], "destination");
     assert_eq!(l["src.workload"], "default/guestbook");
@@ -465,11 +473,19 @@ async fn one_access_log_line_per_connection_with_its_facts() {
     assert_eq!(l["reason"], "no ALLOW policies");
     assert!(l.get("policy").is_none(), "no policy decided: {l}");
     assert!(l["duration_ms"].is_u64());
+    assert_eq!(l["status"], "server_failed");
+    assert_eq!(l["error"], "connection reset by peer");
     let l = &lines[1];
     assert_eq!(l["src.workload"], "unknown");
     assert_eq!(l["src.identity"], "unknown");
     assert_eq!(l["decision"], "none");
     assert_eq!(l["bytes_received"], 0);
+    assert_eq!(l["status"], "unknown");
+    assert!(l.get("error").is_none(), "{l}");
+    let l = &lines[2];
+    assert_eq!(l["decision"], "deny");
+    assert_eq!(l["policy"], "default/deny");
+    assert_eq!(l["status"], "denied", "refused before it was carried");
 
     let samples = f.samples();
     assert_eq!(

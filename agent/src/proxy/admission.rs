@@ -52,8 +52,7 @@ impl Admitted for PlaintextConnection {
     }
 
     fn finished(self: Box<Self>, result: &Forwarded) {
-        self.record.record_received(result.bytes.client_to_server);
-        self.record.record_sent(result.bytes.server_to_client);
+        result.account(&self.record);
     }
 }
 

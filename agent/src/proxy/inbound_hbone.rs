@@ -30,6 +30,7 @@ use crate::hbone::{
 use crate::identity::WorkloadCertificate;
 use crate::mesh::CertificateSource;
 use crate::metrics::{self, ConnectionOpen, Metrics, Reporter, SecurityPolicy};
+use crate::proxy::{Forwarded, Status, Transferred};
 use crate::socket::SocketFactory;
 use crate::state::{Snapshot, StateStore, Workload};
 
@@ -61,10 +62,9 @@ pub struct InboundConnection {
 }
 
 impl InboundConnection {
-    /// Counts the tunnel's bytes; `forward` is client to pod.
-    pub fn finish(self, forward: u64, backward: u64) {
-        self.record.record_received(forward);
-        self.record.record_sent(backward);
+    /// Counts the tunnel's bytes and how it ended.
+    pub fn finish(self, result: &Forwarded) {
+        result.account(&self.record);
     }
 }
 
@@ -304,6 +304,17 @@ impl InboundHandler for InboundHbone {
     }
 
     fn closed(&self, _request: InboundRequest, connection: InboundConnection, transfer: Transfer) {
-        connection.finish(transfer.forward, transfer.backward);
+        connection.finish(&Forwarded {
+            bytes: Transferred {
+                client_to_server: transfer.forward,
+                server_to_client: transfer.backward,
+            },
+            status: if transfer.result.is_ok() {
+                Status::Closed
+            } else {
+                Status::Failed
+            },
+            reason: transfer.result.err().map(|e| e.to_string()),
+        });
     }
 }

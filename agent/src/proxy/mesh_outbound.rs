@@ -123,29 +123,31 @@ impl<C: Connector> Shared<C> {
             security: SecurityPolicy::MutualTls,
             ..ConnectionOpen::new(Reporter::Source, client_addr.0, orig_dst.0)
         });
-        let Some(cert) = self.certs.certificate(&src_id).await else {
-            socket::reset(client);
-            return Forwarded::refused(
-                Status::ConnectFailed,
-                format!("no certificate for {src_id}"),
-            );
+        let forwarded = match self.certs.certificate(&src_id).await {
+            None => {
+                socket::reset(client);
+                Forwarded::refused(
+                    Status::ConnectFailed,
+                    format!("no certificate for {src_id}"),
+                )
+            }
+            Some(_) if destination.node == self.local.node() => {
+                self.carry_local(client, client_addr.0, &src_id, target, &record)
+                    .await
+            }
+            Some(cert) => {
+                let request = ConnectRequest {
+                    source: cert,
+                    destination: dst_id.clone(),
+                    hbone_addr: SocketAddr::new(target.ip(), self.hbone_port),
+                    target,
+                    client: client_addr.0,
+                    baggage: Some(baggage(&source)),
+                };
+                self.carry_remote(client, request, &record).await
+            }
         };
-        let forwarded = if destination.node == self.local.node() {
-            self.carry_local(client, client_addr.0, &src_id, target, &record)
-                .await
-        } else {
-            let request = ConnectRequest {
-                source: cert,
-                destination: dst_id.clone(),
-                hbone_addr: SocketAddr::new(target.ip(), self.hbone_port),
-                target,
-                client: client_addr.0,
-                baggage: Some(baggage(&source)),
-            };
-            self.carry_remote(client, request, &record).await
-        };
-        record.record_received(forwarded.bytes.client_to_server);
-        record.record_sent(forwarded.bytes.server_to_client);
+        forwarded.account(&record);
         tracing::debug!(
             src = %client_addr,
             src_identity = %src_id,
@@ -230,13 +232,12 @@ impl<C: Connector> Shared<C> {
         };
         record.set_decision(metrics::Decision::Allow, "accepted by destination", None);
         let stop = upstream.close.unwrap_or_default();
-        let outcome =
-            super::copy::bidirectional_until(client, upstream.stream, stop.cancelled_owned()).await;
-        upstream.connection.finish(
-            outcome.bytes.client_to_server,
-            outcome.bytes.server_to_client,
-        );
-        outcome.into()
+        let forwarded: Forwarded =
+            super::copy::bidirectional_until(client, upstream.stream, stop.cancelled_owned())
+                .await
+                .into();
+        upstream.connection.finish(&forwarded);
+        forwarded
     }
 }
 

@@ -94,7 +94,8 @@ pub fn start(cluster: &Cluster, dir: &Path) -> Result<Started, MeshError> {
             .args(["--metrics-addr", &format!("0.0.0.0:{METRICS_PORT}")])
             .args(["--readiness-addr", &format!("0.0.0.0:{READINESS_PORT}")])
             .args(["--admin-addr", &format!("127.0.0.1:{ADMIN_PORT}")])
-            .args(["--log-format", "text"]);
+            // JSON, so tests can read the access log's fields.
+            .args(["--log-format", "json"]);
         agents.push(node.netns.spawn(&cmd)?);
     }
     Ok(Started {

@@ -1,16 +1,12 @@
 //! Clients that lie to analyzer's HBONE port, dialling from the pod outside
 //! the mesh (its traffic is not captured on its own node, so it reaches
-//! analyzer's agent directly): a certificate from another root, a valid
-//! certificate of one pod (sleep) claiming to speak for another pod's
-//! address (guestbook's, through `forwarded`), a CONNECT to a pod other than
-//! the one dialled, garbage bytes, and a connection that never speaks. Each
-//! is refused, and the agent keeps serving honest clients, including a
-//! tunnel opened before the attacks.
-//!
-//! Not covered, because the agent does not check it: a valid certificate
-//! presented from the address of a pod with another identity is judged by
-//! its certificate (the tunnel source of a node-level agent is the node, so
-//! the address alone proves nothing).
+//! analyzer's agent directly) or from a node's own address: a certificate
+//! from another root, a valid certificate of one pod (sleep) presented from
+//! another pod's address (legacy's), the same certificate from a node
+//! claiming to speak for guestbook's address through `forwarded`, a CONNECT
+//! to a pod other than the one dialled, garbage bytes, and a connection that
+//! never speaks. Each is refused, and the agent keeps serving honest
+//! clients, including a tunnel opened before the attacks.
 //!
 //! The honest direct client (legacy's own certificate from the real CA) is
 //! the control: the same code path succeeds when nothing is forged.
@@ -20,7 +16,7 @@
 
 use std::future::Future;
 use std::io::{Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -129,17 +125,17 @@ fn issued_by_stranger(identity: &SpiffeId) -> Arc<WorkloadCertificate> {
     workload_cert(identity.clone(), vec![cert.der().clone()], &key)
 }
 
-/// Opens one HBONE tunnel from `from` to `dialled`'s 15008 presenting
-/// `source`, asking for `target` on behalf of `claimed` (the `forwarded`
-/// client; `from`'s own address unless a test lies), and echoes a payload
-/// through it.
+/// Opens one HBONE tunnel from namespace `from` to `dialled`'s 15008
+/// presenting `source`, asking for `target` on behalf of `claimed` (the
+/// `forwarded` client; the dialling pod's own address unless a test lies),
+/// and echoes a payload through it.
 fn tunnel(
     mesh: &Mesh,
-    from: &MeshPod,
+    from: &Netns,
     source: Arc<WorkloadCertificate>,
     dialled: &MeshPod,
     target: SocketAddr,
-    claimed: Option<&MeshPod>,
+    claimed: IpAddr,
 ) -> Result<(), ConnectError> {
     let root = CertificateDer::from_pem_slice(mesh.root_cert_pem().unwrap().as_bytes()).unwrap();
     let tls = TlsConfigs::new(TrustBundle {
@@ -152,14 +148,14 @@ fn tunnel(
         destination: spiffe(dialled),
         hbone_addr: dialled.addr(15008),
         target,
-        client: SocketAddr::new(claimed.unwrap_or(from).ip().into(), 40_000),
+        client: SocketAddr::new(claimed, 40_000),
         baggage: None,
     };
     let settings = ClientSettings {
         connect_timeout: Duration::from_secs(5),
         ..ClientSettings::default()
     };
-    block_on_in(from.netns(), || async move {
+    block_on_in(from, || async move {
         let conn = Connection::connect(&PlainConnector, &tls, &request, &settings).await?;
         let mut stream = conn.open(request.target, request.client, None).await?;
         let sent = payload("direct-hbone", 4096);
@@ -209,11 +205,11 @@ fn forged_clients_are_refused_and_the_agent_keeps_serving() {
     let legacy_cert = issued_by_ca(mesh, 0, &spiffe(legacy));
     tunnel(
         mesh,
-        legacy,
+        legacy.netns(),
         legacy_cert.clone(),
         analyzer,
         analyzer.addr(ECHO_PORT),
-        None,
+        legacy.ip().into(),
     )
     .unwrap_or_else(|e| panic!("the honest direct client was refused: {e}"));
 
@@ -221,22 +217,40 @@ fn forged_clients_are_refused_and_the_agent_keeps_serving() {
     let stranger = issued_by_stranger(&spiffe(legacy));
     let refused = tunnel(
         mesh,
-        legacy,
+        legacy.netns(),
         stranger,
         analyzer,
         analyzer.addr(ECHO_PORT),
-        None,
+        legacy.ip().into(),
     );
     assert!(
         refused.is_err(),
         "a certificate from another root was accepted"
     );
 
-    // 2. A valid certificate of sleep, with a `forwarded` header claiming
-    // to speak for guestbook's pod. The agent believes a forwarded address
-    // only from the identity of the pod that holds it, so it judges the
-    // tunnel by its real source (legacy's address) and a policy admitting
-    // guestbook's address refuses it; the real guestbook still gets in.
+    // 2. A valid certificate of sleep, presented from legacy's address: a
+    // workload only ever speaks for itself, so the pod address the tunnel
+    // comes from must be the certificate's, whatever the policy says.
+    let sleep_cert = issued_by_ca(mesh, 2, &spiffe(gb.pod("sleep")));
+    let refused = tunnel(
+        mesh,
+        legacy.netns(),
+        sleep_cert.clone(),
+        analyzer,
+        analyzer.addr(ECHO_PORT),
+        legacy.ip().into(),
+    );
+    assert!(
+        matches!(refused, Err(ConnectError::Status(StatusCode::UNAUTHORIZED))),
+        "sleep's certificate from legacy's address: {refused:?}"
+    );
+
+    // 2b. The same certificate from node0's own address (where agents dial
+    // from), with a `forwarded` header claiming guestbook's pod. The agent
+    // believes a forwarded address only from the identity of the pod that
+    // holds it, so it judges the tunnel by its real source (the node) and a
+    // policy admitting guestbook's address refuses it; the real guestbook
+    // still gets in.
     let by_address = format!(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
          metadata: {{name: guestbook-address, namespace: default}}\n\
@@ -249,14 +263,13 @@ fn forged_clients_are_refused_and_the_agent_keeps_serving() {
         echo(guestbook, analyzer.addr(ECHO_PORT), &payload("real", 1024)),
         Outcome::Allowed
     );
-    let sleep_cert = issued_by_ca(mesh, 2, &spiffe(gb.pod("sleep")));
     let refused = tunnel(
         mesh,
-        legacy,
+        &mesh.node(0).netns,
         sleep_cert,
         analyzer,
         analyzer.addr(ECHO_PORT),
-        Some(guestbook),
+        guestbook.ip().into(),
     );
     assert!(
         matches!(refused, Err(ConnectError::Status(StatusCode::UNAUTHORIZED))),
@@ -267,11 +280,11 @@ fn forged_clients_are_refused_and_the_agent_keeps_serving() {
     // 3. Dialling analyzer but asking for guestbook.
     let refused = tunnel(
         mesh,
-        legacy,
+        legacy.netns(),
         legacy_cert,
         analyzer,
         guestbook.addr(ECHO_PORT),
-        None,
+        legacy.ip().into(),
     );
     assert!(
         matches!(refused, Err(ConnectError::Status(StatusCode::BAD_REQUEST))),
@@ -314,11 +327,11 @@ fn forged_clients_are_refused_and_the_agent_keeps_serving() {
     let again = issued_by_ca(mesh, 0, &spiffe(legacy));
     tunnel(
         mesh,
-        legacy,
+        legacy.netns(),
         again,
         analyzer,
         analyzer.addr(ECHO_PORT),
-        None,
+        legacy.ip().into(),
     )
     .unwrap();
     drop(silent);

@@ -19,7 +19,7 @@ const DECISIONS: &str = "ambit_authorization_decisions_total";
 
 /// Connects `from` -> `to`:8080 and asserts the outcome is `allowed`, that
 /// `authz check` agrees, and that `to`'s agent counted one decision with the
-/// same verdict and reason.
+/// same verdict and reason and wrote one access-log line saying so.
 #[track_caller]
 fn expect(gb: &Guestbook, from: &str, to: &str, allowed: bool) {
     let (src, dst) = (gb.pod(from), gb.pod(to));
@@ -30,6 +30,7 @@ fn expect(gb: &Guestbook, from: &str, to: &str, allowed: bool) {
         .unwrap();
     let node = dst.pod.node;
     let before = gb.mesh.metrics(node).unwrap();
+    let logged = gb.mesh.access_log(node).len();
     let outcome = echo(
         src,
         dst.addr(ECHO_PORT),
@@ -52,7 +53,15 @@ fn expect(gb: &Guestbook, from: &str, to: &str, allowed: bool) {
         let counted = after.sum(DECISIONS, &filter) - before.sum(DECISIONS, &filter);
         let all = after.sum(DECISIONS, &[]) - before.sum(DECISIONS, &[]);
         if counted == 1.0 && all == 1.0 {
-            Ok(())
+            let security = if plaintext { "none" } else { "mutual_tls" };
+            let expected = [
+                ("decision", verdict),
+                ("reason", check.reason()),
+                ("status", if allowed { "closed" } else { "denied" }),
+                ("security", security),
+            ];
+            access_line(gb, node, logged, &src.ip().to_string(), &expected)
+                .map_err(|e| format!("{what}: {e}"))
         } else {
             Err(format!(
                 "{what}: node{node} counted {counted} decisions {filter:?} and {all} in all:\n{}",
@@ -64,6 +73,35 @@ fn expect(gb: &Guestbook, from: &str, to: &str, allowed: bool) {
             ))
         }
     });
+}
+
+/// Checks the one access-log line `node`'s agent wrote, after its first
+/// `logged` ones, for a connection from `src_ip`.
+fn access_line(
+    gb: &Guestbook,
+    node: usize,
+    logged: usize,
+    src_ip: &str,
+    expected: &[(&str, &str)],
+) -> Result<(), String> {
+    let from = format!("{src_ip}:");
+    let lines: Vec<_> = gb
+        .mesh
+        .access_log(node)
+        .into_iter()
+        .skip(logged)
+        .filter(|l| {
+            l["reporter"] == "destination"
+                && l["src.addr"].as_str().is_some_and(|a| a.starts_with(&from))
+        })
+        .collect();
+    let [line] = lines.as_slice() else {
+        return Err(format!("not one access line from {src_ip}: {lines:#?}"));
+    };
+    match expected.iter().find(|(field, want)| line[*field] != *want) {
+        Some((field, want)) => Err(format!("{field} is not {want:?} in {line:#}")),
+        None => Ok(()),
+    }
 }
 
 #[test]

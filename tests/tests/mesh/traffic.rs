@@ -190,6 +190,36 @@ fn enrolled_pods_talk_across_nodes_inside_mtls_and_are_counted() {
             "connections opened on node{node}"
         );
     }
+    // The access log tells the same story, one line per connection and side.
+    let gb_addr = format!("{}:", guestbook.ip());
+    for (node, reporter) in [(0, "source"), (1, "destination")] {
+        let lines: Vec<_> = gb
+            .mesh
+            .access_log(node)
+            .into_iter()
+            .filter(|l| {
+                l["src.addr"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with(&gb_addr))
+            })
+            .collect();
+        let [line] = lines.as_slice() else {
+            panic!("node{node}: not one access line from guestbook: {lines:#?}");
+        };
+        assert_eq!(line["reporter"], reporter, "{line:#}");
+        assert_eq!(line["src.identity"], gb_id, "{line:#}");
+        assert_eq!(line["dst.identity"], an_id, "{line:#}");
+        assert_eq!(
+            line["dst.addr"],
+            analyzer.addr(ECHO_PORT).to_string(),
+            "{line:#}"
+        );
+        assert_eq!(line["security"], "mutual_tls", "{line:#}");
+        assert_eq!(line["bytes_received"], ECHO_BYTES, "{line:#}");
+        assert_eq!(line["bytes_sent"], ECHO_BYTES, "{line:#}");
+        assert_eq!(line["decision"], "allow", "{line:#}");
+        assert_eq!(line["status"], "closed", "{line:#}");
+    }
 }
 
 #[test]
