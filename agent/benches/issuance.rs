@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use ambit_agent::identity::{IdentityConfig, IdentityManager, TrustBundle};
+use ambit_agent::identity::{IdentityConfig, IdentityManager};
 use ambit_ca::SpiffeId;
 use ambit_ca::authn::BearerToken;
 use ambit_ca::client::{CaClient, CaClientConfig};
@@ -54,9 +54,6 @@ async fn main() {
     ])
     .unwrap();
     let ca = ambit_ca::app::start(&cli).await.unwrap();
-    std::fs::write(dir.path().join("roots.pem"), &ca.root_pem).unwrap();
-    let bundle =
-        TrustBundle::from_pem_file(&dir.path().join("roots.pem"), "cluster.local").unwrap();
     let ids = ids();
 
     println!("end-to-end issuance, {IDENTITIES} identities per round, {ROUNDS} rounds");
@@ -71,7 +68,7 @@ async fn main() {
             client.token = Some(BearerToken::new(TOKEN));
             let config = IdentityConfig {
                 max_concurrent_fetches: concurrency,
-                ..IdentityConfig::new(bundle.clone())
+                ..IdentityConfig::default()
             };
             let manager = IdentityManager::new(config, CaClient::new(client).unwrap());
             let started = Instant::now();

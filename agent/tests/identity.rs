@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use ambit_agent::identity::renewal::Backoff;
-use ambit_agent::identity::{CertificateState, IdentityConfig, IdentityManager, TrustBundle};
+use ambit_agent::identity::{CertificateState, IdentityConfig, IdentityManager};
 use ambit_ca::SpiffeId;
 use ambit_ca::app::RunningCa;
 use ambit_ca::authn::BearerToken;
@@ -58,19 +58,8 @@ fn ca_cli(dir: &Path, listen: &str, ttl: &str) -> ambit_ca::cli::Cli {
     .unwrap()
 }
 
-/// A manager for node-a talking to `ca`, with a trust bundle file holding the
-/// CA's root and an unrelated second root (as during a rotation).
-fn manager(dir: &Path, ca: &RunningCa, lifetime: Duration) -> Arc<IdentityManager> {
-    let mut other = rcgen::CertificateParams::new(vec!["other-root".to_string()]).unwrap();
-    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let other = other
-        .self_signed(&rcgen::KeyPair::generate().unwrap())
-        .unwrap();
-    let bundle_path = dir.join("roots.pem");
-    std::fs::write(&bundle_path, format!("{}{}", ca.root_pem, other.pem())).unwrap();
-    let bundle = TrustBundle::from_pem_file(&bundle_path, "cluster.local").unwrap();
-    assert_eq!(bundle.roots.len(), 2);
-
+/// A manager for node-a talking to `ca`.
+fn manager(ca: &RunningCa, lifetime: Duration) -> Arc<IdentityManager> {
     let mut client = CaClientConfig::new(format!("https://{}", ca.local_addr), ca.root_pem.clone());
     client.token = Some(BearerToken::new(TOKEN));
     client.request_timeout = Duration::from_secs(2);
@@ -81,7 +70,7 @@ fn manager(dir: &Path, ca: &RunningCa, lifetime: Duration) -> Arc<IdentityManage
             initial: Duration::from_millis(100),
             max: Duration::from_millis(800),
         },
-        ..IdentityConfig::new(bundle)
+        ..IdentityConfig::default()
     };
     IdentityManager::new(config, CaClient::new(client).unwrap())
 }
@@ -222,7 +211,7 @@ async fn short_lived_certificates_renew_and_the_server_never_presents_an_expired
     let ca = ambit_ca::app::start(&ca_cli(dir.path(), "127.0.0.1:0", "4s"))
         .await
         .unwrap();
-    let manager = manager(dir.path(), &ca, Duration::from_secs(4));
+    let manager = manager(&ca, Duration::from_secs(4));
     manager.track([cart()]);
     manager.certificate(&cart()).await.unwrap();
     let server = tls_server(Arc::clone(&manager)).await;
@@ -262,7 +251,7 @@ async fn recovers_by_itself_after_the_ca_was_down_longer_than_a_renewal() {
         .await
         .unwrap();
     let addr = ca.local_addr;
-    let manager = manager(dir.path(), &ca, Duration::from_secs(4));
+    let manager = manager(&ca, Duration::from_secs(4));
     manager.track([cart()]);
     let first = manager.certificate(&cart()).await.unwrap();
     ca.shutdown().await.unwrap();

@@ -49,7 +49,7 @@ pub(super) async fn start(args: &RunArgs) -> anyhow::Result<Credentials> {
     let ca = Arc::new(ca);
     let config = IdentityConfig {
         requested_lifetime: flags.cert_ttl,
-        ..IdentityConfig::new(roots)
+        ..IdentityConfig::default()
     };
     let identities = IdentityManager::with_issuer(config, ca.clone());
     Ok(Credentials {

@@ -21,15 +21,12 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::AbortHandle;
 
 use super::ca_client::{CertificateIssuer, fetch};
-use super::certificate::{TrustBundle, WorkloadCertificate};
+use super::certificate::WorkloadCertificate;
 use super::renewal::{Backoff, renew_after};
 
 /// How the manager asks for and renews certificates.
 #[derive(Clone, Debug)]
 pub struct IdentityConfig {
-    /// The bundle read at start; `run` follows the file's later changes
-    /// through a [`BundleWatch`](super::BundleWatch).
-    pub trust_bundle: TrustBundle,
     /// Lifetime asked of the CA; the CA may shorten it.
     pub requested_lifetime: Duration,
     /// Fetches in flight at once across all identities.
@@ -37,10 +34,9 @@ pub struct IdentityConfig {
     pub backoff: Backoff,
 }
 
-impl IdentityConfig {
-    pub fn new(trust_bundle: TrustBundle) -> Self {
+impl Default for IdentityConfig {
+    fn default() -> Self {
         Self {
-            trust_bundle,
             requested_lifetime: Duration::from_secs(24 * 3600),
             max_concurrent_fetches: 64,
             backoff: Backoff::default(),
@@ -223,11 +219,6 @@ impl IdentityManager {
         };
         // Outside the lock: dropping notifies waiters.
         drop(dropped);
-    }
-
-    /// The roots peers' certificates had to chain to at start.
-    pub fn trust_bundle(&self) -> TrustBundle {
-        self.config.trust_bundle.clone()
     }
 
     /// Every held identity's state, sorted by identity.

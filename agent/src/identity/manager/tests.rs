@@ -71,17 +71,13 @@ fn id(n: usize) -> SpiffeId {
 }
 
 fn config(max_concurrent: usize) -> IdentityConfig {
-    let bundle = TrustBundle {
-        trust_domain: "cluster.local".into(),
-        roots: Arc::new(Vec::new()),
-    };
     IdentityConfig {
         max_concurrent_fetches: max_concurrent,
         backoff: Backoff {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(200),
         },
-        ..IdentityConfig::new(bundle)
+        ..IdentityConfig::default()
     }
 }
 
