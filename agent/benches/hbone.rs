@@ -23,6 +23,10 @@ use ambit_agent::identity::WorkloadCertificate;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The agent binary's allocator, so the figures are the agent's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 struct Handler(Arc<WorkloadCertificate>);
 
 impl InboundHandler for Handler {

@@ -397,6 +397,54 @@ async fn unreachable_pod_is_503() {
     );
 }
 
+/// A pod that stops reading stops the sender: credit goes back only for bytes
+/// handed on, so writes stall after the windows and socket buffers are full
+/// instead of buffering without bound; once the pod reads, every byte arrives.
+#[tokio::test]
+async fn pod_that_stops_reading_stalls_the_sender() {
+    // Stream window and send buffer (4 MiB each), the server's copy buffer and
+    // the pod socket's kernel buffers (a few MiB with autotuning), with room.
+    const BOUND: u64 = 48 * 1024 * 1024;
+    let f = fixture(None).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pod = listener.local_addr().unwrap();
+    let accepted = tokio::spawn(async move { listener.accept().await.unwrap().0 });
+    let mut tunnel = f.tunnel(pod).await.unwrap();
+    let mut socket = accepted.await.unwrap();
+
+    let chunk = payload(64 * 1024);
+    let mut sent = 0u64;
+    loop {
+        let write = tokio::time::timeout(Duration::from_secs(1), tunnel.write(&chunk));
+        match write.await {
+            Ok(written) => sent += written.unwrap() as u64,
+            Err(_) => break,
+        }
+        assert!(
+            sent <= BOUND,
+            "{sent} bytes accepted while the pod read nothing"
+        );
+    }
+    assert!(sent >= 4 * 1024 * 1024, "stalled after only {sent} bytes");
+
+    let reader = tokio::spawn(async move {
+        let mut received = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match socket.read(&mut buf).await.unwrap() {
+                0 => return received,
+                n => received += n as u64,
+            }
+        }
+    });
+    tunnel.shutdown().await.unwrap();
+    let received = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(received, sent);
+}
+
 #[tokio::test]
 async fn garbage_and_stalls_do_not_disturb_a_tunnel() {
     let f = fixture(None).await;
