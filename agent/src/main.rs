@@ -42,6 +42,7 @@ fn main() -> ExitCode {
 
 fn run(args: ambit_agent::cli::RunArgs, logs: LogHandle) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(args.worker_threads))
         .enable_all()
         .build()?
         .block_on(app::run(args, Some(logs)))
