@@ -9,6 +9,8 @@
 #[allow(dead_code)]
 #[path = "../tests/hbone/certs.rs"]
 mod certs;
+#[path = "../tests/hbone/pod.rs"]
+mod pod;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -37,14 +39,7 @@ impl InboundHandler for Handler {
     }
 
     async fn handle(&self, request: &InboundRequest) -> Result<Upstream<()>, Refusal> {
-        let stream = TcpStream::connect(request.target)
-            .await
-            .map_err(Refusal::Unreachable)?;
-        Ok(Upstream {
-            stream,
-            connection: (),
-            close: None,
-        })
+        pod::dial(request.target).await
     }
 
     fn closed(&self, _: InboundRequest, _: (), _: Transfer) {}

@@ -6,6 +6,8 @@
 
 #[path = "hbone/certs.rs"]
 mod certs;
+#[path = "hbone/pod.rs"]
+mod pod;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -55,14 +57,7 @@ impl InboundHandler for TestHandler {
                 reason: reason.clone(),
             });
         }
-        let stream = TcpStream::connect(request.target)
-            .await
-            .map_err(Refusal::Unreachable)?;
-        Ok(Upstream {
-            stream,
-            connection: (),
-            close: None,
-        })
+        pod::dial(request.target).await
     }
 
     fn closed(&self, request: InboundRequest, _: (), transfer: Transfer) {

@@ -9,6 +9,8 @@
 #[allow(dead_code)]
 #[path = "hbone/certs.rs"]
 mod certs;
+#[path = "hbone/pod.rs"]
+mod pod;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,7 +41,7 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 const POLL: Duration = Duration::from_millis(50);
@@ -133,14 +135,7 @@ impl InboundHandler for Pod {
 
     async fn handle(&self, request: &InboundRequest) -> Result<Upstream<()>, Refusal> {
         self.peers.lock().push(request.peer.clone());
-        let stream = TcpStream::connect(request.target)
-            .await
-            .map_err(Refusal::Unreachable)?;
-        Ok(Upstream {
-            stream,
-            connection: (),
-            close: None,
-        })
+        pod::dial(request.target).await
     }
 
     fn closed(&self, _: InboundRequest, _: (), _: Transfer) {}
