@@ -66,7 +66,8 @@ pub enum Status {
     ServerFailed,
     /// The destination could not be reached; the client was reset.
     ConnectFailed,
-    /// Policy or state refused the connection; the client was reset.
+    /// Policy or state refused the connection, or a later change stopped it;
+    /// the client was reset.
     Denied,
     /// A tunnelled connection ended with an error that neither end owns
     /// (the inbound side of HBONE sees one copy error for both).

@@ -304,17 +304,56 @@ impl InboundHandler for InboundHbone {
     }
 
     fn closed(&self, _request: InboundRequest, connection: InboundConnection, transfer: Transfer) {
-        connection.finish(&Forwarded {
-            bytes: Transferred {
-                client_to_server: transfer.forward,
-                server_to_client: transfer.backward,
-            },
-            status: if transfer.result.is_ok() {
-                Status::Closed
-            } else {
-                Status::Failed
-            },
-            reason: transfer.result.err().map(|e| e.to_string()),
-        });
+        connection.finish(&tunnel_outcome(transfer));
+    }
+}
+
+/// How a tunnel's copy ended, for the access log. The copy is stopped
+/// (`ConnectionAborted`) only through the connection's close token, which
+/// fires when a new policy or enrolment no longer allows it.
+fn tunnel_outcome(transfer: Transfer) -> Forwarded {
+    let status = match &transfer.result {
+        Ok(()) => Status::Closed,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => Status::Denied,
+        Err(_) => Status::Failed,
+    };
+    Forwarded {
+        bytes: Transferred {
+            client_to_server: transfer.forward,
+            server_to_client: transfer.backward,
+        },
+        status,
+        reason: transfer.result.err().map(|e| e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    fn ended(result: io::Result<()>) -> Forwarded {
+        tunnel_outcome(Transfer {
+            forward: 3,
+            backward: 5,
+            result,
+        })
+    }
+
+    #[test]
+    fn tunnel_outcomes_name_who_ended_it() {
+        let closed = ended(Ok(()));
+        assert_eq!((closed.status, closed.reason), (Status::Closed, None));
+        assert_eq!(closed.bytes.client_to_server, 3);
+        assert_eq!(closed.bytes.server_to_client, 5);
+        let revoked = ended(Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "tunnel closed by caller",
+        )));
+        assert_eq!(revoked.status, Status::Denied);
+        let reset = ended(Err(io::ErrorKind::ConnectionReset.into()));
+        assert_eq!(reset.status, Status::Failed);
+        assert!(reset.reason.is_some());
     }
 }
