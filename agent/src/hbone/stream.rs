@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -113,6 +113,26 @@ impl AsyncWrite for H2Stream {
     }
 }
 
+impl H2Reader {
+    /// The next bytes from the peer as h2 received them (no copy); `None` at
+    /// END_STREAM. Credit for them goes back only through [`Self::release`].
+    async fn next_data(&mut self) -> io::Result<Option<Bytes>> {
+        if !self.pending.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.pending)));
+        }
+        match std::future::poll_fn(|cx| self.recv.poll_data(cx)).await {
+            Some(Ok(data)) => Ok(Some(data)),
+            Some(Err(e)) => read_error(e).map(|()| None),
+            None => Ok(None),
+        }
+    }
+
+    /// Gives the peer credit for `n` bytes handed on.
+    fn release(&mut self, n: usize) {
+        let _ = self.recv.flow_control().release_capacity(n);
+    }
+}
+
 impl AsyncRead for H2Reader {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -144,22 +164,7 @@ impl AsyncWrite for H2Writer {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if self.ended {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        let wanted = buf.len().min(MAX_DATA_CHUNK);
-        self.send.reserve_capacity(wanted);
-        // `poll_capacity` only wakes on an increase, so capacity already granted
-        // (left over from a previous write) must be taken without polling.
-        let mut granted = self.send.capacity();
-        if granted == 0 {
-            granted = match ready!(self.send.poll_capacity(cx)) {
-                Some(Ok(n)) => n,
-                // The stream closed or was reset; the reset reason says which.
-                Some(Err(_)) | None => return self.poll_reset_error(cx),
-            };
-        }
-        let n = granted.min(wanted);
+        let n = ready!(self.poll_granted(cx, buf.len().min(MAX_DATA_CHUNK)))?;
         match self
             .send
             .send_data(Bytes::copy_from_slice(&buf[..n]), false)
@@ -187,6 +192,35 @@ impl AsyncWrite for H2Writer {
 }
 
 impl H2Writer {
+    /// Waits for flow-control credit and returns how much of `wanted` may be sent now.
+    fn poll_granted(&mut self, cx: &mut Context<'_>, wanted: usize) -> Poll<io::Result<usize>> {
+        if self.ended {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        self.send.reserve_capacity(wanted);
+        // `poll_capacity` only wakes on an increase, so capacity already granted
+        // (left over from a previous write) must be taken without polling.
+        let mut granted = self.send.capacity();
+        if granted == 0 {
+            granted = match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(n)) => n,
+                // The stream closed or was reset; the reset reason says which.
+                Some(Err(_)) | None => return self.poll_reset_error(cx),
+            };
+        }
+        Poll::Ready(Ok(granted.min(wanted)))
+    }
+
+    /// Queues as much of `data` as the peer's credit allows, without copying
+    /// it; what was queued is split off the front of `data`.
+    fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>> {
+        let n = ready!(self.poll_granted(cx, data.len()))?;
+        match self.send.send_data(data.split_to(n), false) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(_) => self.poll_reset_error(cx),
+        }
+    }
+
     fn poll_reset_error<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         let err = match ready!(self.send.poll_reset(cx)) {
             Ok(reason) => io::Error::new(io::ErrorKind::ConnectionReset, h2::Error::from(reason)),
@@ -229,28 +263,31 @@ pub struct Transfer {
 const INITIAL_BUFFER: usize = 8 * 1024;
 const MAX_BUFFER: usize = 256 * 1024;
 
-/// Copies both ways until both directions reached EOF (each EOF is passed on as
-/// a write shutdown, so half-closed connections keep working), either failed
-/// (which ends both), or `stop` completes (`ConnectionAborted`). Counts are exact
-/// however it ends.
-pub async fn copy_bidirectional<R1, W1, R2, W2>(
-    first: (R1, W1),
-    second: (R2, W2),
+/// Copies both ways between a tunnel and a socket until both directions
+/// reached EOF (each EOF is passed on as a write shutdown, so half-closed
+/// connections keep working), either failed (which ends both), or `stop`
+/// completes (`ConnectionAborted`). `forward` counts tunnel to socket. Counts
+/// are exact however it ends.
+///
+/// Bytes are not copied in user space beyond what TLS needs: socket reads land
+/// in the buffer h2 sends, and DATA frames are written to the socket as
+/// received, their credit returned once written.
+pub async fn copy_bidirectional<R, W>(
+    tunnel: (H2Reader, H2Writer),
+    socket: (R, W),
     stop: impl Future<Output = ()>,
 ) -> Transfer
 where
-    R1: AsyncRead + Unpin,
-    W1: AsyncWrite + Unpin,
-    R2: AsyncRead + Unpin,
-    W2: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
-    let (mut r1, mut w1) = first;
-    let (mut r2, mut w2) = second;
+    let (mut tunnel_read, mut tunnel_write) = tunnel;
+    let (mut socket_read, mut socket_write) = socket;
     let mut forward = 0;
     let mut backward = 0;
     let copy = futures::future::try_join(
-        copy_one_way(&mut r1, &mut w2, &mut forward),
-        copy_one_way(&mut r2, &mut w1, &mut backward),
+        tunnel_to_socket(&mut tunnel_read, &mut socket_write, &mut forward),
+        socket_to_tunnel(&mut socket_read, &mut tunnel_write, &mut backward),
     );
     let result = tokio::select! {
         result = copy => result.map(|_| ()),
@@ -263,22 +300,45 @@ where
     }
 }
 
-async fn copy_one_way<R, W>(reader: &mut R, writer: &mut W, copied: &mut u64) -> io::Result<()>
+async fn tunnel_to_socket<W>(
+    reader: &mut H2Reader,
+    writer: &mut W,
+    copied: &mut u64,
+) -> io::Result<()>
 where
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; INITIAL_BUFFER];
+    while let Some(data) = reader.next_data().await? {
+        writer.write_all(&data).await?;
+        reader.release(data.len());
+        *copied += data.len() as u64;
+    }
+    writer.shutdown().await
+}
+
+async fn socket_to_tunnel<R>(
+    reader: &mut R,
+    writer: &mut H2Writer,
+    copied: &mut u64,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut buf = BytesMut::new();
+    let mut size = INITIAL_BUFFER;
     loop {
-        let n = reader.read(&mut buf).await?;
+        buf.reserve(size);
+        let n = reader.read_buf(&mut buf).await?;
         if n == 0 {
-            writer.shutdown().await?;
-            return Ok(());
+            return writer.shutdown().await;
         }
-        writer.write_all(&buf[..n]).await?;
+        let mut chunk = buf.split().freeze();
+        while !chunk.is_empty() {
+            std::future::poll_fn(|cx| writer.poll_send(cx, &mut chunk)).await?;
+        }
         *copied += n as u64;
-        if n == buf.len() && buf.len() < MAX_BUFFER {
-            buf.resize(buf.len() * 2, 0);
+        if n >= size && size < MAX_BUFFER {
+            size *= 2;
         }
     }
 }

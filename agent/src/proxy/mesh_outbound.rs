@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use super::inbound_hbone::{Admit, InboundHbone};
 use super::outbound::{MeshConnection, MeshForwarder};
 use super::{Forwarded, Status, Transferred};
+use crate::hbone::stream::{H2Reader, H2Writer};
 use crate::hbone::{self, Baggage, ConnectError, ConnectRequest, Connector, Pool, Refusal};
 use crate::mesh::CertificateSource;
 use crate::metrics::{self, ConnectionOpen, Metrics, Reporter, SecurityPolicy};
@@ -181,8 +182,7 @@ impl<C: Connector> Shared<C> {
             }
         };
         record.set_decision(metrics::Decision::Allow, "accepted by destination", None);
-        let (tunnel_read, tunnel_write) = tunnel.into_split();
-        copy_then_close(client, (tunnel_read, tunnel_write)).await
+        copy_then_close(client, tunnel.into_split()).await
     }
 
     /// The same-node path: the inbound decision in process, then a plain
@@ -262,18 +262,11 @@ fn connect_failure(error: &ConnectError) -> (Status, &'static str) {
 
 /// Copies between the application and the tunnel; resets the application's
 /// connection if either side failed, so a broken tunnel looks like a reset.
-async fn copy_then_close<R, W>(mut client: TcpStream, tunnel: (R, W)) -> Forwarded
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    let transfer = {
-        let (client_read, client_write) = client.split();
-        hbone::copy_bidirectional((client_read, client_write), tunnel, std::future::pending()).await
-    };
+async fn copy_then_close(mut client: TcpStream, tunnel: (H2Reader, H2Writer)) -> Forwarded {
+    let transfer = hbone::copy_bidirectional(tunnel, client.split(), std::future::pending()).await;
     let bytes = Transferred {
-        client_to_server: transfer.forward,
-        server_to_client: transfer.backward,
+        client_to_server: transfer.backward,
+        server_to_client: transfer.forward,
     };
     match transfer.result {
         Ok(()) => Forwarded {
