@@ -9,17 +9,25 @@ use tokio::task::JoinHandle;
 
 use super::*;
 
-/// client <-> [accepted | bidirectional | dialled] <-> server
-async fn proxied() -> (TcpStream, TcpStream, JoinHandle<CopyOutcome>) {
+/// Two loopback connections, client <-> accepted and dialled <-> server: a
+/// proxy copies between `accepted` and `dialled`.
+async fn connected() -> [TcpStream; 4] {
     let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let back_addr = back.local_addr().unwrap();
     let client = TcpStream::connect(front.local_addr().unwrap())
         .await
         .unwrap();
     let (accepted, _) = front.accept().await.unwrap();
-    let dialled = TcpStream::connect(back_addr).await.unwrap();
+    let dialled = TcpStream::connect(back.local_addr().unwrap())
+        .await
+        .unwrap();
     let (server, _) = back.accept().await.unwrap();
+    [client, accepted, dialled, server]
+}
+
+/// client <-> [accepted | bidirectional | dialled] <-> server
+async fn proxied() -> (TcpStream, TcpStream, JoinHandle<CopyOutcome>) {
+    let [client, accepted, dialled, server] = connected().await;
     let copy = tokio::spawn(bidirectional(accepted, dialled));
     (client, server, copy)
 }
@@ -145,16 +153,7 @@ async fn idle_connection_stays_open() {
 
 #[tokio::test]
 async fn buffered_fallback_has_the_same_semantics() {
-    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut client = TcpStream::connect(front.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (accepted, _) = front.accept().await.unwrap();
-    let dialled = TcpStream::connect(back.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (mut server, _) = back.accept().await.unwrap();
+    let [mut client, accepted, dialled, mut server] = connected().await;
     let count = AtomicU64::new(0);
     let data = pattern(1 << 20);
     let writer = async {
@@ -176,16 +175,7 @@ async fn buffered_fallback_has_the_same_semantics() {
 
 #[tokio::test]
 async fn stop_resets_both_sides_and_keeps_the_counts() {
-    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut client = TcpStream::connect(front.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (accepted, _) = front.accept().await.unwrap();
-    let dialled = TcpStream::connect(back.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (mut server, _) = back.accept().await.unwrap();
+    let [mut client, accepted, dialled, mut server] = connected().await;
     let stop = tokio_util::sync::CancellationToken::new();
     let copy = tokio::spawn(bidirectional_until(
         accepted,
