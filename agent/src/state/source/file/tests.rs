@@ -25,6 +25,17 @@ fn replace_by_rename(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// Writes an enrolled pod at 10.0.0.1 to `path` and starts following it.
+async fn following(path: &Path) -> (StateStore, FileWatch) {
+    std::fs::write(path, state("ambient", "10.0.0.1")).unwrap();
+    let store = StateStore::new(Snapshot::default());
+    let watch = FileSource::new(path, LoadOptions::default())
+        .start(store.clone())
+        .await
+        .unwrap();
+    (store, watch)
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -91,13 +102,8 @@ async fn first_load_failure_is_an_error() {
 async fn edits_apply_within_a_second_and_bad_edits_keep_the_last_good_state() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.yaml");
-    std::fs::write(&path, state("ambient", "10.0.0.1")).unwrap();
-    let store = StateStore::new(Snapshot::default());
+    let (store, _watch) = following(&path).await;
     let mut rx = store.subscribe();
-    let _watch = FileSource::new(&path, LoadOptions::default())
-        .start(store.clone())
-        .await
-        .unwrap();
     let first = rx.borrow_and_update().clone();
     assert_eq!(first.generation(), 1);
     assert!(first.workload_by_ip(ip("10.0.0.1")).unwrap().enrolled);
@@ -135,12 +141,7 @@ async fn edits_apply_within_a_second_and_bad_edits_keep_the_last_good_state() {
 async fn deleting_the_file_keeps_the_last_good_state() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.yaml");
-    std::fs::write(&path, state("ambient", "10.0.0.1")).unwrap();
-    let store = StateStore::new(Snapshot::default());
-    let _watch = FileSource::new(&path, LoadOptions::default())
-        .start(store.clone())
-        .await
-        .unwrap();
+    let (store, _watch) = following(&path).await;
     std::fs::remove_file(&path).unwrap();
     let message = wait_for_error(&store).await;
     assert!(
@@ -160,12 +161,7 @@ async fn undoing_a_bad_edit_clears_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.yaml");
     let good = state("ambient", "10.0.0.1");
-    std::fs::write(&path, &good).unwrap();
-    let store = StateStore::new(Snapshot::default());
-    let _watch = FileSource::new(&path, LoadOptions::default())
-        .start(store.clone())
-        .await
-        .unwrap();
+    let (store, _watch) = following(&path).await;
     replace_by_rename(&path, "kind: Pod\nmetadata: {name: [\n");
     let message = wait_for_error(&store).await;
     assert!(message.contains("invalid YAML"), "{message}");
@@ -222,12 +218,7 @@ async fn polling_applies_edits_without_inotify() {
 async fn dropping_the_watch_stops_following() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.yaml");
-    std::fs::write(&path, state("ambient", "10.0.0.1")).unwrap();
-    let store = StateStore::new(Snapshot::default());
-    let watch = FileSource::new(&path, LoadOptions::default())
-        .start(store.clone())
-        .await
-        .unwrap();
+    let (store, watch) = following(&path).await;
     drop(watch);
     replace_by_rename(&path, &state("ambient", "10.0.0.2"));
     tokio::time::sleep(Duration::from_millis(400)).await;
