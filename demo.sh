@@ -22,6 +22,8 @@ for pair in iptables:iptables ip:iproute2 protoc:protobuf-compiler openssl:opens
             tcpdump:tcpdump cc:build-essential curl:curl pkill:procps; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
+# protoc needs the well-known types (google/protobuf/struct.proto) the CA API imports.
+[ -f /usr/include/google/protobuf/struct.proto ] || need+=(libprotobuf-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "Installing ${need[*]}..."
   export DEBIAN_FRONTEND=noninteractive

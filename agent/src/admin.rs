@@ -3,7 +3,11 @@
 //! - 15020 `/metrics` (and `/stats/prometheus`): OpenMetrics text for Prometheus;
 //! - 15021 `/healthz/ready`: 200 once ready, 503 with the pending tasks otherwise;
 //! - 15000 admin: `/config_dump` (JSON from pluggable providers), `/` (a status
-//!   page), `/logging` (read or change the log filter), `/quitquitquit`.
+//!   page), `/logging` (read the log filter);
+//! - the control socket (`control.sock` in the run directory): the admin
+//!   endpoints plus those that change the agent, `POST /logging` and
+//!   `POST /quitquitquit`. A Unix socket in a root-only directory, because
+//!   the TCP ports are reachable by every host-network pod of the node.
 //!
 //! Each server takes a listener the caller bound (so tests use port 0) and a
 //! drain watcher, and returns once the drain has started and its connections
@@ -19,7 +23,7 @@ use std::sync::Arc;
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Notify;
 
 pub use config_dump::{ConfigDump, ConfigSource};
@@ -132,12 +136,36 @@ impl AdminState {
 /// Serves the admin endpoints (15000).
 pub async fn serve_admin(listener: TcpListener, state: AdminState, drain: DrainWatcher) {
     let draining = drain.clone();
-    let handler = Arc::new(move |parts: &Parts| route_admin(&state, &draining, parts));
+    let handler = Arc::new(move |parts: &Parts| route_admin(&state, &draining, parts, false));
     server::serve("admin", listener, drain, handler).await;
 }
 
-fn route_admin(state: &AdminState, drain: &DrainWatcher, parts: &Parts) -> Response<Body> {
+/// Serves the control socket: the admin endpoints, and those that change
+/// the agent.
+pub async fn serve_control(listener: UnixListener, state: AdminState, drain: DrainWatcher) {
+    let draining = drain.clone();
+    let handler = Arc::new(move |parts: &Parts| route_admin(&state, &draining, parts, true));
+    server::serve("control", listener, drain, handler).await;
+}
+
+fn route_admin(
+    state: &AdminState,
+    drain: &DrainWatcher,
+    parts: &Parts,
+    control: bool,
+) -> Response<Body> {
     let get_only = |parts: &Parts| !matches!(parts.method, Method::GET | Method::HEAD);
+    let changes = matches!(parts.uri.path(), "/logging" | "/quitquitquit") && get_only(parts);
+    if changes && !control {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} {} changes the agent: use the control socket in the agent's run directory",
+                parts.method,
+                parts.uri.path()
+            ),
+        );
+    }
     match parts.uri.path() {
         "/" if get_only(parts) => method_not_allowed(parts, "GET"),
         "/" => response(

@@ -1,19 +1,23 @@
 //! The composition root of `ambit-agent run` and of the `capture`
 //! subcommands: builds the state source, the socket factory, the listeners
 //! and the capture rules from the command line, runs them, and takes them
-//! down in order on SIGTERM or Ctrl-C.
+//! down in order when the agent stops serving.
 //!
-//! Start order: state (fail closed until the first load), the mesh
-//! (identities, HBONE listener, metrics/readiness/admin servers, see
-//! `app::mesh`), the proxy listeners, then rules, so no packet is steered to
-//! a port nobody listens on. Readiness waits for the state, the local
-//! workloads' certificates and the listeners.
+//! Start: if an agent already serves the node (its `handover.sock` answers),
+//! this one loads its state and certificates while the other keeps serving,
+//! then takes over its listening sockets (`handover`). Otherwise it binds
+//! them first, serves readiness at once (not ready, saying why), and loads.
+//! Either way the capture rules are reconciled once the listeners are ours;
+//! rules a crashed agent left are adopted, not duplicated.
 //!
-//! Stop order (SIGTERM, Ctrl-C or the admin `/quitquitquit`): pods' rules
-//! out (nothing new is captured), then a two-phase drain: listeners stop
-//! accepting and HBONE connections get a GOAWAY, open connections have the
-//! drain timeout to finish, then the rest are cut; finally the rest of the
-//! rules go. Connections in flight keep their return path until the end.
+//! Stop: the agent stops serving when its successor has taken the sockets,
+//! or on SIGTERM, Ctrl-C or the control socket's `/quitquitquit`. The
+//! capture rules of enrolled pods always stay: after a handover they are the
+//! successor's; otherwise they switch to closed, so captured connections are
+//! refused until an agent serves again, never let through. Listeners stop
+//! accepting, HBONE connections get a GOAWAY, and every connection the agent
+//! carries may run to its end until the drain deadline, which resets what is
+//! left. Only `ambit-agent capture uninstall` removes the rules.
 
 mod credentials;
 mod mesh;
@@ -28,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, Capture, Family, RuleConfig};
 use crate::cli::{CaptureArgs, CaptureCommand, CaptureFlags, RunArgs};
-use crate::drain;
+use crate::drain::{self, DrainWatcher};
+use crate::handover::{self, Listeners, Predecessor, Role};
 use crate::proxy::inbound_plain::InboundPlainProxy;
 use crate::proxy::outbound::OutboundProxy;
 use crate::readiness::Readiness;
@@ -38,8 +43,19 @@ use crate::state::source::{FileSource, FileWatch};
 use crate::state::{Snapshot, StateStore};
 use crate::telemetry::LogHandle;
 
-/// Runs the agent until SIGTERM, Ctrl-C or `/quitquitquit`. `logs`, when
-/// given, lets the admin server change the log filter.
+pub use mesh::CONTROL_SOCKET;
+
+/// Why the agent stopped serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// A new agent holds the listeners and the rules.
+    HandedOver,
+    /// Told to stop (SIGTERM, Ctrl-C, `/quitquitquit`): nobody serves next.
+    Terminated(&'static str),
+}
+
+/// Runs the agent until it hands over or is told to stop, then drains.
+/// `logs`, when given, lets the control socket change the log filter.
 pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
     tracing::info!(
         node = %args.node,
@@ -47,15 +63,14 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
         capture = ?args.capture,
         connect_timeout_ms = args.connect_timeout_ms,
         drain_timeout_ms = args.drain_timeout_ms,
+        run_dir = %args.run_dir.display(),
         mesh = ?args.mesh,
         "starting"
     );
     let readiness = Readiness::new();
+    let serving = readiness.block("listeners");
+    let capture_installed = readiness.block("capture");
     let state_loaded = readiness.block("state");
-    let store = StateStore::new(Snapshot::default());
-    let _watch = start_state(&args, &store).await?;
-    drop(state_loaded);
-
     let flags = &args.capture;
     let rules = flags.rule_config();
     let families = flags.families();
@@ -63,48 +78,64 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
         rules.skip_mark.value,
         Duration::from_millis(args.connect_timeout_ms),
     );
-    let any = listen_ip(&families);
-    let outbound_listener = factory
-        .listen(SocketAddr::new(any, rules.ports.outbound))
-        .context("binding the outbound listener")?;
-    let inbound_listener = factory
-        .listen(SocketAddr::new(any, rules.ports.inbound_plain))
-        .context("binding the inbound plaintext listener")?;
-    // Not ready until the rules steer the pods' traffic through the agent.
-    let capture_installed = readiness.block("capture");
-    let shutdown = CancellationToken::new();
     let (drain_trigger, drain_watch) = drain::channel();
-    let mesh = mesh::start(
-        &args,
-        rules.ports.hbone,
-        &store,
-        factory,
-        any,
-        &readiness,
-        &drain_watch,
-        &shutdown,
-        logs,
+    let predecessor = Predecessor::find(&args.run_dir, &Role::ALL);
+    let listeners = match &predecessor {
+        Some(_) => {
+            tracing::info!(
+                run_dir = %args.run_dir.display(),
+                "an agent serves this node; taking over once ready"
+            );
+            None
+        }
+        None => {
+            let listeners = bind_listeners(&args, &rules, &factory)?;
+            // Probes learn why the agent is not ready yet.
+            tokio::spawn(crate::admin::serve_readiness(
+                listeners.duplicate(Role::Readiness)?,
+                readiness.clone(),
+                drain_watch.clone(),
+            ));
+            Some(listeners)
+        }
+    };
+
+    let store = StateStore::new(Snapshot::default());
+    let _watch = start_state(&args, &store).await?;
+    drop(state_loaded);
+    let shutdown = CancellationToken::new();
+    let lifetime = CancellationToken::new();
+    let _end_of_life = lifetime.clone().drop_guard();
+    let mut mesh = mesh::start(
+        &args, &store, factory, &readiness, &shutdown, &lifetime, logs,
     )
     .await?;
+
+    let mut listeners = match (listeners, predecessor) {
+        (Some(listeners), _) => listeners,
+        (None, Some(predecessor)) => {
+            take_over(
+                predecessor,
+                &args,
+                &rules,
+                &factory,
+                &readiness,
+                &drain_watch,
+            )
+            .await?
+        }
+        (None, None) => anyhow::bail!("no listeners: neither bound nor handed over"),
+    };
+    let handover_copy = listeners
+        .try_clone()
+        .context("duplicating the listeners for the next agent")?;
+    mesh::serve(&mut mesh, &mut listeners, &args.run_dir, &drain_watch)?;
+    let outbound_listener = listeners.take(Role::Outbound)?;
+    let inbound_listener = listeners.take(Role::InboundPlain)?;
+    // What is left is the readiness socket, served by its duplicate.
+    drop(listeners);
     // Only the servers hold watchers: the drain completes when they are done.
     drop(drain_watch);
-
-    let capture = Arc::new(capture_for(flags)?);
-    let pods = capture::captured_ips(&store.current(), &args.node, &families);
-    let installed = {
-        let (capture, pods) = (capture.clone(), pods.clone());
-        tokio::task::spawn_blocking(move || capture.install(&pods)).await?
-    }
-    .context("installing capture rules")?;
-    drop(capture_installed);
-    tracing::info!(
-        backend = %capture.backend(),
-        pods = ?pods,
-        repaired_base = installed.base_written,
-        outbound = %rules.ports.outbound,
-        inbound_plain = %rules.ports.inbound_plain,
-        "capture installed"
-    );
 
     let drain = Duration::from_millis(args.drain_timeout_ms);
     let parts = &mesh.mesh;
@@ -124,6 +155,24 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(outbound.serve(outbound_listener, shutdown.clone(), drain));
     servers.spawn(inbound.serve(inbound_listener, shutdown.clone(), drain));
+    drop(serving);
+
+    let capture = Arc::new(capture_for(flags)?);
+    let pods = capture::captured_ips(&store.current(), &args.node, &families);
+    let installed = {
+        let (capture, pods) = (capture.clone(), pods.clone());
+        tokio::task::spawn_blocking(move || capture.install(&pods)).await?
+    }
+    .context("installing capture rules")?;
+    drop(capture_installed);
+    tracing::info!(
+        backend = %capture.backend(),
+        pods = ?pods,
+        repaired_base = installed.base_written,
+        outbound = %rules.ports.outbound,
+        inbound_plain = %rules.ports.inbound_plain,
+        "capture installed"
+    );
     let follower = tokio::spawn(capture::follow_state(
         capture.clone(),
         store.subscribe(),
@@ -131,6 +180,14 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
         families,
         pods,
         shutdown.clone(),
+    ));
+    let handed_over = CancellationToken::new();
+    let stop_handover = CancellationToken::new();
+    let handover_server = tokio::spawn(handover::serve(
+        args.run_dir.clone(),
+        handover_copy,
+        handed_over.clone(),
+        stop_handover.clone(),
     ));
     {
         let readiness = readiness.clone();
@@ -140,24 +197,52 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
         });
     }
 
-    let reason = tokio::select! {
-        reason = wait_for_termination() => reason,
-        () = mesh.quit.notified() => "quitquitquit",
+    let mut stop = tokio::select! {
+        reason = wait_for_termination() => Stop::Terminated(reason),
+        () = mesh.quit.notified() => Stop::Terminated("quitquitquit"),
+        () = handed_over.cancelled() => Stop::HandedOver,
     };
-    tracing::info!(reason, "shutting down");
+    let successor_wait = Duration::from_millis(args.successor_wait_ms);
+    if stop != Stop::HandedOver && !successor_wait.is_zero() {
+        tracing::info!(
+            ?stop,
+            wait_ms = args.successor_wait_ms,
+            "serving until a successor takes over"
+        );
+        if tokio::time::timeout(successor_wait, handed_over.cancelled())
+            .await
+            .is_ok()
+        {
+            stop = Stop::HandedOver;
+        }
+    }
+    tracing::info!(?stop, "no longer serving");
+    stop_handover.cancel();
+    match handover_server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "handover socket"),
+        Err(error) => tracing::warn!(%error, "handover task"),
+    }
     shutdown.cancel();
     let _ = follower.await;
-    // No new captures from here on; established ones keep their return path.
-    let stop_capturing = {
-        let capture = capture.clone();
-        tokio::task::spawn_blocking(move || capture.reconcile(&BTreeSet::new())).await?
-    };
-    if let Err(error) = stop_capturing {
-        tracing::warn!(%error, "removing pod rules before drain");
+    if let Stop::Terminated(_) = stop {
+        // Nobody takes over: captured connections are refused from now on.
+        let closed = {
+            let capture = capture.clone();
+            tokio::task::spawn_blocking(move || capture.close()).await?
+        };
+        match closed {
+            Ok(_) => tracing::info!(
+                "capture closed: new connections of enrolled pods are refused until an agent serves"
+            ),
+            Err(error) => {
+                tracing::error!(%error, "closing the capture; new connections may hang until an agent serves")
+            }
+        }
     }
     // Phase one: the proxies stop accepting and give open connections the
     // drain timeout (`serve`), HBONE sends GOAWAY, the HTTP servers finish
-    // their requests; phase two cuts whatever is left.
+    // their requests; phase two resets whatever is left.
     let drained = tokio::spawn(drain_trigger.drain(drain, Duration::from_secs(1)));
     while servers.join_next().await.is_some() {}
     let mut tasks = mesh.tasks;
@@ -173,18 +258,84 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
     if finished.is_err() {
         tracing::info!(
             open = tracker.len(),
-            "drain timeout passed; cutting the rest"
+            "drain timeout passed; resetting the rest"
         );
         tasks.shutdown().await;
     }
     if let Ok(outcome) = drained.await {
         tracing::info!(?outcome, open = mesh.metrics.open_connections(), "drained");
     }
-    tokio::task::spawn_blocking(move || capture.uninstall())
-        .await?
-        .context("removing capture rules")?;
-    tracing::info!("capture removed; stopped");
+    tracing::info!("stopped; capture rules left in place");
     Ok(())
+}
+
+/// Waits until this agent is ready but for its listeners, then takes them
+/// from `predecessor`. If the predecessor went away meanwhile, binds them.
+async fn take_over(
+    predecessor: Predecessor,
+    args: &RunArgs,
+    rules: &RuleConfig,
+    factory: &SocketFactory,
+    readiness: &Readiness,
+    drain: &DrainWatcher,
+) -> anyhow::Result<Listeners> {
+    let wait = Duration::from_millis(args.handover_timeout_ms);
+    tokio::time::timeout(wait, readiness.ready_except(&["listeners", "capture"]))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "not ready within {wait:?} (waiting for {:?}); the running agent keeps serving",
+                readiness.pending()
+            )
+        })?;
+    let listeners = match predecessor.take().await {
+        Ok(listeners) => {
+            tracing::info!(roles = ?listeners.roles().collect::<Vec<_>>(), "took over the listeners");
+            listeners
+        }
+        Err(error) => {
+            tracing::warn!(%error, "handover failed; binding the listeners");
+            bind_listeners(args, rules, factory)?
+        }
+    };
+    tokio::spawn(crate::admin::serve_readiness(
+        listeners.duplicate(Role::Readiness)?,
+        readiness.clone(),
+        drain.clone(),
+    ));
+    Ok(listeners)
+}
+
+/// Binds every listener of the agent.
+fn bind_listeners(
+    args: &RunArgs,
+    rules: &RuleConfig,
+    factory: &SocketFactory,
+) -> anyhow::Result<Listeners> {
+    let any = listen_ip(&args.capture.families());
+    let mut out = Listeners::default();
+    for (role, port) in [
+        (Role::Outbound, rules.ports.outbound),
+        (Role::InboundPlain, rules.ports.inbound_plain),
+        (Role::Hbone, rules.ports.hbone),
+    ] {
+        let addr = SocketAddr::new(any, port);
+        let listener = factory
+            .listen_std(addr)
+            .with_context(|| format!("binding the {role} listener on {addr}"))?;
+        out.insert(role, listener);
+    }
+    let flags = &args.mesh;
+    for (role, addr) in [
+        (Role::Metrics, flags.metrics_addr),
+        (Role::Readiness, flags.readiness_addr),
+        (Role::Admin, flags.admin_addr),
+    ] {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("binding the {role} listener on {addr}"))?;
+        out.insert(role, listener);
+    }
+    Ok(out)
 }
 
 /// Keeps the state source running while held.
@@ -284,6 +435,7 @@ impl CaptureFlags {
             },
             tproxy_mark: self.tproxy_mark,
             skip_mark: self.skip_mark,
+            capture_connmark: self.capture_connmark,
             route_table: self.route_table,
             rule_priority: self.rule_priority,
         }

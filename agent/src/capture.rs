@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use apply::{Applied, ApplyError, Backend, BackendChoice, Capture, FamilyStatus};
-pub use rules::{CapturePorts, Family, Mark, RuleConfig};
+pub use rules::{CapturePorts, Family, Mark, Mode, RuleConfig};
 
 use crate::state::Snapshot;
 

@@ -125,7 +125,9 @@ pub struct MeshFlags {
     #[arg(long, env = "AMBIT_READINESS_ADDR", default_value = "0.0.0.0:15021")]
     pub readiness_addr: SocketAddr,
 
-    /// Address of the admin server (`/config_dump`, `/logging`, status page).
+    /// Address of the admin server (`/config_dump`, status page, reading
+    /// `/logging`). Changing the log level and `/quitquitquit` are only
+    /// served on the control socket in `--run-dir`.
     #[arg(long, env = "AMBIT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
 }
@@ -166,10 +168,32 @@ pub struct RunArgs {
     #[arg(long, env = "AMBIT_WORKER_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_threads: u16,
 
-    /// On shutdown, how long open connections get to finish before they
-    /// are closed.
-    #[arg(long, env = "AMBIT_DRAIN_TIMEOUT_MS", default_value_t = 5_000)]
+    /// Once the agent stops serving (handed over to a new agent, or
+    /// SIGTERM), how long the connections it still carries get to finish;
+    /// what is left then is reset. Long by default, so an upgrade cuts
+    /// nothing: the Kubernetes grace period must match it.
+    #[arg(long, env = "AMBIT_DRAIN_TIMEOUT_MS", default_value_t = 4 * 3600 * 1000)]
     pub drain_timeout_ms: u64,
+
+    /// Directory shared by the agents of this node (a hostPath in
+    /// Kubernetes): a starting agent takes the listening sockets of the
+    /// running one over `handover.sock` there. Also holds `control.sock`,
+    /// the admin endpoints that change the agent (`/logging` changes,
+    /// `/quitquitquit`), reachable only with access to the directory.
+    #[arg(long, env = "AMBIT_RUN_DIR", default_value = "/var/run/ambit")]
+    pub run_dir: PathBuf,
+
+    /// On SIGTERM, keep serving this long for a successor to take over
+    /// before closing the capture. In Kubernetes a surge pod's readiness is
+    /// answered by the old agent (both share the node's port), so the old
+    /// pod may be told to stop before its successor asked; 0 closes at once.
+    #[arg(long, env = "AMBIT_SUCCESSOR_WAIT_MS", default_value_t = 0)]
+    pub successor_wait_ms: u64,
+
+    /// A new agent waits this long for the running one to hand over before
+    /// it gives up and exits (the old one keeps serving).
+    #[arg(long, env = "AMBIT_HANDOVER_TIMEOUT_MS", default_value_t = 30_000)]
+    pub handover_timeout_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,6 +282,12 @@ pub struct CaptureFlags {
     /// rules let such packets pass, so the agent never captures itself.
     #[arg(long, env = "AMBIT_SKIP_MARK", default_value = "0x539/0xfff")]
     pub skip_mark: Mark,
+
+    /// Connmark (`VALUE/MASK`) set on every captured connection; a guard in
+    /// the filter table resets such connections if they are ever about to
+    /// be forwarded instead of reaching the agent (no agent serving).
+    #[arg(long, env = "AMBIT_CAPTURE_CONNMARK", default_value = "0x111/0xfff")]
+    pub capture_connmark: Mark,
 
     /// Routing table holding the local route for TPROXYed packets.
     #[arg(long, env = "AMBIT_ROUTE_TABLE", default_value_t = 133)]

@@ -12,6 +12,7 @@
 //! - `metrics`: Istio's TCP metrics and Ambit's own; the per-connection record.
 //! - `admin`: the metrics (15020), readiness (15021) and admin (15000) servers.
 //! - `readiness`, `drain`: start-up gating and two-phase shutdown.
+//! - `handover`: passing the listening sockets to the agent that replaces this one.
 //! - `telemetry`: the tracing subscriber and its runtime-reloadable filter.
 //! - `capture`: the iptables TPROXY rules steering enrolled pods' traffic here.
 //! - `file_events`: wake-ups when a watched input file (state, trust bundle) changes.
@@ -26,6 +27,7 @@ pub mod capture;
 pub mod cli;
 pub mod drain;
 pub mod file_events;
+pub mod handover;
 pub mod hbone;
 pub mod identity;
 pub mod mesh;

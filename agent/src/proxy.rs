@@ -158,25 +158,41 @@ pub trait ConnectionObserver: Send + Sync + 'static {
     fn connection_closed(&self, record: &ConnectionRecord);
 }
 
+/// Completes when either token is cancelled: a connection stops for a
+/// policy change or for the drain deadline, whichever comes first.
+pub async fn either_cancelled(a: CancellationToken, b: CancellationToken) {
+    tokio::select! {
+        () = a.cancelled() => {}
+        () = b.cancelled() => {}
+    }
+}
+
+/// How long handlers get to reset their sockets once told to, before their
+/// tasks are aborted.
+const CUT_GRACE: Duration = Duration::from_secs(1);
+
 /// Accepts on `listener` and runs `handle` for each connection until
 /// `shutdown`; then stops accepting, gives open connections `drain` to
-/// finish, and aborts the rest.
+/// finish, and cuts the rest. `handle` gets the cut token with each
+/// connection and must reset both ends when it fires, so an application
+/// never takes a cut connection for a complete one.
 pub async fn serve<H, F>(
     listener: TcpListener,
     shutdown: CancellationToken,
     drain: Duration,
     handle: H,
 ) where
-    H: Fn(TcpStream, SocketAddr) -> F,
+    H: Fn(TcpStream, SocketAddr, CancellationToken) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     let mut connections = JoinSet::new();
+    let cut = CancellationToken::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(handle(stream, peer));
+                    connections.spawn(handle(stream, peer, cut.clone()));
                 }
                 Err(error) => {
                     // Out of descriptors or memory: back off instead of spinning.
@@ -196,7 +212,12 @@ pub async fn serve<H, F>(
         })
         .await;
         if drained.is_err() {
-            tracing::info!(aborted = connections.len(), "drain deadline passed");
+            tracing::info!(cut = connections.len(), "drain deadline passed; resetting");
+            cut.cancel();
+            let _ = tokio::time::timeout(CUT_GRACE, async {
+                while connections.join_next().await.is_some() {}
+            })
+            .await;
         }
     }
     connections.shutdown().await;
@@ -208,7 +229,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     #[tokio::test]
-    async fn shutdown_stops_accepting_and_drain_deadline_aborts_stragglers() {
+    async fn shutdown_stops_accepting_and_drain_deadline_resets_stragglers() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -216,10 +237,10 @@ mod tests {
             listener,
             shutdown.clone(),
             Duration::from_millis(200),
-            |stream, _| async move {
-                // Holds the connection open until aborted.
-                let _stream = stream;
-                std::future::pending::<()>().await;
+            |stream, _, cut: CancellationToken| async move {
+                // Holds the connection open until cut, then resets it.
+                cut.cancelled().await;
+                crate::socket::reset(stream);
             },
         ));
         let mut held = TcpStream::connect(addr).await.unwrap();
@@ -229,9 +250,10 @@ mod tests {
             .await
             .expect("serve returns after the drain deadline")
             .unwrap();
-        // The aborted handler dropped its stream: the client sees EOF.
+        // A cut connection is a reset, never an EOF that looks complete.
         let mut buf = [0u8; 1];
-        assert_eq!(held.read(&mut buf).await.unwrap(), 0);
+        let error = held.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
         assert!(TcpStream::connect(addr).await.is_err());
     }
 }

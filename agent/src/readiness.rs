@@ -52,6 +52,14 @@ impl Readiness {
         self.pending.borrow().keys().cloned().collect()
     }
 
+    /// Resolves once every blocker other than those named in `except` is gone.
+    pub async fn ready_except(&self, except: &[&str]) {
+        let mut rx = self.pending.subscribe();
+        let _ = rx
+            .wait_for(|p| p.keys().all(|k| except.contains(&k.as_str())))
+            .await;
+    }
+
     /// Resolves once every blocker is gone.
     pub async fn ready(&self) {
         let mut rx = self.pending.subscribe();

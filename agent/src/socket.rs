@@ -83,6 +83,12 @@ impl SocketFactory {
 
     /// A listener on `addr`; transparent when the factory is.
     pub fn listen(&self, addr: SocketAddr) -> io::Result<TcpListener> {
+        TcpListener::from_std(self.listen_std(addr)?)
+    }
+
+    /// As [`Self::listen`], without registering with tokio: for listeners
+    /// bound before they are served (and handed to the next agent).
+    pub fn listen_std(&self, addr: SocketAddr) -> io::Result<std::net::TcpListener> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
         self.apply_common(&socket)?;
@@ -92,7 +98,7 @@ impl SocketFactory {
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         socket.listen(1024)?;
-        TcpListener::from_std(socket.into())
+        Ok(socket.into())
     }
 
     /// Dials `dst`. With `source` and a transparent factory, binds that

@@ -143,6 +143,9 @@ impl AuthzCheck {
 pub struct Mesh {
     // Field order is drop order: processes before the namespaces they run in.
     agents: Vec<Process>,
+    /// Agents that stopped serving (handed over or terminated) and may still
+    /// carry connections.
+    retired: Vec<Process>,
     ca: Process,
     ca_netns: Netns,
     pods: Vec<MeshPod>,
@@ -300,6 +303,94 @@ impl Mesh {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// Upgrades node `index`'s agent as a rolling update would: starts a
+    /// second agent, which takes the listeners over once it is ready; the
+    /// old one keeps what it carries. Returns once the new one serves.
+    pub fn upgrade_agent(&mut self, index: usize) -> Result<Duration, MeshError> {
+        self.upgrade_agent_with(index, &[])
+    }
+
+    /// As [`Self::upgrade_agent`], the new agent with `extra` arguments.
+    pub fn upgrade_agent_with(
+        &mut self,
+        index: usize,
+        extra: &[&str],
+    ) -> Result<Duration, MeshError> {
+        let started = Instant::now();
+        self.spawn_agent(index, extra)?;
+        self.wait_log(index, "took over the listeners")?;
+        Ok(started.elapsed())
+    }
+
+    /// Sends `signal` to node `index`'s agent and keeps the process (it
+    /// may drain for a long time); a later [`Self::start_agent`] replaces it.
+    pub fn signal_agent(&mut self, index: usize, signal: nix::sys::signal::Signal) {
+        self.agents[index].signal(signal);
+    }
+
+    /// Starts a new agent on node `index` (after a crash or a stop) and
+    /// waits until it is ready; the previous process is kept as retired.
+    pub fn start_agent(&mut self, index: usize) -> Result<Duration, MeshError> {
+        let started = Instant::now();
+        self.spawn_agent(index, &[])?;
+        self.wait_ready(index)?;
+        Ok(started.elapsed())
+    }
+
+    /// As [`Self::start_agent`] without waiting for anything.
+    pub fn start_agent_nowait(&mut self, index: usize) -> Result<(), MeshError> {
+        self.spawn_agent(index, &[])
+    }
+
+    fn spawn_agent(&mut self, index: usize, extra: &[&str]) -> Result<(), MeshError> {
+        let node = self.cluster.node(index).clone();
+        let mut cmd = control::agent_command(&node, &self.dir)?;
+        cmd.args(extra);
+        let next = node.netns.spawn(&cmd)?;
+        let old = std::mem::replace(&mut self.agents[index], next);
+        self.retired.push(old);
+        Ok(())
+    }
+
+    /// The processes that stopped serving, oldest first.
+    pub fn retired_agents(&mut self) -> &mut [Process] {
+        &mut self.retired
+    }
+
+    /// Waits until node `index`'s current agent logged `message`.
+    pub fn wait_log(&mut self, index: usize, message: &str) -> Result<(), MeshError> {
+        // A prefix of the message is enough.
+        let needle = format!("\"message\":\"{message}");
+        let start = Instant::now();
+        let agent = &mut self.agents[index];
+        loop {
+            if agent.log().contains(&needle) {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = agent.try_wait() {
+                return Err(MeshError::Exited {
+                    label: agent.label().to_owned(),
+                    status,
+                    log: tail(&agent.log(), 40),
+                });
+            }
+            if start.elapsed() > RELOAD_TIMEOUT {
+                return Err(MeshError::Timeout {
+                    what: format!("no {message:?}"),
+                    label: agent.label().to_owned(),
+                    waited: start.elapsed(),
+                    log: tail(&agent.log(), 40),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Node `index`'s run directory (handover and control sockets).
+    pub fn run_dir(&self, index: usize) -> PathBuf {
+        control::run_dir(&self.dir, index)
     }
 
     /// Starts tcpdump on the fabric bridge.

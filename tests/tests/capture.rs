@@ -136,6 +136,12 @@ fn agent_command(node: &ambit_tests::Node, state: &Path, extra: &[&str]) -> Comm
         .arg("--token-file")
         .arg(creds.join("token"))
         .args(["--ca-address", "127.0.0.1:1"])
+        .arg("--run-dir")
+        .arg(
+            std::env::temp_dir()
+                .join("ambit-tests")
+                .join(format!("{}-run", node.netns.name())),
+        )
         .args(extra);
     cmd
 }
@@ -404,6 +410,64 @@ fn labelling_and_unlabelling_the_namespace_starts_and_stops_capture_live() {
     );
 }
 
+/// Sends a few messages on `stream` and checks each comes back whole.
+fn converse(stream: &mut TcpStream, what: &str) {
+    for n in 0..5u8 {
+        let message = [n.wrapping_mul(7); 100];
+        stream
+            .write_all(&message)
+            .unwrap_or_else(|e| panic!("{what}: write {n}: {e}"));
+        let mut back = [0u8; 100];
+        stream
+            .read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("{what}: read {n}: {e}"));
+        assert_eq!(back, message, "{what}: message {n}");
+    }
+}
+
+#[test]
+fn enrolling_and_unenrolling_spare_the_connections_already_open() {
+    if !require_e2e() {
+        return;
+    }
+    let pods = |c: &Cluster, enrolled| {
+        state_yaml(
+            enrolled,
+            &[
+                pod_state(c.pod(0, 0), "mesh"),
+                pod_state(c.pod(1, 0), "plain"),
+            ],
+        )
+    };
+    let s = setup(|c| pods(c, false));
+    let (client, server) = (s.cluster.pod(0, 0), s.cluster.pod(1, 0));
+    let agent = start_agent(&s.cluster, 0, &s.state, &[]);
+    let echo = Server::start(&server.netns, addr(server, 9002), ServerKind::Echo).unwrap();
+    let chain = pod_chain(client);
+
+    // Opened before enrolment: direct, and it stays direct.
+    let mut early = connect(client, echo.local_addr());
+    converse(&mut early, "before enrolment");
+    write_state(&s.state, &pods(&s.cluster, true));
+    wait_rules(&agent.node, "pod chain added", |t| t.contains(&chain));
+    converse(&mut early, "opened before enrolment, after it");
+
+    // Opened while enrolled: captured, and it stays with the agent.
+    let mut captured = connect(client, echo.local_addr());
+    converse(&mut captured, "captured");
+    write_state(&s.state, &pods(&s.cluster, false));
+    wait_rules(&agent.node, "pod chain removed", |t| !t.contains(&chain));
+    converse(&mut captured, "captured, after unenrolment");
+    converse(&mut early, "opened before enrolment, after unenrolment");
+
+    drop((early, captured));
+    // Only the connection opened while enrolled went through the agent.
+    let lines = agent.wait_access(client, 1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(agent.access_lines(client).len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["status"], "closed", "{lines:?}");
+}
+
 /// What a client observes in each edge case, comparable with and without
 /// the agent.
 #[derive(Debug, PartialEq, Eq)]
@@ -533,7 +597,7 @@ fn half_close_reset_and_refused_behave_as_without_the_agent() {
 
 fn no_ambit_left(node: &ambit_tests::Node) {
     for save in ["iptables-nft-save", "iptables-legacy-save"] {
-        let text = mangle(node, save);
+        let text = node.netns.exec(save, Vec::<&str>::new()).unwrap();
         assert!(!text.contains("AMBIT"), "{save}:\n{text}");
     }
     let rules = ip_rules(node);
@@ -541,7 +605,7 @@ fn no_ambit_left(node: &ambit_tests::Node) {
 }
 
 #[test]
-fn uninstall_and_shutdown_leave_no_rule_and_traffic_flows() {
+fn uninstall_removes_every_rule_and_sigterm_leaves_the_capture_closed() {
     if !require_e2e() {
         return;
     }
@@ -581,20 +645,47 @@ fn uninstall_and_shutdown_leave_no_rule_and_traffic_flows() {
     let status: serde_json::Value = serde_json::from_str(&by_hand("status")).unwrap();
     assert_eq!(status[0]["pods"][0], client.ip.to_string(), "{status}");
     assert_eq!(status[0]["policy_rules"], 1, "{status}");
+    assert_eq!(status[0]["guard"], true, "{status}");
     by_hand("uninstall");
     no_ambit_left(node);
     assert!(mangle(node, "iptables-save").contains("-i eth9 -j ACCEPT"));
+    // Without rules nothing is captured: the enrolled pod talks directly.
     assert_sees_client(&peer, client);
 
-    // The agent: rules while it runs, none after SIGTERM, traffic as before.
+    // The agent: on SIGTERM the pod's rules stay and the capture closes, so
+    // the pod's connections are refused at once instead of going out
+    // uncaptured.
     let agent = start_agent(&s.cluster, 0, &s.state, &[]);
     assert_sees_client(&peer, client);
     assert_eq!(agent.wait_access(client, 1).len(), 1);
+    let served_before = peer.served().len();
     let status = agent.process.stop(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "{status}");
-    no_ambit_left(node);
+    let status: serde_json::Value = serde_json::from_str(&by_hand("status")).unwrap();
+    assert_eq!(status[0]["mode"], "closed", "{status}");
+    assert_eq!(status[0]["pods"][0], client.ip.to_string(), "{status}");
+    for _ in 0..20 {
+        let started = Instant::now();
+        let result = client.netns.connect(peer.local_addr()).unwrap();
+        let error = result.expect_err("connected with no agent serving");
+        assert_eq!(error.kind(), ErrorKind::ConnectionRefused, "{error}");
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        peer.served().len(),
+        served_before,
+        "a connection got through"
+    );
     assert!(mangle(node, "iptables-save").contains("-i eth9 -j ACCEPT"));
+    // A new agent serves again.
+    let _agent = start_agent(&s.cluster, 0, &s.state, &[]);
     assert_sees_client(&peer, client);
+    by_hand("uninstall");
+    no_ambit_left(node);
 }
 
 #[test]
@@ -661,7 +752,23 @@ fn legacy_backend_captures_as_well() {
     assert_eq!(agent.wait_access(client, 1).len(), 1);
     let status = agent.process.stop(Duration::from_secs(10)).unwrap();
     assert!(status.success());
-    no_ambit_left(s.cluster.node(0));
+    // Stopped, the agent left its rules, closed, in the legacy tables only.
+    let node = s.cluster.node(0);
+    assert!(mangle(node, "iptables-legacy-save").contains(&pod_chain(client)));
+    assert!(!mangle(node, "iptables-nft-save").contains("AMBIT"));
+    let filter = node
+        .netns
+        .exec("iptables-nft-save", ["-t", "filter"])
+        .unwrap();
+    assert!(!filter.contains("AMBIT"), "{filter}");
+    let agent_bin = bin_path("ambit-agent").unwrap();
+    node.netns
+        .exec(
+            &agent_bin,
+            ["capture", "uninstall", "--iptables-backend", "legacy"],
+        )
+        .unwrap();
+    no_ambit_left(node);
 }
 
 #[test]
@@ -695,4 +802,70 @@ fn inbound_plaintext_to_an_enrolled_pod_is_captured_and_sees_the_real_client() {
         lines.iter().all(|l| l["dst.workload"] == "mesh/n0-pod0"),
         "{lines:?}"
     );
+}
+
+/// `Tcp: RetransSegs` of the namespace the command runs in.
+fn retransmitted_segments(netns: &ambit_tests::netns::Netns) -> u64 {
+    let snmp = netns.exec("cat", ["/proc/net/snmp"]).unwrap();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let column = names
+        .split_whitespace()
+        .position(|n| n == "RetransSegs")
+        .unwrap();
+    values.split_whitespace().nth(column).unwrap().parse().unwrap()
+}
+
+/// Regression: a SYN reusing the 4-tuple of one of the agent's TIME_WAIT
+/// sockets used to be delivered to that socket, which answered with a bare
+/// ACK; the client reset and retransmitted its SYN. With few source ports
+/// and a server that closes first, every port comes round again while the
+/// agent's side of its last connection is in TIME_WAIT.
+#[test]
+fn a_syn_reusing_a_time_wait_tuple_is_captured_without_retransmission() {
+    if !require_e2e() {
+        return;
+    }
+    let s = enrolled_client_plain_server();
+    let (client, server) = (s.cluster.pod(0, 0), s.cluster.pod(1, 0));
+    const PORTS: u32 = 200;
+    const CONNECTIONS: u32 = 4 * PORTS;
+    client
+        .netns
+        .set_sysctl(
+            "net.ipv4.ip_local_port_range",
+            &format!("40000 {}", 40000 + PORTS - 1),
+        )
+        .unwrap();
+    let agent = start_agent(&s.cluster, 0, &s.state, &[]);
+    // The peer server answers one line and closes first.
+    let peer = Server::start(&server.netns, addr(server, 9003), ServerKind::Peer).unwrap();
+    let before = retransmitted_segments(&client.netns);
+    let started = Instant::now();
+    let slowest = client
+        .netns
+        .run(|| {
+            let mut slowest = Duration::ZERO;
+            for n in 0..CONNECTIONS {
+                let one = Instant::now();
+                let mut stream = TcpStream::connect(peer.local_addr())
+                    .unwrap_or_else(|e| panic!("connection {n}: {e}"));
+                let mut line = String::new();
+                stream.read_to_string(&mut line).unwrap();
+                assert!(line.starts_with(&client.ip.to_string()), "{line:?}");
+                slowest = slowest.max(one.elapsed());
+            }
+            slowest
+        })
+        .unwrap();
+    let elapsed = started.elapsed();
+    let retransmitted = retransmitted_segments(&client.netns) - before;
+    assert_eq!(retransmitted, 0, "{retransmitted} segments retransmitted");
+    // A retransmitted SYN costs a second; none may have waited that long.
+    assert!(slowest < Duration::from_millis(500), "slowest {slowest:?}");
+    eprintln!(
+        "{CONNECTIONS} connections over {PORTS} source ports in {elapsed:?} ({:.0}/s)",
+        f64::from(CONNECTIONS) / elapsed.as_secs_f64()
+    );
+    assert!(agent.wait_access(client, CONNECTIONS as usize).len() >= CONNECTIONS as usize);
 }

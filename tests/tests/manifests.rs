@@ -370,10 +370,9 @@ fn agent_daemonset_runs_on_every_node_with_host_network_and_two_capabilities() {
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
 
-    assert_eq!(
-        container_ports(&c),
-        BTreeSet::from([15001, 15006, 15008, 15020, 15021])
-    );
+    // Host networking makes container ports host ports, which would keep
+    // the surge pod of a rolling update off the node.
+    assert_eq!(container_ports(&c), BTreeSet::new());
     let ready = c.readiness_probe.unwrap().http_get.unwrap();
     assert_eq!(ready.path.as_deref(), Some("/healthz/ready"));
     assert_eq!(ready.port, IntOrString::Int(15021));
@@ -397,6 +396,35 @@ fn agent_daemonset_runs_on_every_node_with_host_network_and_two_capabilities() {
 }
 
 #[test]
+fn agent_rolls_with_a_surge_pod_sharing_the_handover_directory() {
+    let ds = daemonset();
+    let strategy = ds.spec.clone().unwrap().update_strategy.unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    let rolling = strategy.rolling_update.unwrap();
+    assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+    let spec = pod_spec_ds(&ds);
+    let c = only_container(&spec);
+    let run_dir = env_value(&c, "AMBIT_RUN_DIR");
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == run_dir)
+        .unwrap_or_else(|| panic!("nothing mounted at {run_dir}"));
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    // A hostPath: the old and the new pod of a node see the same sockets.
+    assert!(volume.host_path.is_some(), "{volume:?}");
+    let wait: i64 = env_value(&c, "AMBIT_SUCCESSOR_WAIT_MS").parse().unwrap();
+    assert!(wait > 0);
+}
+
+#[test]
 fn agent_drains_within_its_grace_period() {
     let ds = daemonset();
     let spec = pod_spec_ds(&ds);
@@ -408,6 +436,8 @@ fn agent_drains_within_its_grace_period() {
         0 < drain_ms && drain_ms < grace_ms,
         "drain {drain_ms} ms, grace {grace_ms} ms"
     );
+    // Long-lived connections outlive an upgrade: hours, not seconds.
+    assert!(drain_ms >= 3600 * 1000, "drain {drain_ms} ms");
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! The HTTP/1 accept loop shared by the three admin listeners.
+//! The HTTP/1 accept loop shared by the admin listeners: the three TCP
+//! ports and the control socket.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 
 use crate::drain::DrainWatcher;
 
@@ -23,16 +25,57 @@ pub(super) type Handler = Arc<dyn Fn(&Parts) -> Response<Body> + Send + Sync>;
 /// A client that has not sent its request head by then is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A listener the admin servers accept on.
+pub(super) trait Listener: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    fn accept(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Stream, String)>> + Send;
+
+    /// Where it listens, for the log.
+    fn describe(&self) -> String;
+}
+
+impl Listener for TcpListener {
+    type Stream = tokio::net::TcpStream;
+
+    async fn accept(&self) -> std::io::Result<(Self::Stream, String)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
+        Ok((stream, peer.to_string()))
+    }
+
+    fn describe(&self) -> String {
+        self.local_addr().map(|a| a.to_string()).unwrap_or_default()
+    }
+}
+
+impl Listener for UnixListener {
+    type Stream = tokio::net::UnixStream;
+
+    async fn accept(&self) -> std::io::Result<(Self::Stream, String)> {
+        let (stream, _) = UnixListener::accept(self).await?;
+        Ok((stream, "unix".to_owned()))
+    }
+
+    fn describe(&self) -> String {
+        self.local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+            .unwrap_or_default()
+    }
+}
+
 /// Serves `handler` on `listener` until the drain starts; open connections then
 /// finish their current request (and are cut at the forced phase).
-pub(super) async fn serve(
+pub(super) async fn serve<L: Listener>(
     name: &'static str,
-    listener: TcpListener,
+    listener: L,
     mut drain: DrainWatcher,
     handler: Handler,
 ) {
-    let addr = listener.local_addr().ok();
-    tracing::info!(server = name, ?addr, "admin listener serving");
+    let addr = listener.describe();
+    tracing::info!(server = name, %addr, "admin listener serving");
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -50,7 +93,9 @@ pub(super) async fn serve(
         let handler = handler.clone();
         let mut drain = drain.clone();
         tokio::spawn(async move {
+            let request_peer = peer.clone();
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let peer = &request_peer;
                 let (parts, _body) = req.into_parts();
                 let response = handler(&parts);
                 tracing::debug!(

@@ -27,6 +27,19 @@ struct Reply {
 /// One request on a fresh HTTP/1 connection.
 async fn request(addr: SocketAddr, method: Method, path: &str) -> Reply {
     let stream = TcpStream::connect(addr).await.unwrap();
+    request_on(stream, &addr.to_string(), method, path).await
+}
+
+/// One request on a fresh connection to the control socket.
+async fn request_control(socket: &std::path::Path, method: Method, path: &str) -> Reply {
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    request_on(stream, "localhost", method, path).await
+}
+
+async fn request_on<S>(stream: S, host: &str, method: Method, path: &str) -> Reply
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
@@ -34,7 +47,7 @@ async fn request(addr: SocketAddr, method: Method, path: &str) -> Reply {
     let req = Request::builder()
         .method(method)
         .uri(path)
-        .header(header::HOST, addr.to_string())
+        .header(header::HOST, host)
         .body(Empty::<Bytes>::new())
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
@@ -221,11 +234,10 @@ async fn config_dump_is_json_from_the_providers() {
         request(addr, Method::DELETE, "/config_dump").await.status,
         StatusCode::METHOD_NOT_ALLOWED
     );
-    // Not enabled: no quit endpoint, no log reloading.
-    assert_eq!(
-        request(addr, Method::POST, "/quitquitquit").await.status,
-        StatusCode::NOT_FOUND
-    );
+    // Changing the agent is for the control socket only.
+    let reply = request(addr, Method::POST, "/quitquitquit").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(reply.body.contains("control socket"), "{}", reply.body);
     assert_eq!(get(addr, "/logging").await.status, StatusCode::NOT_FOUND);
 
     trigger
@@ -249,7 +261,27 @@ async fn logging_level_change_takes_effect() {
     let state = AdminState::new(Readiness::new())
         .with_logging(logs.clone())
         .with_quit(quit.clone());
-    let (trigger, addr, server) = admin_server(state);
+    let (tcp_trigger, tcp_addr, tcp_server) = admin_server(state.clone());
+    // Over TCP, every host-network pod could reach them: refused.
+    for path in ["/logging?level=debug", "/quitquitquit"] {
+        let reply = request(tcp_addr, Method::POST, path).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{path}");
+    }
+    assert_eq!(get(tcp_addr, "/logging").await.status, StatusCode::OK);
+    assert_eq!(logs.current(), "info");
+    tcp_trigger
+        .drain(Duration::from_secs(5), Duration::from_secs(1))
+        .await;
+    tcp_server.await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let (trigger, watcher) = drain::channel();
+    let server = tokio::spawn(serve_control(listener, state, watcher));
+    let addr = socket.as_path();
+    let get = |addr, path| request_control(addr, Method::GET, path);
+    let request = request_control;
 
     tracing::debug!("probe");
     assert_eq!(debug_lines(), 0);

@@ -1,6 +1,6 @@
 //! The mesh half of `run`: workload identities from the CA, the mesh data
-//! path the proxies plug in, the HBONE listener, and the metrics, readiness
-//! and admin servers with their config dump.
+//! path the proxies plug in, and what the HBONE, metrics and admin servers
+//! serve ([`serve`] starts them once `run` holds their listeners).
 //!
 //! Readiness waits for three things: the state (already loaded when this
 //! starts), a certificate for every local enrolled workload, and the
@@ -8,7 +8,7 @@
 //! serve (no state, no certificate): it fails closed.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -18,7 +18,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use tokio::net::UnixListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,7 @@ use crate::admin::{self, AdminState};
 use crate::authz;
 use crate::cli::RunArgs;
 use crate::drain::DrainWatcher;
+use crate::handover::{Listeners, Role};
 use crate::identity::{IdentityManager, WorkloadCertificate};
 use crate::mesh::{self, CertificateSource, Mesh, MeshConfig};
 use crate::metrics::Metrics;
@@ -41,28 +42,28 @@ pub struct Started {
     /// Forwarder, admission and observer for the 15001 and 15006 proxies.
     pub mesh: Mesh,
     pub metrics: Arc<Metrics>,
-    /// Woken by the admin server's `/quitquitquit`.
+    registry: Arc<Registry>,
+    /// What the admin port and the control socket show.
+    pub admin: AdminState,
+    /// Woken by the control socket's `/quitquitquit`.
     pub quit: Arc<Notify>,
     pub tasks: JoinSet<()>,
 }
 
-/// Starts identities, the mesh data path, 15008 and the HTTP servers.
-#[allow(clippy::too_many_arguments)]
+/// Starts identities and the mesh data path; serves nothing yet. Tasks
+/// that only matter while serving end with `shutdown`, the rest with
+/// `lifetime`.
 pub async fn start(
     args: &RunArgs,
-    hbone_port: u16,
     store: &StateStore,
     factory: SocketFactory,
-    listen_ip: IpAddr,
     readiness: &Readiness,
-    drain: &DrainWatcher,
     shutdown: &CancellationToken,
+    lifetime: &CancellationToken,
     logs: Option<LogHandle>,
 ) -> anyhow::Result<Started> {
-    let flags = &args.mesh;
     let credentials = credentials::start(args).await?;
     let identities = credentials.identities.clone();
-    let listeners = readiness.block("listeners");
     let certificates = readiness.block("certificates");
 
     let mut registry = Registry::default();
@@ -70,7 +71,7 @@ pub async fn start(
     let registry = Arc::new(registry);
     let certs: Arc<dyn CertificateSource> = identities.clone();
     let mut config = MeshConfig::new(args.node.clone(), args.trust_domain.clone());
-    config.hbone_port = hbone_port;
+    config.hbone_port = args.capture.hbone_port;
     let mesh = mesh::build(
         &config,
         store.clone(),
@@ -89,10 +90,13 @@ pub async fn start(
         args.trust_domain.clone(),
         shutdown.clone(),
     ));
-    tasks.spawn(authz::watch::follow(
+    // Connections the agent still carries while it drains stay subject to
+    // policy changes: this follows for the life of the process, not until
+    // the agent stops serving.
+    tokio::spawn(authz::watch::follow(
         mesh.tracker.clone(),
         store.subscribe(),
-        shutdown.clone(),
+        lifetime.clone(),
     ));
     tasks.spawn(export_cert_expiry(
         identities.clone(),
@@ -117,23 +121,6 @@ pub async fn start(
         });
     }
 
-    let hbone_addr = SocketAddr::new(listen_ip, hbone_port);
-    let hbone = factory
-        .listen(hbone_addr)
-        .with_context(|| format!("binding the HBONE listener on {hbone_addr}"))?;
-    tasks.spawn(mesh.hbone.clone().serve(hbone, drain.clone()));
-    let metrics_listener = bind(flags.metrics_addr, "metrics").await?;
-    let readiness_listener = bind(flags.readiness_addr, "readiness").await?;
-    let admin_listener = bind(flags.admin_addr, "admin").await?;
-    tracing::info!(
-        hbone = %hbone_addr,
-        metrics = %flags.metrics_addr,
-        readiness = %flags.readiness_addr,
-        admin = %flags.admin_addr,
-        ca = %flags.ca_address,
-        "mesh listeners bound"
-    );
-
     let quit = Arc::new(Notify::new());
     let mut state = AdminState::new(readiness.clone())
         .with_metrics(metrics.clone())
@@ -142,7 +129,7 @@ pub async fn start(
         state = state.with_logging(logs);
     }
     let state = config_dump(state, args, store, &identities);
-    let state = credentials::config_dump(state, &credentials);
+    let admin = credentials::config_dump(state, &credentials);
     {
         let bundles = credentials.bundle.subscribe();
         let (tls, ca) = (mesh.tls.clone(), Some(credentials.ca.clone()));
@@ -154,30 +141,75 @@ pub async fn start(
             mesh::follow_trust_bundle(bundles, tls, ca, metrics, shutdown).await;
         });
     }
-    tasks.spawn(admin::serve_metrics(
-        metrics_listener,
-        registry,
-        drain.clone(),
-    ));
-    tasks.spawn(admin::serve_readiness(
-        readiness_listener,
-        readiness.clone(),
-        drain.clone(),
-    ));
-    tasks.spawn(admin::serve_admin(admin_listener, state, drain.clone()));
-    drop(listeners);
     Ok(Started {
         mesh,
         metrics,
+        registry,
+        admin,
         quit,
         tasks,
     })
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the {what} listener on {addr}"))
+/// Serves HBONE, metrics and admin on their listeners, and the control
+/// socket in `run_dir`.
+pub fn serve(
+    started: &mut Started,
+    listeners: &mut Listeners,
+    run_dir: &Path,
+    drain: &DrainWatcher,
+) -> anyhow::Result<()> {
+    let hbone = listeners.take(Role::Hbone)?;
+    let metrics = listeners.take(Role::Metrics)?;
+    let admin = listeners.take(Role::Admin)?;
+    let control = bind_control(run_dir)?;
+    tracing::info!(
+        hbone = ?hbone.local_addr().ok(),
+        metrics = ?metrics.local_addr().ok(),
+        admin = ?admin.local_addr().ok(),
+        control = %run_dir.join(CONTROL_SOCKET).display(),
+        "mesh listeners serving"
+    );
+    let tasks = &mut started.tasks;
+    tasks.spawn(started.mesh.hbone.clone().serve(hbone, drain.clone()));
+    tasks.spawn(admin::serve_metrics(
+        metrics,
+        started.registry.clone(),
+        drain.clone(),
+    ));
+    tasks.spawn(admin::serve_admin(
+        admin,
+        started.admin.clone(),
+        drain.clone(),
+    ));
+    tasks.spawn(admin::serve_control(
+        control,
+        started.admin.clone(),
+        drain.clone(),
+    ));
+    Ok(())
+}
+
+/// The control socket's name in the run directory.
+pub const CONTROL_SOCKET: &str = "control.sock";
+
+/// Binds the control socket, replacing the one of a predecessor (which
+/// keeps its own descriptor until it exits); only root may connect.
+fn bind_control(run_dir: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = run_dir.join(CONTROL_SOCKET);
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    Ok(listener)
 }
 
 /// Returns once every enrolled workload of the node holds a certificate,

@@ -19,7 +19,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use super::rules::{Family, PodRules, PolicyRouting, RuleConfig};
+use super::rules::{BASE_TAG, BaseRules, Family, Mode, PodRules, PolicyRouting, RuleConfig};
 pub use plan::{Installed, Plan};
 
 /// Which iptables implementation writes the rules. Both may be present on a
@@ -161,6 +161,12 @@ pub struct FamilyStatus {
     pub chains: Vec<String>,
     pub entry_jumps: usize,
     pub pods: Vec<IpAddr>,
+    /// Whether the capture chains steer to an agent (`serving`) or only
+    /// mark connections for the guard (`closed`); `None` when the base is
+    /// missing or not what this configuration writes.
+    pub mode: Option<Mode>,
+    /// The filter-table guard that resets captured connections being forwarded.
+    pub guard: bool,
     pub policy_rules: usize,
     pub local_route: bool,
 }
@@ -170,6 +176,7 @@ impl FamilyStatus {
     pub fn is_clean(&self) -> bool {
         self.chains.is_empty()
             && self.entry_jumps == 0
+            && !self.guard
             && self.policy_rules == 0
             && !self.local_route
     }
@@ -196,7 +203,8 @@ impl Capture {
         self.backend
     }
 
-    /// Policy routing plus the rules for `pods`; safe to repeat.
+    /// Policy routing, the guard and the rules for `pods`, serving; safe
+    /// to repeat (a start after a crash adopts what is there).
     pub fn install(&self, pods: &BTreeSet<IpAddr>) -> Result<Applied, ApplyError> {
         for family in &self.families {
             self.install_routing(*family)?;
@@ -204,17 +212,40 @@ impl Capture {
         self.reconcile(pods)
     }
 
-    /// Brings the rules to exactly `pods`, touching only pods that changed.
+    /// Brings the rules to exactly `pods`, serving, touching only pods that
+    /// changed. The guard is made current first, so a pod is never captured
+    /// without it.
     pub fn reconcile(&self, pods: &BTreeSet<IpAddr>) -> Result<Applied, ApplyError> {
+        self.apply(Some(pods), Mode::Serving)
+    }
+
+    /// No agent will serve: captured SYNs are reset from now on, and the
+    /// pods' rules and the socket divert (for connections still carried)
+    /// stay as they are.
+    pub fn close(&self) -> Result<Applied, ApplyError> {
+        self.apply(None, Mode::Closed)
+    }
+
+    /// `pods` of `None` keeps the pods that are installed.
+    fn apply(&self, pods: Option<&BTreeSet<IpAddr>>, mode: Mode) -> Result<Applied, ApplyError> {
         let mut applied = Applied::default();
         for family in &self.families {
-            let wanted: Vec<PodRules> = pods
+            let filter = self.installed_table(*family, "filter")?;
+            if let Some(script) = plan::plan_guard(&self.cfg, &filter) {
+                self.restore(*family, &script)?;
+                applied.base_written = true;
+            }
+            let installed = self.installed(*family)?;
+            let ips = match pods {
+                Some(pods) => pods.clone(),
+                None => installed.pods(),
+            };
+            let wanted: Vec<PodRules> = ips
                 .iter()
                 .filter(|ip| Family::of(**ip) == *family)
                 .map(|ip| PodRules::new(&self.cfg, *ip))
                 .collect();
-            let installed = self.installed(*family)?;
-            let plan = plan::plan(&self.cfg, &installed, &wanted);
+            let plan = plan::plan(&self.cfg, *family, mode, &installed, &wanted);
             if !plan.is_empty() {
                 self.restore(*family, &plan.script)?;
             }
@@ -233,7 +264,13 @@ impl Capture {
                 // No ip6tables on this node: nothing of ours can be there.
                 continue;
             };
-            let script = plan::plan_uninstall(&installed);
+            let script = plan::plan_uninstall(&installed, "mangle");
+            if !script.is_empty() {
+                self.restore(family, &script)?;
+            }
+            // The guard goes last: until the capture is gone it still resets.
+            let filter = self.installed_table(family, "filter")?;
+            let script = plan::plan_uninstall(&filter, "filter");
             if !script.is_empty() {
                 self.restore(family, &script)?;
             }
@@ -256,12 +293,23 @@ impl Capture {
                 continue;
             };
             let routing = PolicyRouting::new(&self.cfg, family);
+            let filter = self.installed_table(family, "filter")?;
+            let mode = [Mode::Serving, Mode::Closed].into_iter().find(|mode| {
+                let base = BaseRules::new(&self.cfg, family, *mode);
+                installed.entry_jumps.iter().any(|j| {
+                    j.tag
+                        .as_ref()
+                        .is_some_and(|(k, v)| k == BASE_TAG && *v == base.fingerprint)
+                })
+            });
             out.push(FamilyStatus {
                 family: family.to_string(),
                 backend: self.backend,
                 chains: installed.chains.iter().cloned().collect(),
                 entry_jumps: installed.entry_jumps.len(),
                 pods: installed.pods().into_iter().collect(),
+                mode,
+                guard: plan::plan_guard(&self.cfg, &filter).is_none(),
                 policy_rules: self.policy_rule_count(&routing)?,
                 local_route: self.local_route(family),
             });
@@ -306,8 +354,12 @@ impl Capture {
     }
 
     pub fn installed(&self, family: Family) -> Result<Installed, ApplyError> {
-        let save = run(&self.backend.tool(family, "-save"), &["-t", "mangle"], None)?;
-        Ok(Installed::parse(&save))
+        self.installed_table(family, "mangle")
+    }
+
+    fn installed_table(&self, family: Family, table: &str) -> Result<Installed, ApplyError> {
+        let save = run(&self.backend.tool(family, "-save"), &["-t", table], None)?;
+        Ok(Installed::parse_table(&save, table))
     }
 
     fn restore(&self, family: Family, script: &str) -> Result<(), ApplyError> {

@@ -1,21 +1,48 @@
-//! The capture rule set as data: which chains and rules the mangle table must
-//! hold for a set of enrolled local pods, and the policy routing that delivers
-//! TPROXYed packets locally. Rendering is pure so every rule is unit-tested as
-//! text; `apply` compares it with what the kernel holds and runs the difference.
+//! The capture rule set as data: which chains and rules the mangle and filter
+//! tables must hold for a set of enrolled local pods, and the policy routing
+//! that delivers TPROXYed packets locally. Rendering is pure so every rule is
+//! unit-tested as text; `apply` compares it with what the kernel holds and
+//! runs the difference.
 //!
 //! Layout of the mangle table (one layout per address family):
 //!
 //! ```text
 //! PREROUTING      -> AMBIT-PREROUTING            (one jump, inserted first)
-//! AMBIT-PREROUTING: skip-marked packets RETURN; packets of a transparent
-//!                   socket the agent already owns -> AMBIT-DIVERT;
-//!                   then AMBIT-OUTBOUND, then AMBIT-INBOUND
+//! AMBIT-PREROUTING: skip-marked packets RETURN; non-SYN packets of a
+//!                   transparent socket the agent owns -> AMBIT-DIVERT;
+//!                   the node's own addresses RETURN (host services stay
+//!                   reachable); then AMBIT-OUTBOUND, then AMBIT-INBOUND
 //! AMBIT-DIVERT:     set the TPROXY mark, ACCEPT (policy routing delivers locally)
 //! AMBIT-OUTBOUND:   -s <pod> -> AMBIT-POD-<id>   (one jump per pod)
 //! AMBIT-INBOUND:    -d <pod> -> AMBIT-POD-<id>   (one jump per pod)
-//! AMBIT-POD-<id>:   from the pod -> TPROXY 15001; to <pod>:15008 -> TPROXY 15008;
-//!                   to the pod -> TPROXY 15006
+//! AMBIT-POD-<id>:   SYN from the pod -> AMBIT-CAPTURE-OUT; SYN to <pod>:15008
+//!                   -> AMBIT-CAPTURE-HBONE; SYN to the pod -> AMBIT-CAPTURE-IN
+//! AMBIT-CAPTURE-*:  connmark the connection as captured; while an agent
+//!                   serves ([`Mode::Serving`]), TPROXY to its listener
 //! ```
+//!
+//! and of the filter table:
+//!
+//! ```text
+//! FORWARD         -> AMBIT-FORWARD               (one jump, inserted first)
+//! AMBIT-FORWARD:    a packet of a captured connection that is being
+//!                   forwarded was not taken by the agent: REJECT with a reset
+//! ```
+//!
+//! Why it fails closed: only SYNs are captured, and every captured connection
+//! carries the connmark for its life. A packet of such a connection can only
+//! leave the node through the agent's socket; if it is about to be forwarded
+//! instead (no agent serves, [`Mode::Closed`], or the agent's socket is gone)
+//! the guard resets it, so nothing of an enrolled pod crosses the fabric in
+//! plaintext. Connections that were open before a pod was enrolled carry no
+//! connmark and their packets are no SYNs, so enrolling does not cut them;
+//! captured connections keep reaching the agent's socket through the
+//! socket divert after the pod is unenrolled, so unenrolling does not cut
+//! them either.
+//!
+//! The socket divert skips SYNs so that a SYN reusing the 4-tuple of one of
+//! the agent's TIME_WAIT sockets reaches TPROXY, which knows how to reopen
+//! it, instead of being answered by the TIME_WAIT socket with a bare ACK.
 //!
 //! Outbound jumps come before inbound ones so a connection between two
 //! enrolled pods of the node is captured as the client's outbound. Each pod
@@ -33,12 +60,39 @@ pub const PREROUTING_CHAIN: &str = "AMBIT-PREROUTING";
 pub const DIVERT_CHAIN: &str = "AMBIT-DIVERT";
 pub const OUTBOUND_CHAIN: &str = "AMBIT-OUTBOUND";
 pub const INBOUND_CHAIN: &str = "AMBIT-INBOUND";
+pub const CAPTURE_OUT_CHAIN: &str = "AMBIT-CAPTURE-OUT";
+pub const CAPTURE_HBONE_CHAIN: &str = "AMBIT-CAPTURE-HBONE";
+pub const CAPTURE_IN_CHAIN: &str = "AMBIT-CAPTURE-IN";
+/// The filter-table chain that resets captured connections being forwarded.
+pub const GUARD_CHAIN: &str = "AMBIT-FORWARD";
+/// The mangle chains that are not per pod, in declaration order.
+pub const BASE_CHAINS: [&str; 5] = [
+    PREROUTING_CHAIN,
+    DIVERT_CHAIN,
+    CAPTURE_OUT_CHAIN,
+    CAPTURE_HBONE_CHAIN,
+    CAPTURE_IN_CHAIN,
+];
 const POD_CHAIN_PREFIX: &str = "AMBIT-POD-";
 
 /// Comment tags: the jump from PREROUTING carries `ambit-base <fp>`, each pod
 /// jump `ambit-pod <fp>`, so `apply` can tell a current rule from a stale one.
 pub const BASE_TAG: &str = "ambit-base";
 pub const POD_TAG: &str = "ambit-pod";
+/// The jump from FORWARD carries `ambit-guard <fp>`.
+pub const GUARD_TAG: &str = "ambit-guard";
+
+/// Whether an agent serves the captured connections. The pods' rules are the
+/// same in both modes; only the capture chains' TPROXY rules differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Captured SYNs are TPROXYed to the agent's listeners.
+    Serving,
+    /// No agent serves: captured SYNs are connmarked only and the filter
+    /// guard answers them with a reset.
+    Closed,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
@@ -177,6 +231,9 @@ pub struct RuleConfig {
     pub tproxy_mark: Mark,
     /// Carried by every socket the agent opens; the rules let it pass.
     pub skip_mark: Mark,
+    /// Set on the conntrack entry of every captured connection; the filter
+    /// guard resets such connections when they are about to be forwarded.
+    pub capture_connmark: Mark,
     pub route_table: u32,
     pub rule_priority: u32,
 }
@@ -187,6 +244,7 @@ impl Default for RuleConfig {
             ports: CapturePorts::default(),
             tproxy_mark: Mark::new(0x111, 0xfff),
             skip_mark: Mark::new(0x539, 0xfff),
+            capture_connmark: Mark::new(0x111, 0xfff),
             route_table: 133,
             rule_priority: 32000,
         }
@@ -209,22 +267,13 @@ impl PodRules {
         let family = Family::of(ip);
         let chain = pod_chain(ip);
         let host = format!("{ip}/{}", family.host_prefix());
-        let tproxy = |port: u16| {
-            format!(
-                "-j TPROXY --on-port {port} --on-ip {} --tproxy-mark {}",
-                family.any(),
-                cfg.tproxy_mark
-            )
-        };
-        let p = cfg.ports;
         let rules = vec![
-            format!("-A {chain} -s {host} -p tcp {}", tproxy(p.outbound)),
+            format!("-A {chain} -s {host} -p tcp -m tcp --syn -j {CAPTURE_OUT_CHAIN}"),
             format!(
-                "-A {chain} -d {host} -p tcp -m tcp --dport {} {}",
-                p.hbone,
-                tproxy(p.hbone)
+                "-A {chain} -d {host} -p tcp -m tcp --dport {} --syn -j {CAPTURE_HBONE_CHAIN}",
+                cfg.ports.hbone
             ),
-            format!("-A {chain} -d {host} -p tcp {}", tproxy(p.inbound_plain)),
+            format!("-A {chain} -d {host} -p tcp -m tcp --syn -j {CAPTURE_IN_CHAIN}"),
         ];
         let fingerprint = fingerprint(&rules);
         Self {
@@ -267,18 +316,39 @@ pub struct BaseRules {
 }
 
 impl BaseRules {
-    pub fn new(cfg: &RuleConfig) -> Self {
-        let rules = vec![
+    pub fn new(cfg: &RuleConfig, family: Family, mode: Mode) -> Self {
+        let mut rules = vec![
             format!(
                 "-A {PREROUTING_CHAIN} -m mark --mark {} -j RETURN",
                 cfg.skip_mark
             ),
-            format!("-A {PREROUTING_CHAIN} -p tcp -m socket --transparent -j {DIVERT_CHAIN}"),
+            format!(
+                "-A {PREROUTING_CHAIN} -p tcp -m tcp ! --syn -m socket --transparent -j {DIVERT_CHAIN}"
+            ),
+            format!("-A {PREROUTING_CHAIN} -m addrtype --dst-type LOCAL -j RETURN"),
             format!("-A {PREROUTING_CHAIN} -j {OUTBOUND_CHAIN}"),
             format!("-A {PREROUTING_CHAIN} -j {INBOUND_CHAIN}"),
             format!("-A {DIVERT_CHAIN} -j MARK --set-xmark {}", cfg.tproxy_mark),
             format!("-A {DIVERT_CHAIN} -j ACCEPT"),
         ];
+        let p = cfg.ports;
+        for (chain, port) in [
+            (CAPTURE_OUT_CHAIN, p.outbound),
+            (CAPTURE_HBONE_CHAIN, p.hbone),
+            (CAPTURE_IN_CHAIN, p.inbound_plain),
+        ] {
+            rules.push(format!(
+                "-A {chain} -j CONNMARK --set-xmark {}",
+                cfg.capture_connmark
+            ));
+            if mode == Mode::Serving {
+                rules.push(format!(
+                    "-A {chain} -p tcp -j TPROXY --on-port {port} --on-ip {} --tproxy-mark {}",
+                    family.any(),
+                    cfg.tproxy_mark
+                ));
+            }
+        }
         let fingerprint = fingerprint(&rules);
         Self { rules, fingerprint }
     }
@@ -292,18 +362,50 @@ impl BaseRules {
     }
 }
 
+/// The filter-table guard: its chain's rules and the jump from FORWARD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuardRules {
+    pub rules: Vec<String>,
+    pub fingerprint: String,
+}
+
+impl GuardRules {
+    pub fn new(cfg: &RuleConfig) -> Self {
+        let rules = vec![format!(
+            "-A {GUARD_CHAIN} -p tcp -m connmark --mark {} -j REJECT --reject-with tcp-reset",
+            cfg.capture_connmark
+        )];
+        let fingerprint = fingerprint(&rules);
+        Self { rules, fingerprint }
+    }
+
+    pub fn entry_jump(&self) -> String {
+        format!(
+            "-I FORWARD 1 -m comment --comment \"{GUARD_TAG} {}\" -j {GUARD_CHAIN}",
+            self.fingerprint
+        )
+    }
+
+    /// The whole filter transaction writing the guard, given the jumps into
+    /// it that are there now (removed first, so the result has exactly one).
+    pub fn render(&self, stale_jumps: &[String]) -> String {
+        let mut out = String::from("*filter\n");
+        push_lines(&mut out, stale_jumps);
+        out.push_str(&format!(":{GUARD_CHAIN} - [0:0]\n"));
+        push_lines(&mut out, &self.rules);
+        out.push_str(&self.entry_jump());
+        out.push_str("\nCOMMIT\n");
+        out
+    }
+}
+
 /// The whole desired mangle table content for one family, as a single
 /// iptables-restore transaction onto an empty node. `apply` only uses it when
 /// nothing of Ambit is installed; otherwise it runs a per-pod difference.
-pub fn render_fresh(cfg: &RuleConfig, pods: &[PodRules]) -> String {
-    let base = BaseRules::new(cfg);
+pub fn render_fresh(cfg: &RuleConfig, family: Family, pods: &[PodRules]) -> String {
+    let base = BaseRules::new(cfg, family, Mode::Serving);
     let mut out = String::from("*mangle\n");
-    for chain in [
-        PREROUTING_CHAIN,
-        DIVERT_CHAIN,
-        OUTBOUND_CHAIN,
-        INBOUND_CHAIN,
-    ] {
+    for chain in BASE_CHAINS.iter().chain(&[OUTBOUND_CHAIN, INBOUND_CHAIN]) {
         out.push_str(&format!(":{chain} - [0:0]\n"));
     }
     push_lines(&mut out, &base.rules);

@@ -334,6 +334,11 @@ impl Connection {
         self.state.closed.is_cancelled()
     }
 
+    /// Whether both handles are the same HTTP/2 connection.
+    pub fn same(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+
     /// Closes the connection now, resetting any open stream; the pool calls it on idle ones.
     pub fn close(&self) {
         self.state.closed.cancel();

@@ -7,7 +7,10 @@
 //! connections as it needs). Idle connections are closed after `idle_timeout`.
 //! A stream that fails on a reused connection before the server saw it (GOAWAY,
 //! refused stream, a dead socket) is retried once on a fresh connection; nothing
-//! of the application's has been sent at that point, so the retry is safe.
+//! of the application's has been sent at that point, so the retry is safe. The
+//! failed connection is retired, not closed: it takes no new streams, and the
+//! streams already on it run to their end (a draining peer sent GOAWAY, which
+//! promises exactly that), after which it closes by itself.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -140,8 +143,8 @@ impl<C: Connector> Pool<C> {
             .await;
         match result {
             Err(error) if !fresh && error.is_retryable() => {
-                debug!(%error, key = ?key, "pooled hbone connection failed; retrying on a new one");
-                self.evict(&key, &connection);
+                debug!(%error, key = ?key, "pooled hbone connection refused a stream; retiring it");
+                self.retire(&key, &connection);
                 let (connection, slot, _) = self.checkout(&key, request, true).await?;
                 connection
                     .open_reserved(
@@ -211,11 +214,13 @@ impl<C: Connector> Pool<C> {
             })
     }
 
-    fn evict(&self, key: &PoolKey, connection: &Connection) {
-        connection.close();
+    /// Takes `connection` out of the pool without touching its open streams.
+    fn retire(&self, key: &PoolKey, connection: &Connection) {
         let mut entries = self.inner.entries.lock();
         if let Some(entry) = entries.get_mut(key) {
-            entry.connections.retain(|p| !p.connection.is_closed());
+            entry
+                .connections
+                .retain(|p| !p.connection.is_closed() && !p.connection.same(connection));
         }
     }
 }

@@ -261,6 +261,7 @@ impl Agent {
             source: snapshot.workload_by_ip(ip(src)).unwrap().clone(),
             target: dst,
             destination: snapshot.workload_by_ip(dst.ip()).unwrap().clone(),
+            cut: tokio_util::sync::CancellationToken::new(),
         };
         (app, tokio::spawn(self.mesh.forwarder.forward(conn)))
     }

@@ -105,13 +105,19 @@ impl InboundPlainProxy {
         drain: Duration,
     ) {
         let own = listener.local_addr().ok();
-        super::serve(listener, shutdown, drain, move |stream, peer| {
-            self.clone().handle(stream, peer, own)
+        super::serve(listener, shutdown, drain, move |stream, peer, cut| {
+            self.clone().handle(stream, peer, own, cut)
         })
         .await;
     }
 
-    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, own: Option<SocketAddr>) {
+    async fn handle(
+        self: Arc<Self>,
+        client: TcpStream,
+        peer: SocketAddr,
+        own: Option<SocketAddr>,
+        cut: CancellationToken,
+    ) {
         let started = Instant::now();
         let Ok(orig_dst) = OrigDst::of(&client) else {
             socket::reset(client);
@@ -172,9 +178,11 @@ impl InboundPlainProxy {
             }
         };
         record.result = match self.factory.connect(orig_dst.0, Some(peer.ip())).await {
-            Ok(server) => copy::bidirectional_until(client, server, stop.cancelled_owned())
-                .await
-                .into(),
+            Ok(server) => {
+                copy::bidirectional_until(client, server, super::either_cancelled(stop, cut))
+                    .await
+                    .into()
+            }
             Err(error) => {
                 socket::reset(client);
                 Forwarded::refused(Status::ConnectFailed, error.to_string())

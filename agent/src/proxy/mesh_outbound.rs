@@ -25,6 +25,7 @@ use std::sync::Arc;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use super::inbound_hbone::{Admit, InboundHbone};
 use super::outbound::{MeshConnection, MeshForwarder};
@@ -102,6 +103,7 @@ impl<C: Connector> Shared<C> {
             source,
             target,
             destination,
+            cut,
         } = conn;
         let snapshot = self.state.current();
         let service = snapshot.service_by_vip(orig_dst.0.ip()).cloned();
@@ -133,7 +135,7 @@ impl<C: Connector> Shared<C> {
                 )
             }
             Some(_) if destination.node == self.local.node() => {
-                self.carry_local(client, client_addr.0, &src_id, target, &record)
+                self.carry_local(client, client_addr.0, &src_id, target, &record, cut)
                     .await
             }
             Some(cert) => {
@@ -145,7 +147,7 @@ impl<C: Connector> Shared<C> {
                     client: client_addr.0,
                     baggage: Some(baggage(&source)),
                 };
-                self.carry_remote(client, request, &record).await
+                self.carry_remote(client, request, &record, cut).await
             }
         };
         forwarded.account(&record);
@@ -166,6 +168,7 @@ impl<C: Connector> Shared<C> {
         client: TcpStream,
         request: ConnectRequest,
         record: &metrics::ConnectionRecord,
+        cut: CancellationToken,
     ) -> Forwarded {
         let hbone_addr = request.hbone_addr;
         let peer = request.destination.clone();
@@ -182,7 +185,7 @@ impl<C: Connector> Shared<C> {
             }
         };
         record.set_decision(metrics::Decision::Allow, "accepted by destination", None);
-        copy_then_close(client, tunnel.into_split()).await
+        copy_then_close(client, tunnel.into_split(), cut).await
     }
 
     /// The same-node path: the inbound decision in process, then a plain
@@ -194,6 +197,7 @@ impl<C: Connector> Shared<C> {
         source: &ambit_ca::SpiffeId,
         target: SocketAddr,
         record: &metrics::ConnectionRecord,
+        cut: CancellationToken,
     ) -> Forwarded {
         // What a handshake would prove: this node holds the destination's identity.
         if self.local.local_certificate(target.ip()).await.is_none() {
@@ -232,10 +236,13 @@ impl<C: Connector> Shared<C> {
         };
         record.set_decision(metrics::Decision::Allow, "accepted by destination", None);
         let stop = upstream.close.unwrap_or_default();
-        let forwarded: Forwarded =
-            super::copy::bidirectional_until(client, upstream.stream, stop.cancelled_owned())
-                .await
-                .into();
+        let forwarded: Forwarded = super::copy::bidirectional_until(
+            client,
+            upstream.stream,
+            super::either_cancelled(stop, cut),
+        )
+        .await
+        .into();
         upstream.connection.finish(&forwarded);
         forwarded
     }
@@ -261,9 +268,14 @@ fn connect_failure(error: &ConnectError) -> (Status, &'static str) {
 }
 
 /// Copies between the application and the tunnel; resets the application's
-/// connection if either side failed, so a broken tunnel looks like a reset.
-async fn copy_then_close(mut client: TcpStream, tunnel: (H2Reader, H2Writer)) -> Forwarded {
-    let transfer = hbone::copy_bidirectional(tunnel, client.split(), std::future::pending()).await;
+/// connection if either side failed or `cut` fired, so a broken tunnel looks
+/// like a reset (the dropped stream resets the tunnel too).
+async fn copy_then_close(
+    mut client: TcpStream,
+    tunnel: (H2Reader, H2Writer),
+    cut: CancellationToken,
+) -> Forwarded {
+    let transfer = hbone::copy_bidirectional(tunnel, client.split(), cut.cancelled_owned()).await;
     let bytes = Transferred {
         client_to_server: transfer.backward,
         server_to_client: transfer.forward,

@@ -30,6 +30,8 @@ pub struct MeshConnection {
     pub target: SocketAddr,
     /// The workload at `target`, whose identity the tunnel must verify.
     pub destination: Arc<Workload>,
+    /// Fires at the drain deadline: reset both ends.
+    pub cut: CancellationToken,
 }
 
 /// Carries mesh connections (HBONE). It owns the client socket from here on:
@@ -112,13 +114,19 @@ impl OutboundProxy {
         drain: std::time::Duration,
     ) {
         let own = listener.local_addr().ok();
-        super::serve(listener, shutdown, drain, move |stream, peer| {
-            self.clone().handle(stream, peer, own)
+        super::serve(listener, shutdown, drain, move |stream, peer, cut| {
+            self.clone().handle(stream, peer, own, cut)
         })
         .await;
     }
 
-    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, own: Option<SocketAddr>) {
+    async fn handle(
+        self: Arc<Self>,
+        client: TcpStream,
+        peer: SocketAddr,
+        own: Option<SocketAddr>,
+        cut: CancellationToken,
+    ) {
         let started = Instant::now();
         let client_addr = ClientAddr(peer);
         let Ok(orig_dst) = OrigDst::of(&client) else {
@@ -174,6 +182,7 @@ impl OutboundProxy {
                         source,
                         target,
                         destination,
+                        cut,
                     };
                     mesh.forward(conn).await
                 }
@@ -187,7 +196,7 @@ impl OutboundProxy {
                 ) => {
                     record.target = Some(target);
                     record.destination = Some(destination);
-                    self.plain(client, peer, target).await
+                    self.plain(client, peer, target, cut.clone()).await
                 }
                 (
                     Route::Plain {
@@ -199,7 +208,7 @@ impl OutboundProxy {
                 ) => {
                     record.target = Some(target);
                     record.destination = destination;
-                    self.plain(client, peer, target).await
+                    self.plain(client, peer, target, cut.clone()).await
                 }
             }
         };
@@ -208,9 +217,17 @@ impl OutboundProxy {
     }
 
     /// Plain TCP from the client's own address to `target`.
-    async fn plain(&self, client: TcpStream, peer: SocketAddr, target: SocketAddr) -> Forwarded {
+    async fn plain(
+        &self,
+        client: TcpStream,
+        peer: SocketAddr,
+        target: SocketAddr,
+        cut: CancellationToken,
+    ) -> Forwarded {
         match self.factory.connect(target, Some(peer.ip())).await {
-            Ok(server) => copy::bidirectional(client, server).await.into(),
+            Ok(server) => copy::bidirectional_until(client, server, cut.cancelled_owned())
+                .await
+                .into(),
             Err(error) => {
                 socket::reset(client);
                 Forwarded::refused(Status::ConnectFailed, error.to_string())

@@ -126,6 +126,7 @@ impl MeshBuilder {
         let started = control::start(&cluster, &dir)?;
         let mut mesh = Mesh {
             agents: started.agents,
+            retired: Vec::new(),
             ca: started.ca,
             ca_netns: started.ca_netns,
             pods,
@@ -142,7 +143,7 @@ impl MeshBuilder {
 
 impl Mesh {
     /// Waits until node `index`'s agent answers 200 on `/healthz/ready`.
-    fn wait_ready(&mut self, index: usize) -> Result<(), MeshError> {
+    pub(super) fn wait_ready(&mut self, index: usize) -> Result<(), MeshError> {
         let node = self.cluster.node(index);
         let addr = SocketAddr::new(IpAddr::V4(node.fabric_ip), READINESS_PORT);
         let agent = &mut self.agents[index];

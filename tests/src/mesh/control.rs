@@ -77,32 +77,46 @@ pub fn start(cluster: &Cluster, dir: &Path) -> Result<Started, MeshError> {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let agent_bin = bin_path("ambit-agent")?;
     let mut agents = Vec::new();
     for node in cluster.nodes() {
-        let mut cmd = Command::new(&agent_bin);
-        cmd.args(["run", "--node", &node.name])
-            .arg("--state")
-            .arg(dir.join("state.yaml"))
-            .args(["--trust-domain", TRUST_DOMAIN])
-            .args(["--ca-address", &ca_addr.to_string()])
-            .arg("--trust-bundle")
-            .arg(&root)
-            .arg("--token-file")
-            .arg(token_path(dir, node.index))
-            .args(["--cert-ttl", CERT_TTL])
-            .args(["--metrics-addr", &format!("0.0.0.0:{METRICS_PORT}")])
-            .args(["--readiness-addr", &format!("0.0.0.0:{READINESS_PORT}")])
-            .args(["--admin-addr", &format!("127.0.0.1:{ADMIN_PORT}")])
-            // JSON, so tests can read the access log's fields.
-            .args(["--log-format", "json"]);
-        agents.push(node.netns.spawn(&cmd)?);
+        agents.push(node.netns.spawn(&agent_command(node, dir)?)?);
     }
     Ok(Started {
         ca_netns,
         ca,
         agents,
     })
+}
+
+/// `ambit-agent run` for `node`. Every agent of a node shares the node's
+/// run directory, as a DaemonSet's pods share a hostPath: that is where a
+/// new agent finds the running one to take over from.
+pub fn agent_command(node: &crate::Node, dir: &Path) -> Result<Command, MeshError> {
+    let ca_addr = SocketAddr::new(IpAddr::V4(CA_IP), CA_PORT);
+    let mut cmd = Command::new(bin_path("ambit-agent")?);
+    cmd.args(["run", "--node", &node.name])
+        .arg("--state")
+        .arg(dir.join("state.yaml"))
+        .args(["--trust-domain", TRUST_DOMAIN])
+        .args(["--ca-address", &ca_addr.to_string()])
+        .arg("--trust-bundle")
+        .arg(root_cert_path(dir))
+        .arg("--token-file")
+        .arg(token_path(dir, node.index))
+        .args(["--cert-ttl", CERT_TTL])
+        .args(["--metrics-addr", &format!("0.0.0.0:{METRICS_PORT}")])
+        .args(["--readiness-addr", &format!("0.0.0.0:{READINESS_PORT}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{ADMIN_PORT}")])
+        .arg("--run-dir")
+        .arg(run_dir(dir, node.index))
+        // JSON, so tests can read the access log's fields.
+        .args(["--log-format", "json"]);
+    Ok(cmd)
+}
+
+/// Node `node`'s run directory (handover and control sockets).
+pub fn run_dir(dir: &Path, node: usize) -> PathBuf {
+    dir.join(format!("run-node{node}"))
 }
 
 /// A namespace on the fabric bridge holding [`CA_IP`].

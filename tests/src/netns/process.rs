@@ -83,6 +83,25 @@ impl Process {
         }
     }
 
+    /// Sends `signal` and returns at once.
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if start.elapsed() > timeout {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Asks the process to stop with SIGTERM, waits up to `grace`, then kills it.
     pub fn stop(mut self, grace: Duration) -> io::Result<ExitStatus> {
         let pid = Pid::from_raw(self.child.id() as i32);

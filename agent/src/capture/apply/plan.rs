@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::capture::rules::{
-    BASE_TAG, BaseRules, CHAIN_PREFIX, DIVERT_CHAIN, INBOUND_CHAIN, OUTBOUND_CHAIN, POD_TAG,
-    PREROUTING_CHAIN, PodRules, RuleConfig, push_lines,
+    BASE_CHAINS, BASE_TAG, BaseRules, CHAIN_PREFIX, Family, GUARD_CHAIN, GUARD_TAG, GuardRules,
+    INBOUND_CHAIN, Mode, OUTBOUND_CHAIN, POD_TAG, PodRules, RuleConfig, push_lines,
 };
 
 /// One `-A` line of iptables-save, with the parts the plan looks at.
@@ -107,13 +107,14 @@ fn split_words(line: &str) -> Vec<String> {
     words
 }
 
-/// What one family's mangle table holds of Ambit.
+/// What one family's mangle (or filter) table holds of Ambit.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Installed {
     /// Ambit chains that exist.
     pub chains: BTreeSet<String>,
     /// Rules in chains that are not Ambit's that jump into Ambit's
-    /// (normally exactly one: PREROUTING -> AMBIT-PREROUTING).
+    /// (normally exactly one: PREROUTING -> AMBIT-PREROUTING, or
+    /// FORWARD -> AMBIT-FORWARD in the filter table).
     pub entry_jumps: Vec<SavedRule>,
     /// Rules of AMBIT-OUTBOUND and AMBIT-INBOUND.
     pub pod_jumps: Vec<SavedRule>,
@@ -124,14 +125,19 @@ pub struct Installed {
 impl Installed {
     /// Parses iptables-save output; only the mangle table is looked at.
     pub fn parse(save: &str) -> Self {
+        Self::parse_table(save, "mangle")
+    }
+
+    /// Parses the part of iptables-save output that is `table`.
+    pub fn parse_table(save: &str, table: &str) -> Self {
         let mut out = Self::default();
-        let mut in_mangle = false;
+        let mut in_table = false;
         for line in save.lines().map(str::trim) {
-            if let Some(table) = line.strip_prefix('*') {
-                in_mangle = table == "mangle";
+            if let Some(name) = line.strip_prefix('*') {
+                in_table = name == table;
                 continue;
             }
-            if !in_mangle {
+            if !in_table {
                 continue;
             }
             if let Some(decl) = line.strip_prefix(':') {
@@ -146,7 +152,7 @@ impl Installed {
             };
             if rule.chain == OUTBOUND_CHAIN || rule.chain == INBOUND_CHAIN {
                 out.pod_jumps.push(rule);
-            } else if rule.chain == PREROUTING_CHAIN || rule.chain == DIVERT_CHAIN {
+            } else if BASE_CHAINS.contains(&rule.chain.as_str()) || rule.chain == GUARD_CHAIN {
                 out.base_rule_count += 1;
             } else if !rule.chain.starts_with(CHAIN_PREFIX) && rule.targets_ambit() {
                 out.entry_jumps.push(rule);
@@ -186,33 +192,37 @@ impl Plan {
     }
 }
 
-/// The transaction bringing `installed` to the rule set for `pods`, leaving
-/// untouched every pod whose chain and both jumps are already current.
-pub fn plan(cfg: &RuleConfig, installed: &Installed, pods: &[PodRules]) -> Plan {
+/// The transaction bringing `installed` to the rule set for `pods` in
+/// `mode`, leaving untouched every pod whose chain and both jumps are
+/// already current.
+pub fn plan(
+    cfg: &RuleConfig,
+    family: Family,
+    mode: Mode,
+    installed: &Installed,
+    pods: &[PodRules],
+) -> Plan {
     let mut body = String::new();
     let mut plan = Plan::default();
-    let base = BaseRules::new(cfg);
+    let base = BaseRules::new(cfg, family, mode);
 
     for chain in [OUTBOUND_CHAIN, INBOUND_CHAIN] {
         if !installed.chains.contains(chain) {
             body.push_str(&format!(":{chain} - [0:0]\n"));
         }
     }
-    let base_current = installed.chains.contains(PREROUTING_CHAIN)
-        && installed.chains.contains(DIVERT_CHAIN)
+    let base_current = BASE_CHAINS.iter().all(|c| installed.chains.contains(*c))
         && installed.base_rule_count == base.rules.len()
-        && matches!(installed.entry_jumps.as_slice(),
-            [only] if only.chain == "PREROUTING"
-                && only.tag.as_ref().is_some_and(|(k, v)| k == BASE_TAG && *v == base.fingerprint));
+        && installed.entry_is("PREROUTING", BASE_TAG, &base.fingerprint);
     if !base_current {
         for jump in &installed.entry_jumps {
             body.push_str(&jump.delete_line());
             body.push('\n');
         }
         // Declaring an existing chain in a --noflush transaction flushes it.
-        body.push_str(&format!(
-            ":{PREROUTING_CHAIN} - [0:0]\n:{DIVERT_CHAIN} - [0:0]\n"
-        ));
+        for chain in BASE_CHAINS {
+            body.push_str(&format!(":{chain} - [0:0]\n"));
+        }
         push_lines(&mut body, &base.rules);
         body.push_str(&base.entry_jump());
         body.push('\n');
@@ -282,12 +292,40 @@ pub fn plan(cfg: &RuleConfig, installed: &Installed, pods: &[PodRules]) -> Plan 
     plan
 }
 
-/// The transaction removing every Ambit rule and chain, and nothing else.
-pub fn plan_uninstall(installed: &Installed) -> String {
+/// The filter transaction that makes the guard current, or `None` when it is.
+pub fn plan_guard(cfg: &RuleConfig, installed: &Installed) -> Option<String> {
+    let guard = GuardRules::new(cfg);
+    let current = installed.chains.len() == 1
+        && installed.chains.contains(GUARD_CHAIN)
+        && installed.base_rule_count == guard.rules.len()
+        && installed.entry_is("FORWARD", GUARD_TAG, &guard.fingerprint);
+    if current {
+        return None;
+    }
+    let stale: Vec<String> = installed
+        .entry_jumps
+        .iter()
+        .map(SavedRule::delete_line)
+        .collect();
+    Some(guard.render(&stale))
+}
+
+impl Installed {
+    /// Exactly one entry jump, from `chain`, tagged `tag fingerprint`.
+    fn entry_is(&self, chain: &str, tag: &str, fingerprint: &str) -> bool {
+        matches!(self.entry_jumps.as_slice(),
+            [only] if only.chain == chain
+                && only.tag.as_ref().is_some_and(|(k, v)| k == tag && v == fingerprint))
+    }
+}
+
+/// The transaction removing every Ambit rule and chain of `table`, and
+/// nothing else.
+pub fn plan_uninstall(installed: &Installed, table: &str) -> String {
     if installed.is_empty() {
         return String::new();
     }
-    let mut body = String::from("*mangle\n");
+    let mut body = format!("*{table}\n");
     for jump in &installed.entry_jumps {
         body.push_str(&jump.delete_line());
         body.push('\n');
@@ -305,13 +343,8 @@ pub fn plan_uninstall(installed: &Installed) -> String {
 
 fn is_pod_chain(chain: &str) -> bool {
     chain.starts_with(CHAIN_PREFIX)
-        && ![
-            PREROUTING_CHAIN,
-            DIVERT_CHAIN,
-            OUTBOUND_CHAIN,
-            INBOUND_CHAIN,
-        ]
-        .contains(&chain)
+        && !BASE_CHAINS.contains(&chain)
+        && ![OUTBOUND_CHAIN, INBOUND_CHAIN].contains(&chain)
 }
 
 #[cfg(test)]

@@ -45,7 +45,15 @@ fn lifecycle(backend: Backend) {
     assert!(first.base_written);
     assert_eq!(first.added.len(), 2);
     let text = sh(&save);
-    assert_eq!(text.matches("-j TPROXY").count(), 6, "{text}");
+    assert_eq!(text.matches("-j TPROXY").count(), 3, "{text}");
+    assert_eq!(text.matches("-j AMBIT-CAPTURE-").count(), 6, "{text}");
+    let filter = format!("iptables-{backend}-save -t filter");
+    let guard = sh(&filter);
+    assert!(
+        guard.contains("-A AMBIT-FORWARD -p tcp -m connmark --mark 0x111/0xfff -j REJECT --reject-with tcp-reset"),
+        "{guard}"
+    );
+    assert_eq!(guard.matches("-j AMBIT-FORWARD").count(), 1, "{guard}");
     assert!(sh("ip -4 rule show").contains("fwmark 0x111/0xfff lookup 133"));
     assert!(sh("ip -4 route show table 133").starts_with("local default dev lo"));
 
@@ -53,6 +61,7 @@ fn lifecycle(backend: Backend) {
     let again = capture.install(&ips(&["10.1.0.2", "10.1.0.3"])).unwrap();
     assert!(again.is_noop(), "{again:?}");
     assert_eq!(sh(&save), text);
+    assert_eq!(sh(&filter), guard);
     assert_eq!(sh("ip -4 rule show").matches("lookup 133").count(), 1);
 
     // Removing a pod removes its rules only.
@@ -60,7 +69,19 @@ fn lifecycle(backend: Backend) {
     assert_eq!(removed.removed, ["AMBIT-POD-0a010003"]);
     let text = sh(&save);
     assert!(!text.contains("10.1.0.3"), "{text}");
-    assert_eq!(text.matches("-j TPROXY").count(), 3, "{text}");
+    assert_eq!(text.matches("-j AMBIT-CAPTURE-").count(), 3, "{text}");
+
+    // Closing keeps every pod rule and the socket divert, drops TPROXY.
+    capture.close().unwrap();
+    let closed = sh(&save);
+    assert!(!closed.contains("TPROXY"), "{closed}");
+    assert!(closed.contains("-s 10.1.0.2/32"), "{closed}");
+    assert!(closed.contains("--transparent"), "{closed}");
+    assert_eq!(capture.status().unwrap()[0].mode, Some(Mode::Closed));
+    // The next agent's install serves again.
+    capture.install(&ips(&["10.1.0.2"])).unwrap();
+    assert_eq!(sh(&save), text);
+    assert_eq!(capture.status().unwrap()[0].mode, Some(Mode::Serving));
 
     // A stray second entry jump (a crash half-way) is repaired.
     sh(&format!(
@@ -74,13 +95,14 @@ fn lifecycle(backend: Backend) {
     let v4 = &status[0];
     assert_eq!(v4.pods, [ip("10.1.0.2")]);
     assert_eq!(
-        (v4.entry_jumps, v4.policy_rules, v4.local_route),
-        (1, 1, true)
+        (v4.entry_jumps, v4.policy_rules, v4.local_route, v4.guard),
+        (1, 1, true, true)
     );
 
     capture.uninstall().unwrap();
     let text = sh(&save);
     assert!(!text.contains("AMBIT"), "{text}");
+    assert!(!sh(&filter).contains("AMBIT"));
     assert!(text.contains("-A PREROUTING -i eth9 -j MARK --set-xmark 0x4000/0x4000"));
     assert!(!sh("ip -4 rule show").contains("lookup 133"));
     assert!(capture.status().unwrap().iter().all(FamilyStatus::is_clean));
@@ -129,5 +151,6 @@ fn ipv6_rules_install_and_uninstall() {
         assert!(sh("ip -6 route show table 133").contains("local"));
         capture.uninstall().unwrap();
         assert!(!sh("ip6tables-nft-save -t mangle").contains("AMBIT"));
+        assert!(!sh("ip6tables-nft-save -t filter").contains("AMBIT"));
     });
 }
