@@ -45,6 +45,14 @@ use crate::telemetry::LogHandle;
 
 pub use mesh::CONTROL_SOCKET;
 
+/// How the agent gets its listening sockets.
+enum Start {
+    /// Nobody serves the node: bound at once.
+    Fresh(Listeners),
+    /// Taken from the running agent once this one is ready.
+    TakeOver(Predecessor),
+}
+
 /// Why the agent stopped serving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stop {
@@ -79,14 +87,13 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
         Duration::from_millis(args.connect_timeout_ms),
     );
     let (drain_trigger, drain_watch) = drain::channel();
-    let predecessor = Predecessor::find(&args.run_dir, &Role::ALL);
-    let listeners = match &predecessor {
-        Some(_) => {
+    let start = match Predecessor::find(&args.run_dir, &Role::ALL) {
+        Some(predecessor) => {
             tracing::info!(
                 run_dir = %args.run_dir.display(),
                 "an agent serves this node; taking over once ready"
             );
-            None
+            Start::TakeOver(predecessor)
         }
         None => {
             let listeners = bind_listeners(&args, &rules, &factory)?;
@@ -96,7 +103,7 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
                 readiness.clone(),
                 drain_watch.clone(),
             ));
-            Some(listeners)
+            Start::Fresh(listeners)
         }
     };
 
@@ -111,9 +118,9 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
     )
     .await?;
 
-    let mut listeners = match (listeners, predecessor) {
-        (Some(listeners), _) => listeners,
-        (None, Some(predecessor)) => {
+    let mut listeners = match start {
+        Start::Fresh(listeners) => listeners,
+        Start::TakeOver(predecessor) => {
             take_over(
                 predecessor,
                 &args,
@@ -124,7 +131,6 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
             )
             .await?
         }
-        (None, None) => anyhow::bail!("no listeners: neither bound nor handed over"),
     };
     let handover_copy = listeners
         .try_clone()
@@ -183,12 +189,19 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
     ));
     let handed_over = CancellationToken::new();
     let stop_handover = CancellationToken::new();
-    let handover_server = tokio::spawn(handover::serve(
-        args.run_dir.clone(),
-        handover_copy,
-        handed_over.clone(),
-        stop_handover.clone(),
-    ));
+    let handover_server = {
+        let serve = handover::serve(
+            args.run_dir.clone(),
+            handover_copy,
+            handed_over.clone(),
+            stop_handover.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "no handover socket: a new agent cannot take over from this one");
+            }
+        })
+    };
     {
         let readiness = readiness.clone();
         tokio::spawn(async move {
@@ -218,11 +231,7 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
     }
     tracing::info!(?stop, "no longer serving");
     stop_handover.cancel();
-    match handover_server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::warn!(%error, "handover socket"),
-        Err(error) => tracing::warn!(%error, "handover task"),
-    }
+    let _ = handover_server.await;
     shutdown.cancel();
     let _ = follower.await;
     if let Stop::Terminated(_) = stop {

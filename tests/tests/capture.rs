@@ -813,7 +813,12 @@ fn retransmitted_segments(netns: &ambit_tests::netns::Netns) -> u64 {
         .split_whitespace()
         .position(|n| n == "RetransSegs")
         .unwrap();
-    values.split_whitespace().nth(column).unwrap().parse().unwrap()
+    values
+        .split_whitespace()
+        .nth(column)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Regression: a SYN reusing the 4-tuple of one of the agent's TIME_WAIT
@@ -868,4 +873,38 @@ fn a_syn_reusing_a_time_wait_tuple_is_captured_without_retransmission() {
         f64::from(CONNECTIONS) / elapsed.as_secs_f64()
     );
     assert!(agent.wait_access(client, CONNECTIONS as usize).len() >= CONNECTIONS as usize);
+}
+
+/// Host-network services of the pod's own node (the node IP, the pods'
+/// gateway address, the agent's own ports) are not captured: they answer an
+/// enrolled pod as they answer any other.
+#[test]
+fn enrolled_pods_reach_their_own_nodes_services() {
+    if !require_e2e() {
+        return;
+    }
+    let s = enrolled_client_plain_server();
+    let client = s.cluster.pod(0, 0);
+    let node = s.cluster.node(0).clone();
+    let _agent = start_agent(&s.cluster, 0, &s.state, &[]);
+    let host = Server::start(
+        &node.netns,
+        SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 9100),
+        ServerKind::Echo,
+    )
+    .unwrap();
+    for ip in [node.fabric_ip, node.gateway_ip] {
+        let to = SocketAddr::new(IpAddr::V4(ip), host.local_addr().port());
+        let mut stream = connect(client, to);
+        converse(&mut stream, &format!("host service on {to}"));
+    }
+    // The agent's metrics port, by the node's address.
+    let mut stream = connect(client, SocketAddr::new(IpAddr::V4(node.gateway_ip), 15020));
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.trim_end().ends_with("# EOF"), "{answer}");
 }
