@@ -135,6 +135,7 @@ impl<C: Connector> Pool<C> {
                 slot,
                 request.target,
                 request.client,
+                request.service_host.as_deref(),
                 request.baggage.as_ref(),
             )
             .await;
@@ -148,6 +149,7 @@ impl<C: Connector> Pool<C> {
                         slot,
                         request.target,
                         request.client,
+                        request.service_host.as_deref(),
                         request.baggage.as_ref(),
                     )
                     .await
