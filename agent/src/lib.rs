@@ -3,7 +3,7 @@
 //! HBONE mTLS tunnels and enforces L4 authorization.
 //!
 //! Layout:
-//! - `cli`: the command line (`run`, `authz check`, `capture`).
+//! - `cli`: the command line (`run`, `authz check`, `capture`, `describe`).
 //! - `app`: the composition root behind `run`.
 //! - `state`: cluster snapshots (workloads, services, policies) and their sources.
 //! - `authz`: L4 authorization of connections against the snapshot's policies.

@@ -14,8 +14,11 @@ use serde::{Deserialize, Serialize};
 
 /// Refusals kept per workload.
 pub const PER_WORKLOAD: usize = 16;
-/// Workloads kept.
-pub const MAX_WORKLOADS: usize = 4096;
+/// Workloads kept. Refusals are kept under the node's own pods (the refused
+/// destination, or the refused client), and a node runs at most a few
+/// hundred (Kubernetes defaults to 110): this bounds the rings to a couple of
+/// MiB even when the state names more.
+pub const MAX_WORKLOADS: usize = 512;
 
 /// One refused connection, as the agent that refused it (or saw it refused)
 /// recorded it.
