@@ -65,6 +65,12 @@ fn pod_text(out: &mut String, pod: &PodReport) {
     );
     let _ = writeln!(out, "  Certificate: {}", certificate_text(pod));
     let _ = writeln!(out, "  Services: {}", list_or(&pod.services, "none"));
+    if !pod.capture.enrolled {
+        let _ = writeln!(
+            out,
+            "  Not enrolled: Ambit neither captures it nor enforces what follows."
+        );
+    }
     mtls_text(out, &pod.policies.mtls);
     authz_text(out, &pod.policies.authorization);
     refusals_text(out, pod);
@@ -125,6 +131,27 @@ fn authz_text(out: &mut String, policies: &[AuthzView]) {
         return;
     }
     let _ = writeln!(out, "AuthorizationPolicies ({}):", policies.len());
+    let allows: Vec<&AuthzView> = policies
+        .iter()
+        .filter(|p| p.action == "ALLOW" && p.status == "active")
+        .collect();
+    if !allows.is_empty() {
+        let matchable = allows
+            .iter()
+            .flat_map(|p| &p.rules)
+            .any(|r| r.enforcement == Enforcement::L4);
+        let _ = if matchable {
+            writeln!(
+                out,
+                "  Only connections matching an ALLOW rule below get in."
+            )
+        } else {
+            writeln!(
+                out,
+                "  WARNING: no ALLOW rule below can match at L4: every connection is refused."
+            )
+        };
+    }
     for p in policies {
         let _ = writeln!(
             out,

@@ -60,6 +60,7 @@ fn describe_explains_policies_and_a_refusal_a_moment_ago() {
         "Services: analyzer.default",
         "mTLS: PERMISSIVE (mesh default, no PeerAuthentication)",
         "ALLOW default/analyzer-access (workload scope, active)",
+        "Only connections matching an ALLOW rule below get in.",
         "rule 0: enforced at L4",
         "rule 1: WARNING never matches at L4: needs HTTP attributes",
         "to[0].operation.methods: [GET]  (HTTP only)",

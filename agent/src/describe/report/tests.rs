@@ -119,6 +119,7 @@ fn a_pod_from_the_state_alone() {
         "mTLS: PERMISSIVE (mesh default, no PeerAuthentication)",
         "ALLOW default/analyzer-get (workload scope, active)",
         "rule 0: WARNING never matches at L4",
+        "WARNING: no ALLOW rule below can match at L4: every connection is refused.",
         "to[0].operation.methods: [GET]  (HTTP only)",
         "Recent refusals: unknown",
     ] {
@@ -165,6 +166,11 @@ fn an_agent_adds_capture_certificate_and_refusals() {
         legacy.capture.why.contains("not labelled"),
         "{}",
         legacy.capture.why
+    );
+    let text = render(&Report::Pod(Box::new(legacy)));
+    assert!(
+        text.contains("Not enrolled: Ambit neither captures it"),
+        "{text}"
     );
 }
 
