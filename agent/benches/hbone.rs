@@ -161,6 +161,7 @@ async fn main() {
         hbone_addr: hbone,
         target: pod,
         client: "127.0.0.1:1".parse().unwrap(),
+        service_host: None,
         baggage: None,
     };
 

@@ -3,7 +3,8 @@
 //! - 15020 `/metrics` (and `/stats/prometheus`): OpenMetrics text for Prometheus;
 //! - 15021 `/healthz/ready`: 200 once ready, 503 with the pending tasks otherwise;
 //! - 15000 admin: `/config_dump` (JSON from pluggable providers), `/` (a status
-//!   page), `/logging` (read the log filter);
+//!   page), `/logging` (read the log filter), `/describe/<subject>` (what
+//!   `ambit-agent describe --admin` asks);
 //! - the control socket (`control.sock` in the run directory): the admin
 //!   endpoints plus those that change the agent, `POST /logging` and
 //!   `POST /quitquitquit`. A Unix socket in a root-only directory, because
@@ -79,6 +80,12 @@ fn readiness_response(readiness: &Readiness, drain: &DrainWatcher) -> Response<B
     }
 }
 
+/// Answers `GET /describe/<subject>` (`pod/NS/NAME`, `service/NAME.NS`):
+/// the report as JSON, or a status and why.
+pub trait DescribeSource: Send + Sync + std::fmt::Debug {
+    fn describe(&self, subject: &str) -> Result<serde_json::Value, (StatusCode, String)>;
+}
+
 /// What the admin server (15000) shows and can change.
 #[derive(Clone, Debug)]
 pub struct AdminState {
@@ -87,6 +94,7 @@ pub struct AdminState {
     logs: Option<LogHandle>,
     metrics: Option<Arc<Metrics>>,
     quit: Option<Arc<Notify>>,
+    describe: Option<Arc<dyn DescribeSource>>,
 }
 
 impl AdminState {
@@ -97,7 +105,14 @@ impl AdminState {
             logs: None,
             metrics: None,
             quit: None,
+            describe: None,
         }
+    }
+
+    /// Enables `/describe/...`.
+    pub fn with_describe(mut self, source: Arc<dyn DescribeSource>) -> Self {
+        self.describe = Some(source);
+        self
     }
 
     /// Adds a `/config_dump` section (`workloads`, `services`, `policies`, `certificates`,
@@ -179,6 +194,7 @@ fn route_admin(
             response(StatusCode::OK, "application/json", body)
         }
         "/logging" => logging::handle(parts, state.logs.as_ref()),
+        path if path.starts_with("/describe/") => describe(state, parts, path),
         "/quitquitquit" => match (&state.quit, &parts.method) {
             (None, _) => not_found(parts),
             (Some(quit), &Method::POST) => {
@@ -189,6 +205,23 @@ fn route_admin(
             (Some(_), _) => method_not_allowed(parts, "POST"),
         },
         _ => not_found(parts),
+    }
+}
+
+fn describe(state: &AdminState, parts: &Parts, path: &str) -> Response<Body> {
+    let Some(source) = &state.describe else {
+        return not_found(parts);
+    };
+    if !matches!(parts.method, Method::GET | Method::HEAD) {
+        return method_not_allowed(parts, "GET");
+    }
+    let subject = path.trim_start_matches("/describe/");
+    match source.describe(subject) {
+        Ok(report) => {
+            let body = serde_json::to_vec_pretty(&report).unwrap_or_default();
+            response(StatusCode::OK, "application/json", body)
+        }
+        Err((status, why)) => text(status, why),
     }
 }
 

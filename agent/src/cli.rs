@@ -1,4 +1,4 @@
-//! The agent's command line: `run`, `authz check` and `capture`. Every flag
+//! The agent's command line: `run`, `authz check`, `capture` and `describe`. Every flag
 //! can also come from an `AMBIT_*` environment variable, which is how the
 //! DaemonSet configures the agent.
 
@@ -53,6 +53,61 @@ pub enum Command {
     /// Install, remove or inspect the traffic capture rules by hand.
     #[command(subcommand)]
     Capture(CaptureCommand),
+    /// What applies to a pod or a Service's pods and why they were refused:
+    /// node and capture, identity and certificate, mTLS mode, authorization
+    /// policies with each rule's L4 enforcement, recent refusals.
+    #[command(subcommand)]
+    Describe(DescribeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DescribeCommand {
+    /// Describe one pod, named `NAMESPACE/NAME`.
+    Pod {
+        #[arg(value_name = "NAMESPACE/NAME")]
+        name: String,
+        #[command(flatten)]
+        flags: DescribeFlags,
+    },
+    /// Describe a Service, named `NAME.NAMESPACE`, and every pod behind it.
+    Service {
+        #[arg(value_name = "NAME.NAMESPACE")]
+        name: String,
+        #[command(flatten)]
+        flags: DescribeFlags,
+    },
+}
+
+/// Where `describe` reads from and how it prints.
+#[derive(Clone, Debug, Args)]
+pub struct DescribeFlags {
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// A running agent's admin address (its `--admin-addr`, e.g.
+    /// 127.0.0.1:15000): it answers from its live state and adds the
+    /// certificates it holds and the refusals it recorded. Unset (the
+    /// default): describe from `--state` alone.
+    #[arg(long, env = "AMBIT_DESCRIBE_ADMIN", value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+
+    /// How long to wait for the agent's answer (e.g. 5s).
+    #[arg(long, env = "AMBIT_DESCRIBE_TIMEOUT", default_value = "5s", value_parser = ambit_ca::cli::parse_duration)]
+    pub timeout: Duration,
+
+    /// `text` for people, `json` for scripts.
+    #[arg(long, env = "AMBIT_DESCRIBE_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// SPIFFE trust domain of workload identities.
+    #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
 }
 
 /// Where the cluster state comes from and how to read it.
@@ -440,6 +495,34 @@ mod tests {
                 "{argv:?}"
             );
         }
+    }
+
+    #[test]
+    fn describe_parses_its_source_and_output() {
+        let cli = parse(&["describe", "pod", "default/analyzer"]).unwrap();
+        let Command::Describe(DescribeCommand::Pod { name, flags }) = cli.command else {
+            panic!("not describe pod");
+        };
+        assert_eq!(name, "default/analyzer");
+        assert_eq!(flags.admin, None);
+        assert_eq!(flags.output, OutputFormat::Text);
+        assert_eq!(flags.timeout, Duration::from_secs(5));
+        let cli = parse(&[
+            "describe",
+            "service",
+            "analyzer.default",
+            "--admin",
+            "127.0.0.1:15000",
+            "--output",
+            "json",
+        ])
+        .unwrap();
+        let Command::Describe(DescribeCommand::Service { flags, .. }) = cli.command else {
+            panic!("not describe service");
+        };
+        assert_eq!(flags.admin, Some("127.0.0.1:15000".parse().unwrap()));
+        assert_eq!(flags.output, OutputFormat::Json);
+        assert!(parse(&["describe", "pod", "x", "--admin", "nowhere"]).is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! HBONE mTLS tunnels and enforces L4 authorization.
 //!
 //! Layout:
-//! - `cli`: the command line (`run`, `authz check`, `capture`).
+//! - `cli`: the command line (`run`, `authz check`, `capture`, `describe`).
 //! - `app`: the composition root behind `run`.
 //! - `state`: cluster snapshots (workloads, services, policies) and their sources.
 //! - `authz`: L4 authorization of connections against the snapshot's policies.
@@ -19,12 +19,14 @@
 //! - `socket`: the socket factory (marks, transparency, original destination).
 //! - `proxy`: the outbound and inbound plaintext listeners and byte copying.
 //! - `mesh`: the mesh data path assembled (HBONE both ways, admission, re-authorization).
+//! - `describe`: `ambit-agent describe pod|service`: what applies to a workload and why it was refused.
 
 pub mod admin;
 pub mod app;
 pub mod authz;
 pub mod capture;
 pub mod cli;
+pub mod describe;
 pub mod drain;
 pub mod file_events;
 pub mod handover;

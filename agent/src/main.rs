@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use ambit_agent::app;
 use ambit_agent::authz::check;
-use ambit_agent::cli::{AuthzCommand, CheckArgs, Cli, Command, LogFormat};
+use ambit_agent::cli::{
+    AuthzCommand, CheckArgs, Cli, Command, DescribeCommand, DescribeFlags, LogFormat, OutputFormat,
+};
+use ambit_agent::describe::{self, Subject, fetch};
 use ambit_agent::telemetry::{self, LogHandle};
 use clap::Parser;
 
@@ -37,7 +40,51 @@ fn main() -> ExitCode {
         Command::Run(args) => report(run(*args, logs)),
         Command::Authz(AuthzCommand::Check(args)) => authz_check(&args),
         Command::Capture(command) => report(app::capture(command)),
+        Command::Describe(command) => describe(&command),
     }
+}
+
+/// Prints the description; 0 when answered, 1 when the pod or Service is
+/// unknown or the agent could not answer, 2 for a malformed name.
+fn describe(command: &DescribeCommand) -> ExitCode {
+    let (subject, flags): (Result<Subject, _>, &DescribeFlags) = match command {
+        DescribeCommand::Pod { name, flags } => (Subject::pod(name), flags),
+        DescribeCommand::Service { name, flags } => (Subject::service(name), flags),
+    };
+    let subject = match subject {
+        Ok(subject) => subject,
+        Err(e) => {
+            eprintln!("ambit-agent describe: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let answer = match flags.admin {
+        Some(addr) => fetch::from_admin(addr, &subject, flags.timeout),
+        None => fetch::from_state(
+            &flags.state.state,
+            flags.state.load_options(),
+            &subject,
+            &flags.trust_domain,
+        ),
+    };
+    let report = match answer {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("ambit-agent describe: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match flags.output {
+        OutputFormat::Text => print!("{}", describe::render::render(&report)),
+        OutputFormat::Json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("ambit-agent describe: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(args: ambit_agent::cli::RunArgs, logs: LogHandle) -> anyhow::Result<()> {

@@ -35,6 +35,7 @@
 
 mod agent;
 mod connection;
+pub mod denials;
 mod traffic;
 
 use std::sync::Arc;
@@ -43,8 +44,9 @@ use prometheus_client::registry::Registry;
 
 pub use agent::{AgentMetrics, Decision, DecisionLabels, IdentityLabels, ReporterLabels};
 pub use connection::{ByteRecorder, ConnectionRecord, Counted};
+pub use denials::{Denial, RecentDenials};
 pub use traffic::{
-    ConnectionOpen, Reporter, SecurityPolicy, TrafficLabels, TrafficMetrics, UNKNOWN,
+    ConnectionOpen, Reporter, ResponseFlags, SecurityPolicy, TrafficLabels, TrafficMetrics, UNKNOWN,
 };
 
 use connection::ActiveConnections;
@@ -62,6 +64,7 @@ pub struct Metrics {
     pub traffic: TrafficMetrics,
     pub agent: AgentMetrics,
     connections: ActiveConnections,
+    denials: RecentDenials,
     cluster_id: String,
     dns_suffix: String,
 }
@@ -81,6 +84,7 @@ impl Metrics {
             traffic,
             agent,
             connections: ActiveConnections::default(),
+            denials: RecentDenials::default(),
             cluster_id: cluster_id.to_string(),
             dns_suffix: dns_suffix.to_string(),
         }
@@ -91,9 +95,20 @@ impl Metrics {
         ConnectionRecord::open(self.clone(), conn)
     }
 
+    /// `<name>.<namespace>.svc.<dns suffix>`: how `destination_service` and
+    /// the HBONE `forwarded: host=` name a Service.
+    pub fn service_hostname(&self, service: &crate::state::Service) -> String {
+        traffic::service_hostname(service, &self.dns_suffix)
+    }
+
     /// The open connections, for `/config_dump`.
     pub fn connections_json(&self) -> serde_json::Value {
         self.connections.to_json()
+    }
+
+    /// The refusals last recorded for `workload` (`namespace/name`), newest first.
+    pub fn recent_denials(&self, workload: &str) -> Vec<Denial> {
+        self.denials.of(workload)
     }
 
     /// How many connections are open right now.

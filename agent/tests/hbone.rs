@@ -121,6 +121,7 @@ impl Fixture {
             hbone_addr: self.hbone,
             target,
             client: "127.0.0.1:40123".parse().unwrap(),
+            service_host: None,
             baggage: Some(Baggage::new([(
                 "k8s.namespace.name".to_string(),
                 "default".to_string(),
@@ -507,6 +508,7 @@ async fn server_presents_the_dialled_pods_certificate() {
         hbone_addr,
         target: hbone_addr,
         client: "127.0.0.1:1".parse().unwrap(),
+        service_host: None,
         baggage: None,
     };
     let settings = ClientSettings::default();

@@ -212,6 +212,7 @@ async fn hbone_follows_the_trust_bundle_file() {
         hbone_addr,
         target: echo().await,
         client: "127.0.0.1:40123".parse().unwrap(),
+        service_host: None,
         baggage: None,
     };
 

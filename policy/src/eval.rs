@@ -220,7 +220,7 @@ impl Inner {
     /// that set the winning mode.
     /// The index of the destination's namespace (the root namespace's own when
     /// the destination lives there).
-    fn namespace(&self, ns: &str) -> Option<&NamespaceIndex> {
+    pub(crate) fn namespace(&self, ns: &str) -> Option<&NamespaceIndex> {
         if ns == &*self.root_namespace {
             // Its workload policies still apply to its own workloads.
             return Some(&self.root);

@@ -9,8 +9,10 @@
 //! - `model` holds the compiled policies and their L4 matchers.
 //! - `index` ([`PolicySet`]) groups policies by namespace and selector labels.
 //! - `eval` decides a [`Connection`] to a [`Target`] and says why.
+//! - [`describe`] lists what applies to one workload, for `ambit-agent describe`.
 #![forbid(unsafe_code)]
 
+pub mod describe;
 pub mod k8s;
 
 mod eval;
@@ -20,7 +22,7 @@ mod parse;
 
 pub use eval::{Connection, Decision, Reason, Target};
 pub use index::{PolicySet, PolicySetBuilder};
-pub use model::MtlsMode;
+pub use model::{MtlsMode, RuleFields};
 pub use parse::{PolicyError, PolicyKind, Problem};
 
 /// The API group whose policies this crate reads.

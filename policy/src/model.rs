@@ -7,6 +7,7 @@ mod matcher;
 mod peer_authn;
 mod selector;
 
+pub use authz::RuleFields;
 pub(crate) use authz::{
     Action, AuthzPolicy, Condition, ConditionKey, ConditionValues, Effect, Operation, Rule, Source,
 };

@@ -9,6 +9,7 @@
 mod authz;
 mod json;
 mod peer_authn;
+mod rule_fields;
 
 use serde_json::Value;
 

@@ -26,10 +26,12 @@
 //! - `http`: GET from inside a namespace (readiness, metrics, admin).
 //! - `prometheus`: parsed `/metrics` samples.
 //! - `openssl`: the certificate chain a pod presents, as `openssl s_client` sees it.
+//! - `describe`: `ambit-agent describe` against the state file or a node's agent.
 //! - `wire`: tcpdump on the fabric bridge.
 
 mod builder;
 mod control;
+pub mod describe;
 pub mod guestbook;
 pub mod http;
 pub mod openssl;
@@ -109,6 +111,8 @@ pub enum MeshError {
     Rejected { label: String, log: String },
     #[error("`ambit-agent authz check` {0}")]
     AuthzCheck(String),
+    #[error("`ambit-agent describe` {0}")]
+    Describe(String),
 }
 
 impl MeshError {

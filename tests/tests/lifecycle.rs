@@ -9,6 +9,9 @@
 //! (unenrolled); node1 holds `server` (enrolled) and `plain` (unenrolled).
 //! Every pod runs an echo server on 8080.
 
+// Fixture code outside #[test] fns: a failure there is a broken test setup.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;

@@ -9,12 +9,16 @@
 //!   state file while the mesh runs, each decision checked against
 //!   `ambit-agent authz check` and the agent's own decision counter.
 //! - `forged`: clients that lie are refused and the agent keeps serving.
+//! - `describe`: `ambit-agent describe` from the state file and from a
+//!   running agent that has just refused a connection.
 //!
 //! Each test builds its own mesh, so they run in parallel. They need root,
 //! iproute2, iptables, tcpdump and openssl, and the `ambit-agent` and
 //! `ambit-ca` binaries built beside this test (`cargo build -p ambit-agent
 //! -p ambit-ca`, which `cargo test --workspace` does).
 
+#[path = "mesh/describe.rs"]
+mod describe;
 #[path = "mesh/forged.rs"]
 mod forged;
 #[path = "mesh/policy.rs"]

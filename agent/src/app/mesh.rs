@@ -27,6 +27,7 @@ use super::credentials;
 use crate::admin::{self, AdminState};
 use crate::authz;
 use crate::cli::RunArgs;
+use crate::describe::serve::LiveDescriber;
 use crate::drain::DrainWatcher;
 use crate::handover::{Listeners, Role};
 use crate::identity::{IdentityManager, WorkloadCertificate};
@@ -128,7 +129,14 @@ pub async fn start(
     if let Some(logs) = logs {
         state = state.with_logging(logs);
     }
-    let state = config_dump(state, args, store, &identities);
+    let state =
+        config_dump(state, args, store, &identities).with_describe(Arc::new(LiveDescriber {
+            store: store.clone(),
+            node: args.node.clone(),
+            trust_domain: args.trust_domain.clone(),
+            metrics: metrics.clone(),
+            identities: identities.clone(),
+        }));
     let admin = credentials::config_dump(state, &credentials);
     {
         let bundles = credentials.bundle.subscribe();

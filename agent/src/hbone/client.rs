@@ -68,6 +68,9 @@ pub struct ConnectRequest {
     pub target: SocketAddr,
     /// The application's address, sent as `forwarded: for=...`.
     pub client: SocketAddr,
+    /// The Service hostname the application dialled (`name.ns.svc.<domain>`),
+    /// sent as `forwarded: ...;host=...`; `None` when it dialled a pod.
+    pub service_host: Option<String>,
     pub baggage: Option<Baggage>,
 }
 
@@ -274,7 +277,8 @@ impl Connection {
     ) -> Result<H2Stream, ConnectError> {
         self.state.streams.fetch_add(1, Ordering::AcqRel);
         let slot = StreamSlot(self.state.clone());
-        self.open_reserved(slot, target, client, baggage).await
+        self.open_reserved(slot, target, client, None, baggage)
+            .await
     }
 
     /// Claims one of the connection's `max_streams` slots, if one is free.
@@ -294,6 +298,7 @@ impl Connection {
         slot: StreamSlot,
         target: SocketAddr,
         client: SocketAddr,
+        service_host: Option<&str>,
         baggage: Option<&Baggage>,
     ) -> Result<H2Stream, ConnectError> {
         if self.is_closed() {
@@ -303,7 +308,10 @@ impl Connection {
         let mut request = Request::builder()
             .method(Method::CONNECT)
             .uri(target.to_string())
-            .header(FORWARDED, ForwardedFor::header_value(client));
+            .header(
+                FORWARDED,
+                ForwardedFor::header_value_with_host(client, service_host),
+            );
         if let Some(value) = baggage.and_then(|b| b.header_value().ok()) {
             request = request.header(BAGGAGE, value);
         }

@@ -26,6 +26,18 @@ impl ForwardedFor {
         HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("for=unknown"))
     }
 
+    /// As [`Self::header_value`], adding `host=<service hostname>` when the
+    /// client dialled a Service VIP: ztunnel sends and reads the dialled
+    /// Service that way, so the destination reports it in its metrics. A
+    /// host that is not a plain DNS name is left out rather than sent broken.
+    pub fn header_value_with_host(client: SocketAddr, host: Option<&str>) -> HeaderValue {
+        let Some(host) = host.filter(|h| is_hostname(h)) else {
+            return Self::header_value(client);
+        };
+        let value = format!("for=\"{client}\";host={host}");
+        HeaderValue::from_str(&value).unwrap_or_else(|_| Self::header_value(client))
+    }
+
     /// Reads the first `for=` of a `forwarded` header. `Ok(None)` when there is no
     /// `for` or it is an obfuscated/unknown node (both allowed by RFC 7239).
     pub fn parse(value: &HeaderValue) -> Result<Option<Self>, HeaderError> {
@@ -68,6 +80,34 @@ impl ForwardedFor {
             .map(|ip| Self { ip, port: None })
             .map_err(|_| HeaderError::Forwarded)
     }
+}
+
+/// The `host=` of a `forwarded` header's first element: the Service hostname
+/// the client dialled. Telemetry only, so anything unreadable is `None`,
+/// never a refusal.
+pub fn forwarded_host(value: &HeaderValue) -> Option<String> {
+    let first = value.to_str().ok()?.split(',').next()?;
+    first.split(';').find_map(|pair| {
+        let (name, host) = pair.trim().split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("host") {
+            return None;
+        }
+        let host = host.trim();
+        let host = host
+            .strip_prefix('"')
+            .and_then(|h| h.strip_suffix('"'))
+            .unwrap_or(host);
+        is_hostname(host).then(|| host.to_ascii_lowercase())
+    })
+}
+
+/// A DNS name (letters, digits, `-`, `.`), as Service hostnames are.
+fn is_hostname(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// W3C baggage entries (`key=value` pairs, properties dropped), in header order.
@@ -164,6 +204,41 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn forwarded_host_round_trips_beside_for() {
+        let client: SocketAddr = "10.0.0.7:43210".parse().unwrap();
+        let value = ForwardedFor::header_value_with_host(
+            client,
+            Some("analyzer.default.svc.cluster.local"),
+        );
+        assert_eq!(
+            value.to_str().unwrap(),
+            "for=\"10.0.0.7:43210\";host=analyzer.default.svc.cluster.local"
+        );
+        let parsed = ForwardedFor::parse(&value).unwrap().unwrap();
+        assert_eq!((parsed.ip, parsed.port), (client.ip(), Some(client.port())));
+        assert_eq!(
+            forwarded_host(&value).as_deref(),
+            Some("analyzer.default.svc.cluster.local")
+        );
+        // A host that is no DNS name is not sent.
+        let bad = ForwardedFor::header_value_with_host(client, Some("a b;c"));
+        assert_eq!(bad.to_str().unwrap(), "for=\"10.0.0.7:43210\"");
+        assert_eq!(forwarded_host(&bad), None);
+    }
+
+    #[test]
+    fn forwarded_host_variants() {
+        let host = |s: &str| forwarded_host(&hv(s));
+        assert_eq!(
+            host("host=\"Svc.NS.svc\";for=10.0.0.1").as_deref(),
+            Some("svc.ns.svc")
+        );
+        assert_eq!(host("for=10.0.0.1, host=second.ns.svc"), None);
+        assert_eq!(host("host=\"not/a/name\""), None);
+        assert_eq!(host("for=10.0.0.1"), None);
     }
 
     #[test]

@@ -138,6 +138,7 @@ impl<C: Connector> Pool<C> {
                 slot,
                 request.target,
                 request.client,
+                request.service_host.as_deref(),
                 request.baggage.as_ref(),
             )
             .await;
@@ -151,6 +152,7 @@ impl<C: Connector> Pool<C> {
                         slot,
                         request.target,
                         request.client,
+                        request.service_host.as_deref(),
                         request.baggage.as_ref(),
                     )
                     .await

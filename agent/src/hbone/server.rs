@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::headers::{BAGGAGE, Baggage, FORWARDED, ForwardedFor};
+use super::headers::{self, BAGGAGE, Baggage, FORWARDED, ForwardedFor};
 use super::stream::{H2Stream, Transfer, copy_bidirectional};
 use super::tls::{ALPN_H2, TlsConfigError, TlsConfigs, peer_identity};
 use super::{H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW};
@@ -50,6 +50,9 @@ pub struct InboundRequest {
     pub target: SocketAddr,
     /// The original client, from `forwarded: for=...`.
     pub forwarded_for: Option<ForwardedFor>,
+    /// The Service the client dialled, from `forwarded: ...;host=...`
+    /// (telemetry only: it names a Service, it proves nothing).
+    pub forwarded_host: Option<String>,
     pub baggage: Option<Baggage>,
 }
 
@@ -409,6 +412,10 @@ fn parse_connect(
         Some(value) => ForwardedFor::parse(value).map_err(|e| Refusal::Malformed(e.to_string()))?,
         None => None,
     };
+    let forwarded_host = request
+        .headers()
+        .get(FORWARDED)
+        .and_then(headers::forwarded_host);
     // Baggage is telemetry only: a bad one is dropped, not refused.
     let baggage = request
         .headers()
@@ -421,6 +428,7 @@ fn parse_connect(
         local_identity: peer.local_identity.clone(),
         target,
         forwarded_for,
+        forwarded_host,
         baggage,
     })
 }

@@ -6,6 +6,10 @@
 //! stream (RST_STREAM other than NO_ERROR) reads and writes as a reset connection.
 //! Flow-control credit is returned only once the bytes have been handed to the
 //! reader, so a slow consumer slows the sender down instead of growing buffers.
+//!
+//! A peer that answered completely may reset with NO_ERROR to say it wants no
+//! more of the request (RFC 9113 §8.1): the copy treats that as the peer
+//! closing its read side, a normal end, not as a failure.
 
 use std::future::Future;
 use std::io;
@@ -238,6 +242,14 @@ fn read_error(e: h2::Error) -> io::Result<()> {
     Err(h2_to_io(e))
 }
 
+/// Whether a write failed because the peer reset the stream with NO_ERROR:
+/// it needs no more of what we send, which is no failure of the connection.
+fn is_clean_reset(e: &io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| h2.reason() == Some(h2::Reason::NO_ERROR))
+}
+
 fn h2_to_io(e: h2::Error) -> io::Error {
     if e.is_io() {
         return e
@@ -324,6 +336,22 @@ async fn socket_to_tunnel<R>(
 where
     R: AsyncRead + Unpin,
 {
+    match socket_into_tunnel(reader, writer, copied).await {
+        // The peer wants nothing more: what the socket still sends is
+        // dropped, as a TCP server that closed would drop it.
+        Err(e) if is_clean_reset(&e) => Ok(()),
+        result => result,
+    }
+}
+
+async fn socket_into_tunnel<R>(
+    reader: &mut R,
+    writer: &mut H2Writer,
+    copied: &mut u64,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+{
     let mut buf = BytesMut::new();
     let mut size = INITIAL_BUFFER;
     loop {
@@ -342,3 +370,6 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -381,6 +381,7 @@ async fn raw_connect_from(
         hbone_addr: SocketAddr::new(ip(dialled), c.hbone_port),
         target,
         client: forwarded.parse().unwrap(),
+        service_host: None,
         baggage: None,
     };
     let connector = BoundConnector(ip(from));

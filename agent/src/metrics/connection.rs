@@ -22,7 +22,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Metrics;
 use super::agent::{Decision, DecisionLabels, ReporterLabels};
-use super::traffic::{ConnectionOpen, Reporter, SecurityPolicy, TrafficLabels, UNKNOWN};
+use super::denials::Denial;
+use super::traffic::{
+    ConnectionOpen, Reporter, ResponseFlags, SecurityPolicy, TrafficLabels, UNKNOWN,
+};
 use crate::telemetry::ACCESS_LOG_TARGET;
 
 /// What the access log and the config dump say about one connection.
@@ -262,15 +265,56 @@ impl ConnectionRecord {
     }
 }
 
+/// The response flag of a connection that ended with proxy `status` after
+/// authorization `decision`.
+fn response_flags(decision: &str, status: &str) -> ResponseFlags {
+    match (decision, status) {
+        ("deny", _) | (_, "denied") => ResponseFlags::Deny,
+        (_, "connect_failed") => ResponseFlags::Connect,
+        _ => ResponseFlags::None,
+    }
+}
+
+impl ConnectionRecord {
+    /// Keeps a refusal for `describe`, under the workload whose side this
+    /// agent stands on.
+    fn remember_denial(&self, reason: &str, policy: Option<&str>, detail: Option<&str>) {
+        let info = &self.bytes.info;
+        let (workload, direction, peer) = match self.labels.reporter {
+            Reporter::Destination => (&info.destination_workload, "inbound", &info.source_workload),
+            Reporter::Source => (
+                &info.source_workload,
+                "outbound",
+                &info.destination_workload,
+            ),
+        };
+        if workload == UNKNOWN {
+            return;
+        }
+        let at_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.metrics.denials.record(
+            workload,
+            Denial {
+                at_unix_ms,
+                direction: direction.to_owned(),
+                client: info.client_addr,
+                client_identity: info.source_identity.clone(),
+                peer_workload: peer.clone(),
+                destination: info.destination_addr,
+                reason: reason.to_owned(),
+                policy: policy.map(str::to_owned),
+                detail: detail.map(str::to_owned),
+            },
+        );
+    }
+}
+
 impl Drop for ConnectionRecord {
     fn drop(&mut self) {
         let info = &self.bytes.info;
         self.metrics.connections.open.lock().remove(&info.id);
-        self.metrics
-            .traffic
-            .connections_closed
-            .get_or_create(&self.labels)
-            .inc();
         self.active.dec();
         let decision = info.decision.lock().take();
         let (decision, reason, policy) = match &decision {
@@ -285,6 +329,28 @@ impl Drop for ConnectionRecord {
             (None, _) => "unknown",
         };
         let error = outcome.as_ref().and_then(|o| o.error.as_deref());
+        let flags = response_flags(decision, status);
+        let closed = &self.metrics.traffic.connections_closed;
+        if flags == ResponseFlags::None {
+            closed.get_or_create(&self.labels).inc();
+        } else {
+            // Only refused and failed connections pay for a second label set.
+            let labels = TrafficLabels {
+                response_flags: flags,
+                ..self.labels.clone()
+            };
+            closed.get_or_create(&labels).inc();
+        }
+        if flags == ResponseFlags::Deny {
+            // Admitted first and stopped later: the admitting reason no longer explains it.
+            let reason = if decision == "deny" {
+                reason
+            } else {
+                "closed after a policy or enrolment change"
+            };
+            self.remember_denial(reason, policy, error);
+        }
+        let info = &self.bytes.info;
         tracing::info!(
             target: ACCESS_LOG_TARGET,
             reporter = self.labels.reporter.as_str(),
@@ -303,6 +369,7 @@ impl Drop for ConnectionRecord {
             reason,
             policy,
             status,
+            response_flags = flags.as_str(),
             error,
             "connection closed"
         );

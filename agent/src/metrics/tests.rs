@@ -520,3 +520,65 @@ fn record_cost() {
     let per_chunk = start.elapsed() / (10 * n);
     println!("open+close (no subscriber): {per_conn:?}, byte record: {per_chunk:?}");
 }
+
+#[test]
+fn refusals_and_failures_close_with_istio_response_flags() {
+    let f = fixture();
+    let flagged = |flag: &'static str| {
+        let mut labels = MTLS_INBOUND.to_vec();
+        labels.retain(|(k, _)| *k != "response_flags");
+        labels.push(("response_flags", flag));
+        labels
+    };
+    let denied = f.metrics.open_connection(&f.inbound_mtls());
+    denied.set_decision(
+        Decision::Deny,
+        "no ALLOW policy matched",
+        Some("default/analyzer-access".into()),
+    );
+    drop(denied);
+    let unreachable = f.metrics.open_connection(&f.inbound_mtls());
+    unreachable.set_decision(Decision::Allow, "allowed by ALLOW rule", None);
+    unreachable.set_outcome("connect_failed", Some("connection refused"));
+    drop(unreachable);
+    let carried = f.metrics.open_connection(&f.inbound_mtls());
+    carried.set_decision(Decision::Allow, "allowed by ALLOW rule", None);
+    carried.set_outcome("closed", None);
+    drop(carried);
+
+    let samples = f.samples();
+    let closed = |flag| {
+        value(
+            &samples,
+            "istio_tcp_connections_closed_total",
+            &flagged(flag),
+        )
+    };
+    assert_eq!(closed("DENY"), Some(1.0));
+    assert_eq!(closed("CONNECT"), Some(1.0));
+    assert_eq!(closed("-"), Some(1.0));
+    // Opened before the outcome was known: as ztunnel, all three under "-".
+    assert_eq!(
+        value(
+            &samples,
+            "istio_tcp_connections_opened_total",
+            &flagged("-")
+        ),
+        Some(3.0)
+    );
+
+    // The refusal is kept for `describe`, under the destination workload.
+    let kept = f.metrics.recent_denials("default/analyzer");
+    let [denial] = kept.as_slice() else {
+        panic!("not one refusal kept: {kept:#?}");
+    };
+    assert_eq!(denial.direction, "inbound");
+    assert_eq!(denial.reason, "no ALLOW policy matched");
+    assert_eq!(denial.policy.as_deref(), Some("default/analyzer-access"));
+    assert_eq!(denial.peer_workload, "default/guestbook");
+    assert_eq!(
+        denial.client_identity,
+        "spiffe://cluster.local/ns/default/sa/guestbook"
+    );
+    assert!(f.metrics.recent_denials("default/guestbook").is_empty());
+}

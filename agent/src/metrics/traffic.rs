@@ -68,6 +68,38 @@ impl EncodeLabelValue for SecurityPolicy {
     }
 }
 
+/// Istio's `response_flags` values for TCP connections, as ztunnel reports
+/// them: `-` for a connection carried, `DENY` for one refused by
+/// authorization, `CONNECT` for one whose upstream could not be reached.
+/// The flag is known only once the connection was decided, so, as in
+/// ztunnel, `connections_opened` and the byte counters carry `-` and only
+/// `connections_closed` carries the final flag.
+#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq)]
+pub enum ResponseFlags {
+    #[default]
+    None,
+    /// Refused by an authorization policy (or by a policy change later on).
+    Deny,
+    /// The destination (pod or peer agent) could not be reached.
+    Connect,
+}
+
+impl ResponseFlags {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "-",
+            Self::Deny => "DENY",
+            Self::Connect => "CONNECT",
+        }
+    }
+}
+
+impl EncodeLabelValue for ResponseFlags {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
 /// The labels of every `istio_tcp_*` series, resolved once per connection.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TrafficLabels {
@@ -92,7 +124,7 @@ pub struct TrafficLabels {
     pub destination_version: String,
     pub destination_cluster: String,
     pub request_protocol: String,
-    pub response_flags: String,
+    pub response_flags: ResponseFlags,
     pub connection_security_policy: SecurityPolicy,
 }
 
@@ -193,11 +225,11 @@ impl TrafficLabels {
             cluster,
         );
         let (service, service_namespace, service_name) = match ends.destination_service {
-            Some(svc) => {
-                let mut fqdn = String::with_capacity(svc.name.len() + svc.namespace.len() + 20);
-                let _ = write!(fqdn, "{}.{}.svc.{}", svc.name, svc.namespace, dns_suffix);
-                (fqdn, svc.namespace.clone(), svc.name.clone())
-            }
+            Some(svc) => (
+                service_hostname(svc, dns_suffix),
+                svc.namespace.clone(),
+                svc.name.clone(),
+            ),
             None => (UNKNOWN.into(), UNKNOWN.into(), UNKNOWN.into()),
         };
         Self {
@@ -222,10 +254,18 @@ impl TrafficLabels {
             destination_version: dst.version,
             destination_cluster: dst.cluster,
             request_protocol: "tcp".into(),
-            response_flags: "-".into(),
+            response_flags: ResponseFlags::None,
             connection_security_policy: ends.security,
         }
     }
+}
+
+/// `<name>.<namespace>.svc.<dns suffix>`.
+pub(super) fn service_hostname(svc: &Service, dns_suffix: &str) -> String {
+    let mut fqdn =
+        String::with_capacity(svc.name.len() + svc.namespace.len() + 6 + dns_suffix.len());
+    let _ = write!(fqdn, "{}.{}.svc.{}", svc.name, svc.namespace, dns_suffix);
+    fqdn
 }
 
 /// The four `istio_tcp_*` counter families.

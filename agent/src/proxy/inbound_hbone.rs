@@ -77,6 +77,8 @@ pub struct Admit<'a> {
     /// Where the tunnel came from on the network.
     pub peer_addr: SocketAddr,
     pub forwarded_for: Option<ForwardedFor>,
+    /// The Service hostname the client dialled, if it dialled one (`forwarded: host=`).
+    pub forwarded_host: Option<&'a str>,
     /// The pod address and port asked for.
     pub target: SocketAddr,
     /// The identity presented to the peer, when a handshake happened.
@@ -156,8 +158,10 @@ impl InboundHbone {
     /// The pod whose address the tunnel comes from, when it is not the
     /// peer's: a workload only ever speaks for itself, so a certificate
     /// presented from another pod's address is a stolen or misused key.
-    /// Agents dial from node addresses, which are no workload's
-    /// (host-network pods are not in the state).
+    /// Agents (Ambit's and ztunnel) dial from the source pod's address, whose
+    /// workload then is the peer's own; a peer dialling from a node address
+    /// passes too, as node addresses are no workload's (host-network pods
+    /// are not in the state).
     fn impersonates(&self, snapshot: &Snapshot, req: &Admit<'_>) -> Option<String> {
         let pod = snapshot.workload_by_ip(req.peer_addr.ip())?;
         let own = pod
@@ -190,11 +194,13 @@ impl InboundHbone {
         }
         let (client, source) = self.client(&snapshot, req);
         let impostor = self.impersonates(&snapshot, req);
+        let service = snapshot.inbound_service(req.target, req.forwarded_host);
         let record = self.metrics.open_connection(&ConnectionOpen {
             source_workload: source.as_deref(),
             source_identity: Some(req.peer),
             destination_workload: Some(&*dst),
             destination_identity: Some(&dst_id),
+            destination_service: service.map(|s| &**s),
             security: SecurityPolicy::MutualTls,
             ..ConnectionOpen::new(Reporter::Destination, client, req.target)
         });
@@ -286,6 +292,7 @@ impl InboundHandler for InboundHbone {
             peer: &request.peer,
             peer_addr: request.peer_addr,
             forwarded_for: request.forwarded_for,
+            forwarded_host: request.forwarded_host.as_deref(),
             target: request.target,
             presented: Some(&request.local_identity),
         })

@@ -46,11 +46,14 @@ impl Connector for MarkedConnector {
     fn connect(
         &self,
         destination: SocketAddr,
-        _source: IpAddr,
+        source: IpAddr,
     ) -> impl Future<Output = io::Result<TcpStream>> + Send {
-        // From the node's own address: the peer learns the client from
-        // `forwarded`, which it checks against our certificate.
-        self.0.connect(destination, None)
+        // From the source pod's own address (transparent bind), as ztunnel
+        // does: a peer that reads the TCP source for `source.ip`, ipBlocks or
+        // the address it dials its pod from sees the real client. The replies
+        // reach this socket through the capture rules' `-m socket
+        // --transparent` divert. `forwarded` still names the client too.
+        self.0.connect(destination, Some(source))
     }
 }
 
@@ -107,6 +110,8 @@ impl<C: Connector> Shared<C> {
         } = conn;
         let snapshot = self.state.current();
         let service = snapshot.service_by_vip(orig_dst.0.ip()).cloned();
+        // Named to the destination so it reports the same Service.
+        let service_host = service.as_deref().map(|s| self.metrics.service_hostname(s));
         let (src_id, dst_id) = match (
             source.identity(&self.trust_domain),
             destination.identity(&self.trust_domain),
@@ -135,8 +140,13 @@ impl<C: Connector> Shared<C> {
                 )
             }
             Some(_) if destination.node == self.local.node() => {
-                self.carry_local(client, client_addr.0, &src_id, target, &record, cut)
-                    .await
+                let local = Local {
+                    client_addr: client_addr.0,
+                    source: &src_id,
+                    target,
+                    service_host: service_host.as_deref(),
+                };
+                self.carry_local(client, &local, &record, cut).await
             }
             Some(cert) => {
                 let request = ConnectRequest {
@@ -145,6 +155,7 @@ impl<C: Connector> Shared<C> {
                     hbone_addr: SocketAddr::new(target.ip(), self.hbone_port),
                     target,
                     client: client_addr.0,
+                    service_host,
                     baggage: Some(baggage(&source)),
                 };
                 self.carry_remote(client, request, &record, cut).await
@@ -193,12 +204,16 @@ impl<C: Connector> Shared<C> {
     async fn carry_local(
         &self,
         client: TcpStream,
-        client_addr: SocketAddr,
-        source: &ambit_ca::SpiffeId,
-        target: SocketAddr,
+        local: &Local<'_>,
         record: &metrics::ConnectionRecord,
         cut: CancellationToken,
     ) -> Forwarded {
+        let &Local {
+            client_addr,
+            source,
+            target,
+            service_host,
+        } = local;
         // What a handshake would prove: this node holds the destination's identity.
         if self.local.local_certificate(target.ip()).await.is_none() {
             socket::reset(client);
@@ -211,6 +226,7 @@ impl<C: Connector> Shared<C> {
                 ip: client_addr.ip(),
                 port: Some(client_addr.port()),
             }),
+            forwarded_host: service_host,
             target,
             presented: None,
         };
@@ -246,6 +262,15 @@ impl<C: Connector> Shared<C> {
         upstream.connection.finish(&forwarded);
         forwarded
     }
+}
+
+/// A same-node connection as the in-process inbound decision needs it.
+struct Local<'a> {
+    client_addr: SocketAddr,
+    source: &'a ambit_ca::SpiffeId,
+    target: SocketAddr,
+    /// The Service hostname the client dialled, if it dialled a VIP.
+    service_host: Option<&'a str>,
 }
 
 impl<C: Connector> MeshForwarder for MeshOutbound<C> {

@@ -102,6 +102,21 @@ impl Service {
             .map_or(&[], Vec::as_slice)
     }
 
+    /// Whether `addr` is a ready endpoint of one of the ports.
+    pub fn serves(&self, addr: SocketAddr) -> bool {
+        self.ready.iter().any(|r| r.contains(&addr))
+    }
+
+    /// Whether `host` names this Service: `<name>.<namespace>.svc.<domain>`,
+    /// whatever the cluster domain.
+    pub fn has_hostname(&self, host: &str) -> bool {
+        host.strip_prefix(self.name.as_str())
+            .and_then(|h| h.strip_prefix('.'))
+            .and_then(|h| h.strip_prefix(self.namespace.as_str()))
+            .and_then(|h| h.strip_prefix(".svc."))
+            .is_some_and(|domain| !domain.is_empty())
+    }
+
     /// `namespace/name`, the form logs and metrics use.
     pub fn qualified_name(&self) -> String {
         format!("{}/{}", self.namespace, self.name)

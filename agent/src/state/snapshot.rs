@@ -17,6 +17,8 @@ pub struct Snapshot {
     enrolled_by_node: HashMap<String, Vec<Arc<Workload>>>,
     services: Vec<Arc<Service>>,
     services_by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// Services per endpoint IP: what a destination reports a pod under.
+    services_by_endpoint: HashMap<IpAddr, Vec<Arc<Service>>>,
     namespaces: HashMap<String, BTreeMap<String, String>>,
     policies: PolicySet,
     policy_errors: Vec<PolicyIssue>,
@@ -52,9 +54,16 @@ impl Snapshot {
         }
         let services: Vec<Arc<Service>> = services.into_iter().map(Arc::new).collect();
         let mut services_by_vip = HashMap::new();
+        let mut services_by_endpoint: HashMap<IpAddr, Vec<Arc<Service>>> = HashMap::new();
         for s in &services {
             for vip in &s.vips {
                 services_by_vip.insert(*vip, s.clone());
+            }
+            for e in &s.endpoints {
+                let listed = services_by_endpoint.entry(e.ip).or_default();
+                if !listed.iter().any(|l| Arc::ptr_eq(l, s)) {
+                    listed.push(s.clone());
+                }
             }
         }
         Self {
@@ -63,6 +72,7 @@ impl Snapshot {
             enrolled_by_node,
             services,
             services_by_vip,
+            services_by_endpoint,
             namespaces,
             policies,
             policy_errors: Vec::new(),
@@ -104,6 +114,25 @@ impl Snapshot {
             addr: SocketAddr::new(ip, target_port),
             workload: self.workloads_by_ip.get(&ip).cloned(),
         })
+    }
+
+    /// The Services whose endpoints include `ip`, in input order.
+    pub fn services_of_endpoint(&self, ip: IpAddr) -> &[Arc<Service>] {
+        self.services_by_endpoint
+            .get(&ip)
+            .map_or(&[][..], Vec::as_slice)
+    }
+
+    /// The Service a connection to the pod address `dst` counts under on the
+    /// destination side, as ztunnel guesses it: the one the client named
+    /// (`host`, the hostname it dialled) when that is one of the pod's;
+    /// otherwise the first whose endpoints serve `dst`'s port on the pod.
+    /// Only the pod's own Services are candidates, so a peer cannot make a
+    /// connection count under an unrelated Service.
+    pub fn inbound_service(&self, dst: SocketAddr, host: Option<&str>) -> Option<&Arc<Service>> {
+        let own = self.services_of_endpoint(dst.ip());
+        host.and_then(|h| own.iter().find(|s| s.has_hostname(h)))
+            .or_else(|| own.iter().find(|s| s.serves(dst)))
     }
 
     /// Every workload, once each (a dual-stack pod is indexed under two IPs),

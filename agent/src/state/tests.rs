@@ -257,6 +257,44 @@ fn service_resolves_named_target_port_through_ready_endpoints() {
     assert!(s.service_target(ip("10.96.0.21"), 80).is_none());
 }
 
+#[test]
+fn destination_service_comes_from_the_dialled_host_or_the_pods_endpoints() {
+    let s = load(&[("cluster.yaml", KUBECTL_LIST)]).unwrap();
+    let addr = |a: &str| a.parse::<SocketAddr>().unwrap();
+    let name = |svc: Option<&std::sync::Arc<Service>>| svc.map(|s| s.qualified_name());
+    let web = Some("shop/web".to_owned());
+    // Named by the client, in any cluster domain.
+    assert_eq!(
+        name(s.inbound_service(addr("10.1.0.10:8080"), Some("web.shop.svc.cluster.local"))),
+        web
+    );
+    assert_eq!(
+        name(s.inbound_service(addr("10.1.0.10:8080"), Some("web.shop.svc.corp.example"))),
+        web
+    );
+    // Not named: the Service whose endpoints serve that pod port.
+    assert_eq!(name(s.inbound_service(addr("10.1.0.10:9001"), None)), web);
+    // A port no Service targets, a host that is not the pod's, a pod of no Service.
+    assert_eq!(name(s.inbound_service(addr("10.1.0.10:7777"), None)), None);
+    assert_eq!(
+        name(s.inbound_service(addr("10.1.0.10:7777"), Some("other.shop.svc.cluster.local"))),
+        None
+    );
+    assert_eq!(
+        name(s.inbound_service(addr("10.1.0.13:8080"), Some("web.shop.svc.cluster.local"))),
+        None
+    );
+    let svc = s.service_by_vip(ip("10.96.0.20")).unwrap();
+    for not_it in [
+        "web.shop.svc.",
+        "web.shop",
+        "web.shopx.svc.cluster.local",
+        "xweb.shop.svc.c",
+    ] {
+        assert!(!svc.has_hostname(not_it), "{not_it}");
+    }
+}
+
 const MULTI_DOC: &str = r#"
 apiVersion: v1
 kind: Namespace

@@ -17,21 +17,23 @@ fn selector_json(s: Option<&Selector>) -> Value {
 }
 
 impl Inner {
+    /// `mesh`, `namespace` or `workload`: whom a policy in `ns` applies to.
+    pub(crate) fn scope(&self, ns: &str, selector: Option<&Selector>) -> &'static str {
+        match (ns == &*self.root_namespace, selector) {
+            (true, None) => "mesh",
+            (false, None) => "namespace",
+            (_, Some(_)) => "workload",
+        }
+    }
+
     pub(crate) fn summary(&self) -> Value {
-        let scope =
-            |ns: &str, selector: Option<&Selector>| match (ns == &*self.root_namespace, selector) {
-                (true, None) => "mesh",
-                (false, None) => "namespace",
-                (_, Some(_)) => "workload",
-            };
+        let scope = |ns: &str, selector: Option<&Selector>| self.scope(ns, selector);
         let mut policies = Vec::with_capacity(self.authz.len() + self.peer.len());
         for p in &self.authz {
-            let (status, rules) = match &p.effect {
-                Effect::Allow(r) | Effect::Deny(r) => ("active", Some(r.len())),
-                Effect::Audit => ("audit only (no effect)", None),
-                Effect::Custom => ("CUSTOM unsupported (fail closed)", None),
-                Effect::Invalid => ("invalid (fail closed)", None),
-                Effect::Waypoint => ("targetRef: waypoint policy, not applied", None),
+            let status = p.effect.status();
+            let rules = match &p.effect {
+                Effect::Allow(r) | Effect::Deny(r) => Some(r.len()),
+                _ => None,
             };
             policies.push(json!({
                 "kind": "AuthorizationPolicy",

@@ -52,6 +52,19 @@ pub(crate) enum Effect {
     Waypoint,
 }
 
+impl Effect {
+    /// Whether and how the node proxy applies the policy, in words.
+    pub(crate) fn status(&self) -> &'static str {
+        match self {
+            Self::Allow(_) | Self::Deny(_) => "active",
+            Self::Audit => "audit only (no effect)",
+            Self::Custom => "CUSTOM unsupported (fail closed)",
+            Self::Invalid => "invalid (fail closed)",
+            Self::Waypoint => "targetRef: waypoint policy, not applied",
+        }
+    }
+}
+
 /// One compiled AuthorizationPolicy.
 #[derive(Clone, Debug)]
 pub(crate) struct AuthzPolicy {
@@ -64,6 +77,17 @@ pub(crate) struct AuthzPolicy {
     /// Indices of ALLOW rules dropped because they need L7 attributes, and of
     /// DENY rules that lost L7 attributes: shown in the summary.
     pub l7_rules: Vec<usize>,
+    /// Every rule as written, by position (empty when the policy is invalid):
+    /// what `describe` shows.
+    pub rule_fields: Vec<RuleFields>,
+}
+
+/// One rule's fields as written, in words: those an L4 proxy checks, and
+/// those only an HTTP proxy sees.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuleFields {
+    pub l4: Vec<String>,
+    pub http_only: Vec<String>,
 }
 
 /// One rule: `from` entries OR'd, `to` entries OR'd, `when` conditions AND'd;

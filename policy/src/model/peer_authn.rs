@@ -4,7 +4,7 @@ use super::Selector;
 
 /// A resolved mTLS mode: what the inbound side accepts. Never UNSET; UNSET only
 /// exists in policies and means "inherit".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
     /// Only mTLS (HBONE) connections.

@@ -31,7 +31,7 @@ const SOURCE_FIELDS: &[&str] = &[
     "remoteIpBlocks",
     "notRemoteIpBlocks",
 ];
-const SOURCE_L7_FIELDS: &[&str] = &["requestPrincipals", "notRequestPrincipals"];
+pub(super) const SOURCE_L7_FIELDS: &[&str] = &["requestPrincipals", "notRequestPrincipals"];
 const OPERATION_FIELDS: &[&str] = &[
     "hosts",
     "notHosts",
@@ -42,7 +42,7 @@ const OPERATION_FIELDS: &[&str] = &[
     "paths",
     "notPaths",
 ];
-const OPERATION_L7_FIELDS: &[&str] = &[
+pub(super) const OPERATION_L7_FIELDS: &[&str] = &[
     "hosts",
     "notHosts",
     "methods",
@@ -63,6 +63,7 @@ pub(super) fn compile(obj: &Value, meta: &Meta, fail: &mut impl FnMut(FieldError
         action: Action::Allow,
         effect: Effect::Invalid,
         l7_rules: Vec::new(),
+        rule_fields: Vec::new(),
     };
     let spec = match json::opt_object(obj.get("spec"), &path) {
         Ok(spec) => spec,
@@ -121,6 +122,11 @@ fn compile_body(
             rules.push(rule);
         }
     }
+    policy.rule_fields = spec
+        .get("rules")
+        .and_then(Value::as_array)
+        .map(|raw| raw.iter().map(super::rule_fields::rule_fields).collect())
+        .unwrap_or_default();
     Ok(match policy.action {
         Action::Allow => Effect::Allow(rules),
         Action::Deny => Effect::Deny(rules),
@@ -303,7 +309,7 @@ fn condition_values(key: ConditionKey, raw: Vec<(&Value, Path)>) -> json::Result
 
 /// Request attributes only an L7 proxy sees (`connection.sni` included: the
 /// node proxy does not read TLS inside the tunnel).
-fn is_l7_key(key: &str) -> bool {
+pub(super) fn is_l7_key(key: &str) -> bool {
     key.starts_with("request.") || key.starts_with("experimental.") || key == "connection.sni"
 }
 

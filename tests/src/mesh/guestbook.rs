@@ -98,7 +98,13 @@ fn app(name: &str, node: usize) -> PodSpec {
 
 impl Guestbook {
     pub fn start() -> Result<Self, GuestbookError> {
-        let mesh = builder().build()?;
+        Self::start_with(builder())
+    }
+
+    /// Starts the scenario on `builder`: [`builder`]'s layout plus what the
+    /// caller added (Services, policies in force from the start).
+    pub fn start_with(builder: MeshBuilder) -> Result<Self, GuestbookError> {
+        let mesh = builder.build()?;
         let mut servers = Vec::new();
         for (pod, port, kind) in [
             ("analyzer", ECHO_PORT, ServerKind::Echo),

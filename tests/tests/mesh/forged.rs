@@ -149,6 +149,7 @@ fn tunnel(
         hbone_addr: dialled.addr(15008),
         target,
         client: SocketAddr::new(claimed, 40_000),
+        service_host: None,
         baggage: None,
     };
     let settings = ClientSettings {

@@ -1,15 +1,18 @@
 //! Enrolled pods reach each other across nodes with bytes intact, the fabric
-//! carries only TLS between them, the HBONE port presents a chain that
-//! verifies against the CA's root and names the pod, and both agents count
-//! the connections and bytes exactly.
+//! carries only TLS between them, tunnels leave from the client pod's own
+//! address, the HBONE port presents a chain that verifies against the CA's
+//! root and names the pod, and both agents count the connections and bytes
+//! exactly, the destination naming the Service the client dialled.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use ambit_tests::mesh::Samples;
+use ambit_tests::mesh::{Samples, guestbook};
 use ambit_tests::require_e2e;
 
-use crate::scenario::{ECHO_PORT, Outcome, SINK_PORT, echo, eventually, payload, scrape, sink};
+use crate::scenario::{
+    ECHO_PORT, Guestbook, Outcome, SINK_PORT, echo, eventually, payload, scrape, sink,
+};
 
 const OPENED: &str = "istio_tcp_connections_opened_total";
 const CLOSED: &str = "istio_tcp_connections_closed_total";
@@ -90,6 +93,25 @@ fn enrolled_pods_talk_across_nodes_inside_mtls_and_are_counted() {
         to_hbone > 10,
         "only {to_hbone} frames reached analyzer's 15008"
     );
+    // The tunnel leaves node0 from guestbook's own address (as ztunnel's
+    // do), not the node's, and the answers come back to it: the capture
+    // rules' transparent-socket divert hands them to the agent.
+    let hbone = |src: String, dst: String| {
+        recording
+            .count(&format!("tcp and src host {src} and dst host {dst}"))
+            .unwrap()
+    };
+    let (pod_ip, an_ip) = (guestbook.ip().to_string(), analyzer.ip().to_string());
+    let from_pod = hbone(pod_ip.clone(), format!("{an_ip} and dst port 15008"));
+    let answers = hbone(format!("{an_ip} and src port 15008"), pod_ip);
+    assert!(
+        from_pod > 10 && answers > 10,
+        "HBONE from guestbook's address: {from_pod} frames out, {answers} back:\n{}",
+        recording.summary("tcp port 15008").unwrap()
+    );
+    let node0 = gb.mesh.node(0).fabric_ip.to_string();
+    let from_node = hbone(node0, format!("{an_ip} and dst port 15008"));
+    assert_eq!(from_node, 0, "HBONE left node0 from the node's address");
     let to_app = recording
         .count(&format!(
             "tcp and src host {} and dst port {ECHO_PORT}",
@@ -258,4 +280,94 @@ fn the_hbone_port_presents_a_chain_to_the_ca_root_naming_the_pod() {
         .presented_chain(gb.pod("legacy"), guestbook.addr(15008))
         .unwrap();
     assert_eq!(other.leaf_uris, vec![guestbook.spiffe_id()]);
+}
+
+/// Two Services in front of analyzer's echo port: a connection counts under
+/// the one the client dialled, which only `host=` in `forwarded` tells the
+/// destination; a connection to the pod address counts under the first
+/// Service whose endpoints serve that port, and one to a port no Service
+/// targets under none.
+#[test]
+fn the_destination_reports_the_service_the_client_dialled() {
+    if !require_e2e() {
+        return;
+    }
+    let (vip, canary_vip) = (Ipv4Addr::new(10, 96, 0, 10), Ipv4Addr::new(10, 96, 0, 11));
+    let builder = guestbook::builder()
+        .service(
+            "default",
+            "analyzer",
+            vip,
+            ("app", "analyzer"),
+            &[(80, ECHO_PORT)],
+        )
+        .service(
+            "default",
+            "canary",
+            canary_vip,
+            ("app", "analyzer"),
+            &[(80, ECHO_PORT)],
+        );
+    let gb = Guestbook::start_with(builder).unwrap_or_else(|e| panic!("starting the mesh: {e}"));
+    let (analyzer, sleep, guestbook) = (gb.pod("analyzer"), gb.pod("sleep"), gb.pod("guestbook"));
+    let before = scrape(&gb);
+    let data = payload("AMBIT-service-labels", 1024);
+    for (from, to) in [
+        (sleep, SocketAddr::new(canary_vip.into(), 80)),
+        (guestbook, analyzer.addr(ECHO_PORT)),
+        (guestbook, analyzer.addr(SINK_PORT)),
+    ] {
+        assert_eq!(
+            echo_or_sink(from, to, &data),
+            Outcome::Allowed,
+            "{} -> {to}",
+            from.name()
+        );
+    }
+    let service = |source: &'static str, svc: &'static str| {
+        vec![
+            ("reporter", "destination"),
+            ("source_workload", source),
+            ("destination_workload", "analyzer"),
+            ("destination_service", svc),
+        ]
+    };
+    let expected = [
+        (service("sleep", "canary.default.svc.cluster.local"), 1.0),
+        (service("sleep", "analyzer.default.svc.cluster.local"), 0.0),
+        (
+            service("guestbook", "analyzer.default.svc.cluster.local"),
+            1.0,
+        ),
+        (service("guestbook", "unknown"), 1.0),
+    ];
+    eventually(Duration::from_secs(5), || {
+        let after = scrape(&gb);
+        for (filter, want) in &expected {
+            let got = delta(&before[1], &after[1], CLOSED, filter);
+            if got != *want {
+                return Err(format!("node1 {filter:?}: {got} closed, want {want}"));
+            }
+        }
+        Ok(())
+    });
+    // The source side names the dialled Service too.
+    let after = scrape(&gb);
+    let source = [
+        ("reporter", "source"),
+        ("source_workload", "sleep"),
+        ("destination_service", "canary.default.svc.cluster.local"),
+    ];
+    assert_eq!(delta(&before[2], &after[2], CLOSED, &source), 1.0);
+}
+
+/// Echo on the echo port, the sink (which answers its byte count) elsewhere.
+fn echo_or_sink(from: &ambit_tests::MeshPod, to: SocketAddr, data: &[u8]) -> Outcome {
+    if to.port() == SINK_PORT {
+        return match sink(from, to, data.len() as u64, 7) {
+            Ok(_) => Outcome::Allowed,
+            Err(e) => panic!("sink {to}: {e}"),
+        };
+    }
+    echo(from, to, data)
 }
