@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use ambit_agent::app;
 use ambit_agent::authz::check;
+use ambit_agent::limits;
 use ambit_agent::cli::{AuthzCommand, CheckArgs, Cli, Command, LogFormat};
 use ambit_agent::telemetry::{self, LogHandle};
 use clap::Parser;
@@ -41,6 +42,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: ambit_agent::cli::RunArgs, logs: LogHandle) -> anyhow::Result<()> {
+    // Before any thread or socket exists: the budget is set from the result.
+    if let Err(error) = limits::raise_nofile() {
+        tracing::warn!(%error, "reading the open-file limit");
+    }
+    limits::keep_spare();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(args.worker_threads))
         .enable_all()

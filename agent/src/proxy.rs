@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use copy::{CopyOutcome, End, Transferred};
 
+use crate::limits;
 use crate::socket::{ClientAddr, OrigDst};
 use crate::state::Workload;
 
@@ -160,9 +161,13 @@ pub trait ConnectionObserver: Send + Sync + 'static {
 
 /// Accepts on `listener` and runs `handle` for each connection until
 /// `shutdown`; then stops accepting, gives open connections `drain` to
-/// finish, and aborts the rest.
+/// finish, and aborts the rest. `name` labels refusals: a connection past
+/// the descriptor budget is reset at once and counted (see [`limits`]).
+///
+/// [`limits`]: crate::limits
 pub async fn serve<H, F>(
     listener: TcpListener,
+    name: &'static str,
     shutdown: CancellationToken,
     drain: Duration,
     handle: H,
@@ -176,13 +181,11 @@ pub async fn serve<H, F>(
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(handle(stream, peer));
+                    if let Some(stream) = limits::admit_accepted(stream, name) {
+                        connections.spawn(handle(stream, peer));
+                    }
                 }
-                Err(error) => {
-                    // Out of descriptors or memory: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Err(error) => limits::accept_failed(&listener, name, error).await,
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -214,6 +217,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(
             listener,
+            "test",
             shutdown.clone(),
             Duration::from_millis(200),
             |stream, _| async move {

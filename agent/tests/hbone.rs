@@ -97,6 +97,7 @@ async fn fixture(deny: Option<&str>) -> Fixture {
     let tls = Arc::new(TlsConfigs::new(ca.bundle()).unwrap());
     let settings = ServerSettings {
         handshake_timeout: Duration::from_millis(300),
+        ..ServerSettings::default()
     };
     let server = Server::new(tls.clone(), handler.clone(), settings);
     let (drain, watcher) = drain::channel();

@@ -112,7 +112,7 @@ impl OutboundProxy {
         drain: std::time::Duration,
     ) {
         let own = listener.local_addr().ok();
-        super::serve(listener, shutdown, drain, move |stream, peer| {
+        super::serve(listener, "outbound", shutdown, drain, move |stream, peer| {
             self.clone().handle(stream, peer, own)
         })
         .await;
