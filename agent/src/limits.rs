@@ -99,7 +99,9 @@ impl Budget {
 
     fn init(limit: u64) -> &'static Self {
         let budget = BUDGET.get_or_init(|| Self::for_limit(limit));
-        globals().limit.set(i64::try_from(budget.limit).unwrap_or(i64::MAX));
+        globals()
+            .limit
+            .set(i64::try_from(budget.limit).unwrap_or(i64::MAX));
         budget
     }
 

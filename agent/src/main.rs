@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use ambit_agent::app;
 use ambit_agent::authz::check;
-use ambit_agent::limits;
 use ambit_agent::cli::{AuthzCommand, CheckArgs, Cli, Command, LogFormat};
+use ambit_agent::limits;
 use ambit_agent::telemetry::{self, LogHandle};
 use clap::Parser;
 

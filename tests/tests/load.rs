@@ -132,7 +132,11 @@ async fn echo_round(stream: &mut TcpStream, data: &[u8]) -> Result<(), String> {
 
 /// Connects and waits for the first sign of life or death within `wait`:
 /// `Ok` if `data` came back, `Err((what, after))` if the connection failed.
-async fn probe(to: SocketAddr, data: &[u8], wait: Duration) -> Result<TcpStream, (String, Duration)> {
+async fn probe(
+    to: SocketAddr,
+    data: &[u8],
+    wait: Duration,
+) -> Result<TcpStream, (String, Duration)> {
     let start = Instant::now();
     let mut stream = match tokio::time::timeout(wait, TcpStream::connect(to)).await {
         Ok(Ok(s)) => s,
@@ -174,7 +178,12 @@ fn ready(mesh: &Mesh, node: usize) -> Result<u16, String> {
 /// Opens `count` connections to `to` (at most `parallel` connecting at
 /// once), each echoing its own pattern twice: once while all the others are
 /// being opened, once after every one of them is open. Returns the failures.
-async fn hold_many(to: SocketAddr, count: usize, parallel: usize, seed: u64) -> (Vec<String>, Vec<TcpStream>) {
+async fn hold_many(
+    to: SocketAddr,
+    count: usize,
+    parallel: usize,
+    seed: u64,
+) -> (Vec<String>, Vec<TcpStream>) {
     let gate = Arc::new(tokio::sync::Semaphore::new(parallel));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..count {
@@ -220,10 +229,15 @@ fn soft_limit_1024_carries_thousands_of_plain_and_hbone_connections() {
     }
     let _turn = turn();
     // Well past the old breaking point (167 plain connections at 1024).
-    const EACH: usize = 1500;
+    const EACH: usize = 4000;
+    // 65536 as the issue asks, or the highest hard limit this process may
+    // give (raising a hard limit needs CAP_SYS_RESOURCE).
+    let (_, own_hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let hard = own_hard.min(65536);
     let mesh = layout()
-        .agent_nofile(0, 1024, 65536)
-        .agent_nofile(1, 1024, 65536)
+        .agent_nofile(0, 1024, hard)
+        .agent_nofile(1, 1024, hard)
         .build()
         .unwrap();
     let _servers = [
@@ -232,7 +246,7 @@ fn soft_limit_1024_carries_thousands_of_plain_and_hbone_connections() {
     ];
     let log = mesh.agent(0).log();
     assert!(
-        log.contains("open-file limit") && log.contains("\"soft\":65536"),
+        log.contains("open-file limit") && log.contains(&format!("\"soft\":{hard}")),
         "the agent did not raise its soft limit:\n{log}"
     );
     let (mesh_dst, plain_dst) = (
@@ -303,7 +317,9 @@ fn hard_limit_1024_refuses_past_the_budget_fast_and_keeps_serving() {
         drop(held);
         // Closed: the budget is back and new connections work.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let again = probe(to, b"again", Duration::from_secs(5)).await.map(|_| ());
+        let again = probe(to, b"again", Duration::from_secs(5))
+            .await
+            .map(|_| ());
         (carried, refusals, (ready, samples, failures, again))
     });
     let (ready, samples, failures, again) = at_budget;
@@ -325,18 +341,24 @@ fn hard_limit_1024_refuses_past_the_budget_fast_and_keeps_serving() {
         "{} refusals seen, {counted} counted",
         refusals.len()
     );
-    assert!(failures.is_empty(), "held connections failed at the budget: {failures:?}");
-    assert!(again.is_ok(), "no new connection after the held ones closed: {again:?}");
+    assert!(
+        failures.is_empty(),
+        "held connections failed at the budget: {failures:?}"
+    );
+    assert!(
+        again.is_ok(),
+        "no new connection after the held ones closed: {again:?}"
+    );
     eprintln!(
         "carried {carried} connections, refused {} (slowest {slowest:?})",
         refusals.len()
     );
 }
 
-/// p99 of `samples`.
-fn p99(mut samples: Vec<Duration>) -> Duration {
+/// The `pct` percentile of `samples`.
+fn percentile(samples: &mut [Duration], pct: usize) -> Duration {
     samples.sort();
-    samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
+    samples[(samples.len() * pct / 100).min(samples.len() - 1)]
 }
 
 #[test]
@@ -345,9 +367,9 @@ fn unauthenticated_flood_on_15008_is_capped_and_others_keep_flowing() {
         return;
     }
     let _turn = turn();
-    const FLOOD: usize = 6000;
+    const FLOOD: usize = 15_000;
     const PER_SOURCE: &str = "50";
-    const ROUNDS: usize = 200;
+    const ROUNDS: usize = 300;
     let mesh = layout()
         .agent_args(1, &["--max-pending-handshakes-per-source", PER_SOURCE])
         .build()
@@ -370,9 +392,10 @@ fn unauthenticated_flood_on_15008_is_capped_and_others_keep_flowing() {
             (times, failures)
         })
     };
-    let (quiet, failures) = measure(ROUNDS);
+    let (mut quiet, failures) = measure(ROUNDS);
     assert!(failures.is_empty(), "quiet: {failures:?}");
-    let quiet = p99(quiet);
+    let quiet_p50 = percentile(&mut quiet, 50);
+    let quiet = percentile(&mut quiet, 99);
 
     let stop = Arc::new(AtomicBool::new(false));
     let flooding = Arc::new(AtomicBool::new(false));
@@ -393,7 +416,7 @@ fn unauthenticated_flood_on_15008_is_capped_and_others_keep_flowing() {
                             let mut held = std::collections::VecDeque::new();
                             let mut opened = 0usize;
                             while !stop.load(Ordering::Relaxed) {
-                                let burst = if held.len() < FLOOD { 500 } else { 50 };
+                                let burst = if held.len() < FLOOD { 500 } else { 20 };
                                 for _ in 0..burst {
                                     let connect = TcpStream::connect(hbone);
                                     if let Ok(Ok(s)) =
@@ -419,15 +442,25 @@ fn unauthenticated_flood_on_15008_is_capped_and_others_keep_flowing() {
     };
     let agent = mesh.agent(1).pid();
     let flooded = wait_for(Duration::from_secs(30), || flooding.load(Ordering::Relaxed));
-    assert!(flooded.is_some(), "the flood never reached {FLOOD} connections");
-    let (loaded, failures) = measure(ROUNDS);
+    assert!(
+        flooded.is_some(),
+        "the flood never reached {FLOOD} connections"
+    );
+    let (mut loaded, failures) = measure(ROUNDS);
     let rss = rss_kib(agent);
     stop.store(true, Ordering::Relaxed);
     let opened = flood.join().unwrap();
-    assert!(opened >= FLOOD, "the flood opened only {opened} connections");
+    assert!(
+        opened >= FLOOD,
+        "the flood opened only {opened} connections"
+    );
     assert!(failures.is_empty(), "under the flood: {failures:?}");
-    let loaded = p99(loaded);
-    eprintln!("p99 quiet {quiet:?}, under a flood of {opened}: {loaded:?}; agent RSS {rss} KiB");
+    let loaded_p50 = percentile(&mut loaded, 50);
+    let loaded = percentile(&mut loaded, 99);
+    eprintln!(
+        "round trip p50/p99 quiet {quiet_p50:?}/{quiet:?}, under a flood of {opened}: \
+         {loaded_p50:?}/{loaded:?}; agent RSS {rss} KiB"
+    );
     // Twice the quiet value, with a floor for a shared machine's scheduling noise.
     assert!(
         loaded <= (quiet * 2).max(quiet + Duration::from_millis(20)),
@@ -445,7 +478,10 @@ fn unauthenticated_flood_on_15008_is_capped_and_others_keep_flowing() {
 /// Established TCP connections in `netns` matching the `ss` filter.
 fn established(netns: &ambit_tests::netns::Netns, filter: &str) -> usize {
     let out = netns
-        .exec("sh", ["-c", &format!("ss -Htn state established '{filter}'")])
+        .exec(
+            "sh",
+            ["-c", &format!("ss -Htn state established '{filter}'")],
+        )
         .unwrap_or_default();
     out.lines().filter(|l| !l.trim().is_empty()).count()
 }
@@ -472,7 +508,12 @@ fn idle_tunnels_close_on_both_sides_and_closed_ports_reset_fast() {
     let mesh = layout()
         .agent_args(
             1,
-            &["--hbone-idle-timeout", "2s", "--hbone-pool-idle-timeout", "2s"],
+            &[
+                "--hbone-idle-timeout",
+                "2s",
+                "--hbone-pool-idle-timeout",
+                "2s",
+            ],
         )
         .build()
         .unwrap();
@@ -494,6 +535,7 @@ fn idle_tunnels_close_on_both_sides_and_closed_ports_reset_fast() {
             probe(to, b"x", Duration::from_secs(15)).await.map(|_| ())
         });
         let (how, after) = outcome.expect_err("a closed port answered");
+        eprintln!("{what}: closed port answered after {after:?} ({how})");
         assert!(after <= FAST, "{what}: reset after {after:?} ({how})");
     }
     // Let the tunnel the refusal used expire (node 1's server closes it).
@@ -506,13 +548,21 @@ fn idle_tunnels_close_on_both_sides_and_closed_ports_reset_fast() {
     assert!(in_pod(client, || async move {
         probe(to, b"hello", Duration::from_secs(5)).await.is_ok()
     }));
-    assert_eq!(established(node0, &tunnel_to(server)), 1, "no pooled tunnel on node 0");
+    assert_eq!(
+        established(node0, &tunnel_to(server)),
+        1,
+        "no pooled tunnel on node 0"
+    );
     let start = Instant::now();
     let gone = wait_for(Duration::from_secs(10), || {
         established(node0, &tunnel_to(server)) == 0 && established(node1, &tunnel_at(server)) == 0
     });
     let gone = gone.unwrap_or_else(|| panic!("the idle tunnel to node 1 still open after 10 s"));
-    assert!(start.elapsed() >= Duration::from_millis(1500), "closed before the timeout: {gone:?}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "closed before the timeout: {gone:?}"
+    );
+    eprintln!("idle tunnel closed {gone:?} after the first look");
 
     // Client side: node 1's pool closes its idle tunnel to node 0, whose
     // server would keep it.
@@ -520,11 +570,19 @@ fn idle_tunnels_close_on_both_sides_and_closed_ports_reset_fast() {
     assert!(in_pod(server, || async move {
         probe(to, b"hello", Duration::from_secs(5)).await.is_ok()
     }));
-    assert_eq!(established(node1, &tunnel_to(client)), 1, "no pooled tunnel on node 1");
+    assert_eq!(
+        established(node1, &tunnel_to(client)),
+        1,
+        "no pooled tunnel on node 1"
+    );
     let start = Instant::now();
     let gone = wait_for(Duration::from_secs(10), || {
         established(node1, &tunnel_to(client)) == 0 && established(node0, &tunnel_at(client)) == 0
     });
     let gone = gone.unwrap_or_else(|| panic!("the idle tunnel to node 0 still open after 10 s"));
-    assert!(start.elapsed() >= Duration::from_millis(1500), "closed before the timeout: {gone:?}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "closed before the timeout: {gone:?}"
+    );
+    eprintln!("idle tunnel closed {gone:?} after the first look");
 }

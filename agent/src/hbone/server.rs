@@ -236,7 +236,9 @@ impl<H: InboundHandler> Server<H> {
                     let server = self.clone();
                     let drain = drain.clone();
                     tokio::spawn(async move {
-                        let _ = server.serve_connection_pending(tcp, drain, Some(permit)).await;
+                        let _ = server
+                            .serve_connection_pending(tcp, drain, Some(permit))
+                            .await;
                     });
                 }
                 Err(error) => limits::accept_failed(&listener, LISTENER, error).await,

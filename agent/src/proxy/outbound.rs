@@ -112,9 +112,13 @@ impl OutboundProxy {
         drain: std::time::Duration,
     ) {
         let own = listener.local_addr().ok();
-        super::serve(listener, "outbound", shutdown, drain, move |stream, peer| {
-            self.clone().handle(stream, peer, own)
-        })
+        super::serve(
+            listener,
+            "outbound",
+            shutdown,
+            drain,
+            move |stream, peer| self.clone().handle(stream, peer, own),
+        )
         .await;
     }
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::Cluster;
 
-use super::state::{self, PodRecord, ServiceRecord, State};
 use super::control::AgentOptions;
+use super::state::{self, PodRecord, ServiceRecord, State};
 use super::{Mesh, MeshError, MeshPod, PodSpec, READINESS_PORT, control, http, tail};
 
 /// How long agents get to become ready.
