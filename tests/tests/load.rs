@@ -11,8 +11,9 @@
 //!   per-source cap and counted, and the agent stays small;
 //! - idle HBONE connections are closed after the configured timeout, by the
 //!   server and by the client pool;
-//! - a connection to a closed port of a pod on another node is reset within
-//!   100 ms, through HBONE and on the plain path.
+//! - a connection to a closed port is reset within 100 ms: of an enrolled
+//!   pod on another node (HBONE), of a pod outside the mesh (plain path), of
+//!   an enrolled pod on the same node, and from outside the mesh (15006).
 //!
 //! The heavy tests take turns (one lock): on a small machine they would
 //! otherwise measure each other. Clients and servers are tokio tasks in the
@@ -44,7 +45,8 @@ fn turn() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// client (node 0) and server (node 1) enrolled; plain (node 1) outside the mesh.
+/// client, neighbour (node 0) and server (node 1) enrolled; plain (node 1)
+/// and attacker (node 0) outside the mesh.
 fn layout() -> MeshBuilder {
     Mesh::builder()
         .nodes(2)
@@ -54,6 +56,11 @@ fn layout() -> MeshBuilder {
         .pod(PodSpec::new("server").service_account("server").node(1))
         .pod(PodSpec::new("plain").namespace("outside").node(1))
         .pod(PodSpec::new("attacker").namespace("outside").node(0))
+        .pod(
+            PodSpec::new("neighbour")
+                .service_account("neighbour")
+                .node(0),
+        )
 }
 
 /// An echo server in `pod`, on its own runtime (dropping it stops it).
@@ -416,7 +423,7 @@ fn unauthenticated_flood_on_15008_is_capped_and_others_keep_flowing() {
                             let mut held = std::collections::VecDeque::new();
                             let mut opened = 0usize;
                             while !stop.load(Ordering::Relaxed) {
-                                let burst = if held.len() < FLOOD { 500 } else { 20 };
+                                let burst = if held.len() < FLOOD { 500 } else { 5 };
                                 for _ in 0..burst {
                                     let connect = TcpStream::connect(hbone);
                                     if let Ok(Ok(s)) =
@@ -525,13 +532,16 @@ fn idle_tunnels_close_on_both_sides_and_closed_ports_reset_fast() {
     let (node0, node1) = (&mesh.cluster().node(0).netns, &mesh.cluster().node(1).netns);
 
     // Fast refusals first, while no tunnel is pooled: a closed port of an
-    // enrolled pod on the other node (HBONE, answered 503), and of a pod
-    // outside the mesh (plain path).
-    for (what, to) in [
-        ("mesh", server.addr(9)),
-        ("plain", mesh.pod("plain").addr(9)),
+    // enrolled pod on the other node (HBONE, answered 503), of a pod
+    // outside the mesh (plain path), of an enrolled pod on the same node
+    // (in process), and of an enrolled pod from outside the mesh (15006).
+    for (what, from, to) in [
+        ("mesh", client, server.addr(9)),
+        ("plain", client, mesh.pod("plain").addr(9)),
+        ("same node", client, mesh.pod("neighbour").addr(9)),
+        ("into the mesh", mesh.pod("attacker"), server.addr(9)),
     ] {
-        let outcome = in_pod(client, || async move {
+        let outcome = in_pod(from, || async move {
             probe(to, b"x", Duration::from_secs(15)).await.map(|_| ())
         });
         let (how, after) = outcome.expect_err("a closed port answered");
