@@ -129,6 +129,10 @@ pub struct ServerSettings {
     /// A connection without streams for this long gets a GOAWAY and is
     /// closed; zero keeps idle connections open.
     pub idle_timeout: Duration,
+    /// PING the client this often; a connection whose PING goes unanswered
+    /// for `keepalive_timeout` is closed with its streams (the peer is gone).
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -137,6 +141,8 @@ impl Default for ServerSettings {
             handshake_timeout: Duration::from_secs(5),
             pending: PendingLimits::default(),
             idle_timeout: Duration::from_secs(10 * 60),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -334,6 +340,19 @@ impl<H: InboundHandler> Server<H> {
         let idle_timeout = self.settings.idle_timeout;
         let mut last_busy = Instant::now();
         let mut idle_goaway: Option<Instant> = None;
+        let ping_pong = h2.ping_pong();
+        let (interval, keepalive_timeout) = (
+            self.settings.keepalive_interval,
+            self.settings.keepalive_timeout,
+        );
+        let mut keepalive = std::pin::pin!(async move {
+            match ping_pong {
+                Some(ping_pong) => {
+                    super::client::keepalive(ping_pong, interval, keepalive_timeout).await
+                }
+                None => std::future::pending().await,
+            }
+        });
         let mut idle_check = tokio::time::interval(
             (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(30)),
         );
@@ -347,6 +366,11 @@ impl<H: InboundHandler> Server<H> {
             };
             let next = tokio::select! {
                 next = h2.accept() => next,
+                error = &mut keepalive => {
+                    debug!(%error, "hbone peer stopped answering PINGs; closing");
+                    h2.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    return Ok(());
+                }
                 _ = idle_check.tick(), if !idle_timeout.is_zero() && !draining => {
                     if let Some(sent) = idle_goaway {
                         // A live peer answered the GOAWAY's PING and the
