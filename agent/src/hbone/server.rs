@@ -374,8 +374,9 @@ impl<H: InboundHandler> Server<H> {
                 _ = idle_check.tick(), if !idle_timeout.is_zero() && !draining => {
                     if let Some(sent) = idle_goaway {
                         // A live peer answered the GOAWAY's PING and the
-                        // connection closed; a dead one is cut here.
-                        if sent.elapsed() >= IDLE_CLOSE_GRACE {
+                        // connection closed; a dead one is cut here. A
+                        // stream that raced the GOAWAY is let finish.
+                        if sent.elapsed() >= IDLE_CLOSE_GRACE && Arc::strong_count(&streams) == 1 {
                             h2.abrupt_shutdown(h2::Reason::NO_ERROR);
                             return Ok(());
                         }
