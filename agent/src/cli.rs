@@ -200,6 +200,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub state: StateArgs,
 
+    #[command(flatten)]
+    pub load: LoadFlags,
+
     /// Watch the Kubernetes API for the state (in-cluster service account,
     /// else kubeconfig) instead of reading `--state`.
     #[arg(long, env = "AMBIT_KUBE", default_value_t = false)]
@@ -249,6 +252,37 @@ pub struct RunArgs {
     /// it gives up and exits (the old one keeps serving).
     #[arg(long, env = "AMBIT_HANDOVER_TIMEOUT_MS", default_value_t = 30_000)]
     pub handover_timeout_ms: u64,
+}
+
+/// Bounds that keep the agent serving under hostile or heavy load: on
+/// connections that have not authenticated yet, and on idle tunnels.
+#[derive(Clone, Debug, Args)]
+pub struct LoadFlags {
+    /// A connection to the HBONE port (15008) must finish TLS and the
+    /// HTTP/2 preface within this time (e.g. 5s).
+    #[arg(long, env = "AMBIT_HBONE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = ambit_ca::cli::parse_duration)]
+    pub hbone_handshake_timeout: Duration,
+
+    /// Connections still in their handshake, all sources together, per
+    /// listener (15008 until authenticated, 15006 until the pod answered);
+    /// more are reset and counted in `ambit_connections_refused_total`.
+    #[arg(long, env = "AMBIT_MAX_PENDING_HANDSHAKES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_handshakes: u32,
+
+    /// Connections still in their handshake from one source address (an
+    /// IPv6 /64), per listener; more are reset and counted.
+    #[arg(long, env = "AMBIT_MAX_PENDING_HANDSHAKES_PER_SOURCE", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_handshakes_per_source: u32,
+
+    /// The HBONE server closes a connection that carried no stream for this
+    /// long (GOAWAY, then close); 0 keeps them.
+    #[arg(long, env = "AMBIT_HBONE_IDLE_TIMEOUT", default_value = "10m", value_parser = ambit_ca::cli::parse_duration)]
+    pub hbone_idle_timeout: Duration,
+
+    /// The HBONE client pool closes a connection that carried no stream for
+    /// this long. Shorter than the server's, so the client normally closes first.
+    #[arg(long, env = "AMBIT_HBONE_POOL_IDLE_TIMEOUT", default_value = "5m", value_parser = ambit_ca::cli::parse_duration)]
+    pub hbone_pool_idle_timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]

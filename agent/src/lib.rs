@@ -16,6 +16,7 @@
 //! - `telemetry`: the tracing subscriber and its runtime-reloadable filter.
 //! - `capture`: the iptables TPROXY rules steering enrolled pods' traffic here.
 //! - `file_events`: wake-ups when a watched input file (state, trust bundle) changes.
+//! - `limits`: the descriptor budget and the bounds on unauthenticated connections.
 //! - `socket`: the socket factory (marks, transparency, original destination).
 //! - `proxy`: the outbound and inbound plaintext listeners and byte copying.
 //! - `mesh`: the mesh data path assembled (HBONE both ways, admission, re-authorization).
@@ -32,6 +33,7 @@ pub mod file_events;
 pub mod handover;
 pub mod hbone;
 pub mod identity;
+pub mod limits;
 pub mod mesh;
 pub mod metrics;
 pub mod proxy;

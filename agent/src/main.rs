@@ -9,6 +9,7 @@ use ambit_agent::cli::{
     AuthzCommand, CheckArgs, Cli, Command, DescribeCommand, DescribeFlags, LogFormat, OutputFormat,
 };
 use ambit_agent::describe::{self, Subject, fetch};
+use ambit_agent::limits;
 use ambit_agent::telemetry::{self, LogHandle};
 use clap::Parser;
 
@@ -88,6 +89,11 @@ fn describe(command: &DescribeCommand) -> ExitCode {
 }
 
 fn run(args: ambit_agent::cli::RunArgs, logs: LogHandle) -> anyhow::Result<()> {
+    // Before any thread or socket exists: the budget is set from the result.
+    if let Err(error) = limits::raise_nofile() {
+        tracing::warn!(%error, "reading the open-file limit");
+    }
+    limits::keep_spare();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(args.worker_threads))
         .enable_all()

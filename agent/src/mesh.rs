@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::authz::watch::ConnectionTracker;
 use crate::hbone::{self, Pool, PoolSettings, ServerSettings, TlsConfigs};
 use crate::identity::{BundleStatus, RotatingCaClient, TrustBundle, WorkloadCertificate};
+use crate::limits::pending::PendingLimits;
 use crate::metrics::{ConnectionOpen, Metrics, Reporter};
 use crate::proxy::admission::PlaintextAdmission;
 use crate::proxy::inbound_hbone::InboundHbone;
@@ -50,6 +51,8 @@ pub struct MeshConfig {
     pub hbone_port: u16,
     pub pool: PoolSettings,
     pub server: ServerSettings,
+    /// Caps on 15006 connections not yet connected to their pod.
+    pub plaintext_pending: PendingLimits,
 }
 
 impl MeshConfig {
@@ -60,6 +63,7 @@ impl MeshConfig {
             hbone_port: hbone::HBONE_PORT,
             pool: PoolSettings::default(),
             server: ServerSettings::default(),
+            plaintext_pending: PendingLimits::default(),
         }
     }
 }
@@ -122,6 +126,7 @@ pub fn build(
         config.trust_domain.clone(),
         metrics.clone(),
         tracker.clone(),
+        config.plaintext_pending,
     );
     let hbone = hbone::Server::new(tls.clone(), inbound.clone(), config.server.clone());
     Ok(Mesh {

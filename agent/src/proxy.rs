@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use copy::{CopyOutcome, End, Transferred};
 
+use crate::limits;
 use crate::socket::{ClientAddr, OrigDst};
 use crate::state::Workload;
 
@@ -175,9 +176,14 @@ const CUT_GRACE: Duration = Duration::from_secs(1);
 /// `shutdown`; then stops accepting, gives open connections `drain` to
 /// finish, and cuts the rest. `handle` gets the cut token with each
 /// connection and must reset both ends when it fires, so an application
-/// never takes a cut connection for a complete one.
+/// never takes a cut connection for a complete one. `name` labels
+/// refusals: a connection past the descriptor budget is reset at once and
+/// counted (see [`limits`]).
+///
+/// [`limits`]: crate::limits
 pub async fn serve<H, F>(
     listener: TcpListener,
+    name: &'static str,
     shutdown: CancellationToken,
     drain: Duration,
     handle: H,
@@ -192,13 +198,11 @@ pub async fn serve<H, F>(
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(handle(stream, peer, cut.clone()));
+                    if let Some(stream) = limits::admit_accepted(stream, name) {
+                        connections.spawn(handle(stream, peer, cut.clone()));
+                    }
                 }
-                Err(error) => {
-                    // Out of descriptors or memory: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Err(error) => limits::accept_failed(&listener, name, error).await,
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -235,6 +239,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(
             listener,
+            "test",
             shutdown.clone(),
             Duration::from_millis(200),
             |stream, _, cut: CancellationToken| async move {

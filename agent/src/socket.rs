@@ -16,6 +16,8 @@ use std::time::Duration;
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+use crate::limits;
+
 /// The destination a captured connection was sent to, before TPROXY.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct OrigDst(pub SocketAddr);
@@ -104,9 +106,22 @@ impl SocketFactory {
     /// Dials `dst`. With `source` and a transparent factory, binds that
     /// (usually foreign) address first, so the server sees it as the client;
     /// the port is left to the kernel. Fails with `TimedOut` after the
-    /// connect timeout.
+    /// connect timeout, and at once when the descriptor budget is spent
+    /// (the last descriptors are kept for the servers that must answer).
     pub async fn connect(&self, dst: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
-        let socket = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
+        let socket = match Socket::new(Domain::for_address(dst), Type::STREAM, None) {
+            Ok(socket) if limits::dial_over_budget(&socket) => {
+                limits::refused("dial", limits::Refusal::Descriptors, Some(dst));
+                return Err(limits::budget_exhausted());
+            }
+            Ok(socket) => socket,
+            Err(error) => {
+                if limits::is_out_of_descriptors(&error) {
+                    limits::refused("dial", limits::Refusal::Descriptors, Some(dst));
+                }
+                return Err(error);
+            }
+        };
         self.apply_common(&socket)?;
         socket.set_tcp_nodelay(true)?;
         if let Some(src) = source.filter(|_| self.transparent) {

@@ -12,7 +12,7 @@ mod pod;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ambit_agent::drain::{self, DrainTrigger};
@@ -97,6 +97,7 @@ async fn fixture(deny: Option<&str>) -> Fixture {
     let tls = Arc::new(TlsConfigs::new(ca.bundle()).unwrap());
     let settings = ServerSettings {
         handshake_timeout: Duration::from_millis(300),
+        ..ServerSettings::default()
     };
     let server = Server::new(tls.clone(), handler.clone(), settings);
     let (drain, watcher) = drain::channel();
@@ -732,4 +733,124 @@ async fn pool_retries_a_refused_stream_on_a_fresh_connection() {
     )
     .await;
     assert_eq!(dials.load(Ordering::SeqCst), 2);
+}
+
+/// A server on its own listener with `settings`, sharing the fixture's handler.
+async fn server_with(f: &Fixture, settings: ServerSettings) -> (SocketAddr, DrainTrigger) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (trigger, watcher) = drain::channel();
+    tokio::spawn(Server::new(f.tls.clone(), f.handler.clone(), settings).serve(listener, watcher));
+    (addr, trigger)
+}
+
+#[tokio::test]
+async fn server_closes_idle_connections_but_not_busy_ones() {
+    let f = fixture(None).await;
+    let pod = pod().await;
+    let settings = ServerSettings {
+        idle_timeout: Duration::from_millis(300),
+        ..ServerSettings::default()
+    };
+    let (hbone, _drain) = server_with(&f, settings).await;
+    let mut request = f.request(pod);
+    request.hbone_addr = hbone;
+    let connection = f.connection(&request).await.unwrap();
+    // A tunnel open for longer than the timeout keeps the connection.
+    let mut tunnel = connection
+        .open(request.target, request.client, None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!connection.is_closed(), "closed with a stream open");
+    exchange(&mut tunnel, b"still open").await;
+    drop(tunnel);
+    // Without streams it goes, after the timeout and not before.
+    let start = Instant::now();
+    while !connection.is_closed() {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "idle connection still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(start.elapsed() >= Duration::from_millis(250));
+}
+
+/// Copies both ways between an accepted client and `upstream` until
+/// `frozen` is set; from then on it forwards nothing but keeps both sockets
+/// open, as a peer that vanished without a FIN or RST looks.
+async fn freezable_relay(upstream: SocketAddr, frozen: Arc<AtomicBool>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = TcpStream::connect(upstream).await.unwrap();
+        let (cr, cw) = client.into_split();
+        let (sr, sw) = server.into_split();
+        for (mut r, mut w) in [(cr, sw), (sr, cw)] {
+            let frozen = frozen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match r.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if frozen.load(Ordering::SeqCst) {
+                        // Hold both halves: the peer sees silence, not a close.
+                        std::future::pending::<()>().await;
+                    }
+                    if w.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn server_closes_a_connection_whose_peer_stops_answering_pings() {
+    let mut f = fixture(None).await;
+    let pod = pod().await;
+    let settings = ServerSettings {
+        keepalive_interval: Duration::from_millis(100),
+        keepalive_timeout: Duration::from_millis(300),
+        ..ServerSettings::default()
+    };
+    let (hbone, _drain) = server_with(&f, settings).await;
+    let frozen = Arc::new(AtomicBool::new(false));
+    let relay = freezable_relay(hbone, frozen.clone()).await;
+    let mut request = f.request(pod);
+    request.hbone_addr = relay;
+    let connection = f.connection(&request).await.unwrap();
+    let mut tunnel = connection
+        .open(request.target, request.client, None)
+        .await
+        .unwrap();
+    // PINGs answered: the tunnel outlives several keepalive timeouts.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    exchange(&mut tunnel, b"alive").await;
+    let (_, transfer) = f.closed.recv().await.unwrap();
+    assert!(transfer.result.is_ok(), "a live peer's tunnel failed");
+    // The peer goes silent with a tunnel open: the server ends the
+    // connection and the tunnel with it.
+    let mut tunnel = connection
+        .open(request.target, request.client, None)
+        .await
+        .unwrap();
+    let mut greeting = [0u8; 6];
+    tunnel.read_exact(&mut greeting).await.unwrap();
+    frozen.store(true, Ordering::SeqCst);
+    let ended = tokio::time::timeout(Duration::from_secs(3), f.closed.recv()).await;
+    let (_, transfer) = ended
+        .expect("tunnel of a silent peer still open after 3 s")
+        .unwrap();
+    assert!(
+        transfer.result.is_err(),
+        "a vanished peer's tunnel ended cleanly"
+    );
+    drop(tunnel);
 }

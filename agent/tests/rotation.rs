@@ -161,6 +161,7 @@ async fn hbone_server(tls: Arc<TlsConfigs>, pod: Arc<Pod>) -> (SocketAddr, Drain
     let addr = listener.local_addr().unwrap();
     let settings = ServerSettings {
         handshake_timeout: Duration::from_millis(500),
+        ..ServerSettings::default()
     };
     let (trigger, watcher) = drain::channel();
     tokio::spawn(Server::new(tls, pod, settings).serve(listener, watcher));

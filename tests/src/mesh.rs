@@ -350,8 +350,11 @@ impl Mesh {
 
     fn spawn_agent(&mut self, index: usize, extra: &[&str]) -> Result<(), MeshError> {
         let node = self.cluster.node(index).clone();
-        let mut cmd = control::agent_command(&node, &self.dir)?;
-        cmd.args(extra);
+        let options = control::AgentOptions {
+            args: extra.iter().map(|a| (*a).to_owned()).collect(),
+            nofile: None,
+        };
+        let cmd = control::agent_command(&node, &self.dir, &options)?;
         let next = node.netns.spawn(&cmd)?;
         let old = std::mem::replace(&mut self.agents[index], next);
         self.retired.push(old);

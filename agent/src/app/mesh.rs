@@ -31,6 +31,7 @@ use crate::describe::serve::LiveDescriber;
 use crate::drain::DrainWatcher;
 use crate::handover::{Listeners, Role};
 use crate::identity::{IdentityManager, WorkloadCertificate};
+use crate::limits::pending::PendingLimits;
 use crate::mesh::{self, CertificateSource, Mesh, MeshConfig};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -73,6 +74,16 @@ pub async fn start(
     let certs: Arc<dyn CertificateSource> = identities.clone();
     let mut config = MeshConfig::new(args.node.clone(), args.trust_domain.clone());
     config.hbone_port = args.capture.hbone_port;
+    let load = &args.load;
+    let pending = PendingLimits {
+        global: load.max_pending_handshakes as usize,
+        per_source: load.max_pending_handshakes_per_source as usize,
+    };
+    config.server.handshake_timeout = load.hbone_handshake_timeout;
+    config.server.idle_timeout = load.hbone_idle_timeout;
+    config.server.pending = pending;
+    config.plaintext_pending = pending;
+    config.pool.idle_timeout = load.hbone_pool_idle_timeout;
     let mesh = mesh::build(
         &config,
         store.clone(),

@@ -357,8 +357,13 @@ impl Connection {
     }
 }
 
-/// Pings every `interval`; returns the error once a PING is not answered in `timeout`.
-async fn keepalive(mut ping_pong: h2::PingPong, interval: Duration, timeout: Duration) -> String {
+/// Pings every `interval`; returns the error once a PING is not answered in
+/// `timeout`. The server side uses it too.
+pub(super) async fn keepalive(
+    mut ping_pong: h2::PingPong,
+    interval: Duration,
+    timeout: Duration,
+) -> String {
     loop {
         tokio::time::sleep(interval).await;
         match tokio::time::timeout(timeout, ping_pong.ping(h2::Ping::opaque())).await {

@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ambit_ca::SpiffeId;
 use bytes::Bytes;
@@ -20,7 +20,7 @@ use http::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info_span};
 
 use super::headers::{self, BAGGAGE, Baggage, FORWARDED, ForwardedFor};
 use super::stream::{H2Stream, Transfer, copy_bidirectional};
@@ -28,6 +28,9 @@ use super::tls::{ALPN_H2, TlsConfigError, TlsConfigs, peer_identity};
 use super::{H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW};
 use crate::drain::DrainWatcher;
 use crate::identity::WorkloadCertificate;
+use crate::limits::pending::{Pending, PendingLimits, PendingPermit};
+use crate::limits::{self, Refusal as LimitRefusal};
+use crate::socket;
 
 /// Streams a client may open at once on one connection. Clients pool at most 100;
 /// advertising more leaves room for peers that count differently.
@@ -124,12 +127,25 @@ pub trait InboundHandler: Send + Sync + 'static {
 pub struct ServerSettings {
     /// A connection must finish TLS and the HTTP/2 preface within this time.
     pub handshake_timeout: Duration,
+    /// Caps on connections still in that handshake (all sources, one source).
+    pub pending: PendingLimits,
+    /// A connection without streams for this long gets a GOAWAY and is
+    /// closed; zero keeps idle connections open.
+    pub idle_timeout: Duration,
+    /// PING the client this often; a connection whose PING goes unanswered
+    /// for `keepalive_timeout` is closed with its streams (the peer is gone).
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            pending: PendingLimits::default(),
+            idle_timeout: Duration::from_secs(10 * 60),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -159,6 +175,7 @@ pub struct Server<H> {
     tls: Arc<TlsConfigs>,
     handler: Arc<H>,
     settings: ServerSettings,
+    pending: Arc<Pending>,
 }
 
 impl<H> Clone for Server<H> {
@@ -167,9 +184,16 @@ impl<H> Clone for Server<H> {
             tls: self.tls.clone(),
             handler: self.handler.clone(),
             settings: self.settings.clone(),
+            pending: self.pending.clone(),
         }
     }
 }
+
+/// How long an idle connection told to go away may take to close.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The listener name in refusal metrics.
+const LISTENER: &str = "hbone";
 
 /// Facts about one accepted TLS connection, shared by its streams.
 struct Peer {
@@ -181,11 +205,18 @@ struct Peer {
 
 impl<H: InboundHandler> Server<H> {
     pub fn new(tls: Arc<TlsConfigs>, handler: Arc<H>, settings: ServerSettings) -> Self {
+        let pending = Pending::new(LISTENER, settings.pending);
         Self {
             tls,
             handler,
             settings,
+            pending,
         }
+    }
+
+    /// Connections accepted that have not finished their handshake.
+    pub fn pending_handshakes(&self) -> usize {
+        self.pending.len()
     }
 
     /// Accepts until the drain starts, each connection on its own task holding a
@@ -198,18 +229,28 @@ impl<H: InboundHandler> Server<H> {
                 () = drain.draining() => return,
             };
             match accepted {
-                Ok((tcp, _)) => {
+                Ok((tcp, peer)) => {
+                    let Some(tcp) = limits::admit_accepted(tcp, LISTENER) else {
+                        continue;
+                    };
+                    // Refused before any TLS state exists: a reset costs nothing.
+                    let permit = match self.pending.begin(peer.ip()) {
+                        Ok(permit) => permit,
+                        Err(refusal) => {
+                            limits::refused(LISTENER, refusal, Some(peer));
+                            socket::reset(tcp);
+                            continue;
+                        }
+                    };
                     let server = self.clone();
                     let drain = drain.clone();
                     tokio::spawn(async move {
-                        let _ = server.serve_connection(tcp, drain).await;
+                        let _ = server
+                            .serve_connection_pending(tcp, drain, Some(permit))
+                            .await;
                     });
                 }
-                Err(error) => {
-                    // Out of descriptors and similar: back off instead of spinning.
-                    warn!(%error, "hbone accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Err(error) => limits::accept_failed(&listener, LISTENER, error).await,
             }
         }
     }
@@ -221,11 +262,21 @@ impl<H: InboundHandler> Server<H> {
         tcp: TcpStream,
         drain: DrainWatcher,
     ) -> Result<(), ServerError> {
+        self.serve_connection_pending(tcp, drain, None).await
+    }
+
+    /// As [`Self::serve_connection`], releasing `permit` once the handshake ended.
+    async fn serve_connection_pending(
+        self,
+        tcp: TcpStream,
+        drain: DrainWatcher,
+        permit: Option<PendingPermit>,
+    ) -> Result<(), ServerError> {
         let dialled = tcp.local_addr()?;
         let peer_addr = tcp.peer_addr()?;
         let span = info_span!("hbone_inbound", %peer_addr, %dialled, peer = tracing::field::Empty);
         let result = self
-            .run_connection(tcp, dialled, peer_addr, drain)
+            .run_connection(tcp, dialled, peer_addr, drain, permit)
             .instrument(span.clone())
             .await;
         if let Err(error) = &result {
@@ -240,6 +291,7 @@ impl<H: InboundHandler> Server<H> {
         dialled: SocketAddr,
         peer_addr: SocketAddr,
         mut drain: DrainWatcher,
+        permit: Option<PendingPermit>,
     ) -> Result<(), ServerError> {
         let _ = tcp.set_nodelay(true);
         let timeout = self.settings.handshake_timeout;
@@ -270,10 +322,13 @@ impl<H: InboundHandler> Server<H> {
                 .await?;
             Ok::<_, ServerError>((h2, identity, cert.identity.clone()))
         };
-        let (mut h2, identity, local_identity) =
-            tokio::time::timeout(timeout, handshake)
-                .await
-                .map_err(|_| ServerError::HandshakeTimeout(timeout))??;
+        let handshake = tokio::time::timeout(timeout, handshake).await;
+        // Authenticated (or failed): no longer counted against the peer.
+        drop(permit);
+        let (mut h2, identity, local_identity) = handshake.map_err(|_| {
+            limits::refused(LISTENER, LimitRefusal::HandshakeTimeout, Some(peer_addr));
+            ServerError::HandshakeTimeout(timeout)
+        })??;
         tracing::Span::current().record("peer", tracing::field::display(&identity));
         let peer = Arc::new(Peer {
             identity,
@@ -283,6 +338,28 @@ impl<H: InboundHandler> Server<H> {
         });
 
         let mut draining = false;
+        // Each stream task holds a clone: more than one reference means busy.
+        let streams = Arc::new(());
+        let idle_timeout = self.settings.idle_timeout;
+        let mut last_busy = Instant::now();
+        let mut idle_goaway: Option<Instant> = None;
+        let ping_pong = h2.ping_pong();
+        let (interval, keepalive_timeout) = (
+            self.settings.keepalive_interval,
+            self.settings.keepalive_timeout,
+        );
+        let mut keepalive = std::pin::pin!(async move {
+            match ping_pong {
+                Some(ping_pong) => {
+                    super::client::keepalive(ping_pong, interval, keepalive_timeout).await
+                }
+                None => std::future::pending().await,
+            }
+        });
+        let mut idle_check = tokio::time::interval(
+            (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(30)),
+        );
+        idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_phase = async {
                 match draining {
@@ -292,6 +369,32 @@ impl<H: InboundHandler> Server<H> {
             };
             let next = tokio::select! {
                 next = h2.accept() => next,
+                error = &mut keepalive => {
+                    debug!(%error, "hbone peer stopped answering PINGs; closing");
+                    h2.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    return Ok(());
+                }
+                _ = idle_check.tick(), if !idle_timeout.is_zero() && !draining => {
+                    if let Some(sent) = idle_goaway {
+                        // A live peer answered the GOAWAY's PING and the
+                        // connection closed; a dead one is cut here. A
+                        // stream that raced the GOAWAY is let finish.
+                        if sent.elapsed() >= IDLE_CLOSE_GRACE && Arc::strong_count(&streams) == 1 {
+                            h2.abrupt_shutdown(h2::Reason::NO_ERROR);
+                            return Ok(());
+                        }
+                    } else if Arc::strong_count(&streams) > 1 {
+                        last_busy = Instant::now();
+                    } else if last_busy.elapsed() >= idle_timeout {
+                        // GOAWAY: the client's pool stops using it; with no
+                        // stream open, h2 closes the connection once the
+                        // peer acknowledged it.
+                        debug!(idle = ?last_busy.elapsed(), "closing idle hbone connection");
+                        h2.graceful_shutdown();
+                        idle_goaway = Some(Instant::now());
+                    }
+                    continue;
+                }
                 () = next_phase => {
                     if !draining {
                         h2.graceful_shutdown();
@@ -309,8 +412,14 @@ impl<H: InboundHandler> Server<H> {
             let (request, respond) = next?;
             let server = self.clone();
             let peer = peer.clone();
+            let busy = streams.clone();
+            last_busy = Instant::now();
             tokio::spawn(
-                async move { server.serve_stream(&peer, request, respond).await }.in_current_span(),
+                async move {
+                    server.serve_stream(&peer, request, respond).await;
+                    drop(busy);
+                }
+                .in_current_span(),
             );
         }
     }

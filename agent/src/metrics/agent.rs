@@ -110,6 +110,24 @@ impl AgentMetrics {
             "Trust bundle changes or reads rejected (the last good bundle was kept)",
             m.trust_bundle_reload_errors.clone(),
         );
+        // Process-wide (the descriptor limit is), so shared by every registry.
+        let limits = crate::limits::globals();
+        registry.register(
+            "connections_refused",
+            "Connections refused before being served: descriptor budget spent, too many \
+             pending handshakes (all sources or one), or a handshake past its deadline",
+            limits.refused.clone(),
+        );
+        registry.register(
+            "pending_handshakes",
+            "Connections accepted that have not finished their handshake",
+            limits.pending.clone(),
+        );
+        registry.register(
+            "open_files_limit",
+            "The agent's open-file (descriptor) limit after raising it at start",
+            limits.limit.clone(),
+        );
         m
     }
 

@@ -7,7 +7,12 @@
 //! Every decided connection is counted (reporter `destination`, security
 //! policy `none`), and an admitted one is registered with the
 //! [`ConnectionTracker`] so a later STRICT or DENY closes it.
+//!
+//! It also bounds the connections that are not yet connected to their pod
+//! (all sources, and per source): nothing about them is proven, and each
+//! holds a socket and a dial.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -16,6 +21,10 @@ use super::Forwarded;
 use super::inbound_plain::{Admission, Admitted, InboundPolicy, InboundRequest};
 use crate::authz::Inbound;
 use crate::authz::watch::{ConnectionTracker, Registration, TrackedConnection};
+use crate::limits::{
+    self,
+    pending::{Pending, PendingLimits, PendingPermit},
+};
 use crate::metrics::{self, ConnectionOpen, Metrics, Reporter, SecurityPolicy};
 
 /// The 15006 admission policy.
@@ -24,6 +33,8 @@ pub struct PlaintextAdmission {
     trust_domain: String,
     metrics: Arc<Metrics>,
     tracker: Arc<ConnectionTracker>,
+    /// Connections not yet connected to their pod (see [`Pending`]).
+    pending: Arc<Pending>,
 }
 
 impl PlaintextAdmission {
@@ -31,11 +42,13 @@ impl PlaintextAdmission {
         trust_domain: impl Into<String>,
         metrics: Arc<Metrics>,
         tracker: Arc<ConnectionTracker>,
+        pending: PendingLimits,
     ) -> Arc<Self> {
         Arc::new(Self {
             trust_domain: trust_domain.into(),
             metrics,
             tracker,
+            pending: Pending::new("inbound_plain", pending),
         })
     }
 }
@@ -57,6 +70,10 @@ impl Admitted for PlaintextConnection {
 }
 
 impl InboundPolicy for PlaintextAdmission {
+    fn begin(&self, client: SocketAddr) -> Result<Option<PendingPermit>, limits::Refusal> {
+        self.pending.begin(client.ip()).map(Some)
+    }
+
     fn admit(&self, request: &InboundRequest<'_>) -> Admission {
         let destination = request.destination;
         let dst_id = destination.identity(&self.trust_domain).ok();

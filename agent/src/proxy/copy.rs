@@ -8,8 +8,11 @@
 //! - no timeouts: an idle connection stays open as long as both ends keep it.
 //!
 //! Bytes move socket -> pipe -> socket with splice(2), so they never enter
-//! user space; if no pipe can be had (descriptor limit), a buffered copy is
-//! used instead. Counts are kept per direction and returned for metrics.
+//! user space. Pipes come from a pool shared by all connections and are
+//! held only while bytes sit in them, so an open connection costs the proxy
+//! its two sockets; if no pipe can be had (descriptor budget), a buffered
+//! copy is used instead. Counts are kept per direction and returned for
+//! metrics.
 
 use std::io;
 use std::net::Shutdown;
@@ -21,7 +24,9 @@ use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::socket;
+use parking_lot::Mutex;
+
+use crate::{limits, socket};
 
 /// Bytes delivered in each direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -133,11 +138,28 @@ pub async fn bidirectional_until(
 
 /// One direction: `from` to `to` until EOF (then half-close `to`) or failure.
 async fn pump(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> DirectionEnd {
-    let end = match Pipe::new() {
-        Ok(pipe) => pump_spliced(from, to, count, &pipe).await,
-        Err(error) => {
-            tracing::debug!(%error, "no pipe for splice; copying through a buffer");
-            pump_buffered(from, to, count).await
+    // Allocated only if a pipe cannot be had (descriptors short).
+    let mut buffer = Vec::new();
+    let end = loop {
+        if let Err(e) = from.readable().await {
+            break DirectionEnd::ReadFailed(e);
+        }
+        let step = match PIPES.take() {
+            Ok(pipe) => splice_once(from, to, pipe).await,
+            Err(error) => {
+                if buffer.is_empty() {
+                    tracing::debug!(%error, "no pipe for splice; copying through a buffer");
+                    buffer.resize(BUFFER_SIZE, 0);
+                }
+                copy_once(from, to, &mut buffer).await
+            }
+        };
+        match step {
+            Step::Moved(n) => {
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Step::NotReady => {}
+            Step::Ended(end) => break end,
         }
     };
     match end {
@@ -150,6 +172,15 @@ async fn pump(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> DirectionE
     }
 }
 
+/// What one read-then-write round did.
+enum Step {
+    /// Bytes read from `from` and all written to `to`.
+    Moved(usize),
+    /// The readiness was stale: nothing to read after all.
+    NotReady,
+    Ended(DirectionEnd),
+}
+
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
@@ -159,6 +190,11 @@ struct Pipe {
 impl Pipe {
     fn new() -> io::Result<Self> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        // The last descriptors are for accepting, dialling and the servers
+        // that must answer; a buffer does the job of a pipe well enough.
+        if limits::dial_over_budget(&write) {
+            return Err(limits::budget_exhausted());
+        }
         // Best effort: an unprivileged agent may be limited to the default.
         let capacity = fcntl(&write, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE))
             .or_else(|_| fcntl(&write, FcntlArg::F_GETPIPE_SZ))
@@ -171,77 +207,100 @@ impl Pipe {
     }
 }
 
-async fn pump_spliced(
-    from: &TcpStream,
-    to: &TcpStream,
-    count: &AtomicU64,
-    pipe: &Pipe,
-) -> DirectionEnd {
-    let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
-    loop {
-        // The pipe is always empty here, so EAGAIN can only mean the socket
-        // has nothing to read, which is what try_io's readiness reset assumes.
-        let filled = loop {
-            if let Err(e) = from.readable().await {
-                return DirectionEnd::ReadFailed(e);
-            }
-            match from.try_io(Interest::READABLE, || {
-                splice(from, None, &pipe.write, None, pipe.capacity, flags).map_err(io::Error::from)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return DirectionEnd::ReadFailed(e),
-            }
-        };
-        if filled == 0 {
-            return DirectionEnd::Eof;
+/// Empty pipes shared by all connections. A connection holds a pipe only
+/// while bytes are in it (from one splice in to the last splice out), so
+/// an idle or waiting connection costs its two sockets and nothing more;
+/// before, every connection held two pipes (four descriptors) for life.
+struct PipePool {
+    idle: Mutex<Vec<Pipe>>,
+}
+
+/// Empty pipes kept for reuse; more are closed when given back. Enough for
+/// the bursts of a busy node, few against any descriptor budget.
+const IDLE_PIPES: usize = 32;
+
+static PIPES: PipePool = PipePool {
+    idle: Mutex::new(Vec::new()),
+};
+
+impl PipePool {
+    fn take(&self) -> io::Result<Pipe> {
+        match self.idle.lock().pop() {
+            Some(pipe) => Ok(pipe),
+            None => Pipe::new(),
         }
-        let mut left = filled;
-        while left > 0 {
-            if let Err(e) = to.writable().await {
-                return DirectionEnd::WriteFailed(e);
-            }
-            match to.try_io(Interest::WRITABLE, || {
-                splice(&pipe.read, None, to, None, left, flags).map_err(io::Error::from)
-            }) {
-                Ok(n) => left -= n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return DirectionEnd::WriteFailed(e),
-            }
+    }
+
+    /// Only empty pipes come back: one with bytes left in it belongs to a
+    /// failed connection and is closed.
+    fn give(&self, pipe: Pipe) {
+        let mut idle = self.idle.lock();
+        if idle.len() < IDLE_PIPES {
+            idle.push(pipe);
         }
-        count.fetch_add(filled as u64, Ordering::Relaxed);
     }
 }
 
-async fn pump_buffered(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> DirectionEnd {
-    let mut buf = vec![0u8; BUFFER_SIZE];
-    loop {
-        let n = loop {
-            if let Err(e) = from.readable().await {
-                return DirectionEnd::ReadFailed(e);
-            }
-            match from.try_read(&mut buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return DirectionEnd::ReadFailed(e),
-            }
-        };
-        if n == 0 {
-            return DirectionEnd::Eof;
+/// Moves what `from` has (up to a pipe's capacity) to `to` through `pipe`,
+/// returning the pipe to the pool once it is empty again.
+async fn splice_once(from: &TcpStream, to: &TcpStream, pipe: Pipe) -> Step {
+    let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+    // The pipe is empty, so EAGAIN can only mean the socket has nothing to
+    // read, which is what try_io's readiness reset assumes.
+    let filled = match from.try_io(Interest::READABLE, || {
+        splice(from, None, &pipe.write, None, pipe.capacity, flags).map_err(io::Error::from)
+    }) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            PIPES.give(pipe);
+            return Step::NotReady;
         }
-        let mut written = 0;
-        while written < n {
-            if let Err(e) = to.writable().await {
-                return DirectionEnd::WriteFailed(e);
-            }
-            match to.try_write(&buf[written..n]) {
-                Ok(m) => written += m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return DirectionEnd::WriteFailed(e),
-            }
+        Err(e) => {
+            PIPES.give(pipe);
+            return Step::Ended(DirectionEnd::ReadFailed(e));
         }
-        count.fetch_add(n as u64, Ordering::Relaxed);
+    };
+    if filled == 0 {
+        PIPES.give(pipe);
+        return Step::Ended(DirectionEnd::Eof);
     }
+    let mut left = filled;
+    while left > 0 {
+        if let Err(e) = to.writable().await {
+            return Step::Ended(DirectionEnd::WriteFailed(e));
+        }
+        match to.try_io(Interest::WRITABLE, || {
+            splice(&pipe.read, None, to, None, left, flags).map_err(io::Error::from)
+        }) {
+            Ok(n) => left -= n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Step::Ended(DirectionEnd::WriteFailed(e)),
+        }
+    }
+    PIPES.give(pipe);
+    Step::Moved(filled)
+}
+
+/// As [`splice_once`], through a user-space buffer.
+async fn copy_once(from: &TcpStream, to: &TcpStream, buf: &mut [u8]) -> Step {
+    let n = match from.try_read(buf) {
+        Ok(0) => return Step::Ended(DirectionEnd::Eof),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::NotReady,
+        Err(e) => return Step::Ended(DirectionEnd::ReadFailed(e)),
+    };
+    let mut written = 0;
+    while written < n {
+        if let Err(e) = to.writable().await {
+            return Step::Ended(DirectionEnd::WriteFailed(e));
+        }
+        match to.try_write(&buf[written..n]) {
+            Ok(m) => written += m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Step::Ended(DirectionEnd::WriteFailed(e)),
+        }
+    }
+    Step::Moved(n)
 }
 
 #[cfg(test)]

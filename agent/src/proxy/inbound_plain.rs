@@ -13,7 +13,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{ConnectionObserver, ConnectionRecord, Direction, Forwarded, Status, copy};
+use crate::limits::{self, pending::PendingPermit};
 use crate::socket::{self, ClientAddr, OrigDst, SocketFactory};
+
+/// The listener name in refusal metrics.
+const LISTENER: &str = "inbound_plain";
 use crate::state::{Snapshot, StateStore, Workload};
 
 /// A plaintext connection asking to reach a local pod.
@@ -58,6 +62,14 @@ pub trait Admitted: Send {
 /// Decides plaintext admission: the seam where PeerAuthentication and L4
 /// authorization plug in.
 pub trait InboundPolicy: Send + Sync + 'static {
+    /// Called first, for every accepted connection, before anything is
+    /// looked up: a permit held until the pod answered, or the bound on
+    /// such connections that refuses this one. No bound by default.
+    fn begin(&self, client: SocketAddr) -> Result<Option<PendingPermit>, limits::Refusal> {
+        let _ = client;
+        Ok(None)
+    }
+
     fn admit(&self, request: &InboundRequest<'_>) -> Admission;
 }
 
@@ -105,7 +117,7 @@ impl InboundPlainProxy {
         drain: Duration,
     ) {
         let own = listener.local_addr().ok();
-        super::serve(listener, shutdown, drain, move |stream, peer, cut| {
+        super::serve(listener, LISTENER, shutdown, drain, move |stream, peer, cut| {
             self.clone().handle(stream, peer, own, cut)
         })
         .await;
@@ -119,6 +131,14 @@ impl InboundPlainProxy {
         cut: CancellationToken,
     ) {
         let started = Instant::now();
+        let pending = match self.policy.begin(peer) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                limits::refused(LISTENER, refusal, Some(peer));
+                socket::reset(client);
+                return;
+            }
+        };
         let Ok(orig_dst) = OrigDst::of(&client) else {
             socket::reset(client);
             return;
@@ -177,7 +197,10 @@ impl InboundPlainProxy {
                 (Some(admitted), stop)
             }
         };
-        record.result = match self.factory.connect(orig_dst.0, Some(peer.ip())).await {
+        let connected = self.factory.connect(orig_dst.0, Some(peer.ip())).await;
+        // The pod answered (or not): the connection is no longer pending.
+        drop(pending);
+        record.result = match connected {
             Ok(server) => {
                 copy::bidirectional_until(client, server, super::either_cancelled(stop, cut))
                     .await

@@ -114,9 +114,13 @@ impl OutboundProxy {
         drain: std::time::Duration,
     ) {
         let own = listener.local_addr().ok();
-        super::serve(listener, shutdown, drain, move |stream, peer, cut| {
-            self.clone().handle(stream, peer, own, cut)
-        })
+        super::serve(
+            listener,
+            "outbound",
+            shutdown,
+            drain,
+            move |stream, peer, cut| self.clone().handle(stream, peer, own, cut),
+        )
         .await;
     }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::Cluster;
 
+use super::control::AgentOptions;
 use super::state::{self, PodRecord, ServiceRecord, State};
 use super::{Mesh, MeshError, MeshPod, PodSpec, READINESS_PORT, control, http, tail};
 
@@ -22,6 +23,7 @@ pub struct MeshBuilder {
     pods: Vec<PodSpec>,
     services: Vec<ServiceRecord>,
     documents: Vec<String>,
+    agents: Vec<AgentOptions>,
 }
 
 impl MeshBuilder {
@@ -32,6 +34,7 @@ impl MeshBuilder {
             pods: Vec::new(),
             services: Vec::new(),
             documents: Vec::new(),
+            agents: Vec::new(),
         }
     }
 
@@ -75,6 +78,27 @@ impl MeshBuilder {
     pub fn document(mut self, yaml: &str) -> Self {
         self.documents.push(yaml.to_owned());
         self
+    }
+
+    /// Extra `run` flags for node `node`'s agent.
+    pub fn agent_args(mut self, node: usize, args: &[&str]) -> Self {
+        self.agent(node)
+            .args
+            .extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// Starts node `node`'s agent with RLIMIT_NOFILE `soft:hard`.
+    pub fn agent_nofile(mut self, node: usize, soft: u64, hard: u64) -> Self {
+        self.agent(node).nofile = Some((soft, hard));
+        self
+    }
+
+    fn agent(&mut self, node: usize) -> &mut AgentOptions {
+        if self.agents.len() <= node {
+            self.agents.resize(node + 1, AgentOptions::default());
+        }
+        &mut self.agents[node]
     }
 
     /// Builds the cluster, writes the state, starts the CA and the agents
@@ -123,7 +147,7 @@ impl MeshBuilder {
         let text = state.render()?;
         state::write_atomically(&dir.join("state.yaml"), &text)?;
 
-        let started = control::start(&cluster, &dir)?;
+        let started = control::start(&cluster, &dir, &self.agents)?;
         let mut mesh = Mesh {
             agents: started.agents,
             retired: Vec::new(),

@@ -23,6 +23,15 @@ pub const CA_IP: Ipv4Addr = Ipv4Addr::new(10, 240, 0, 250);
 const CERT_TTL: &str = "1h";
 const CA_START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How one node's agent is started beyond the usual flags.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// Extra `run` flags.
+    pub args: Vec<String>,
+    /// RLIMIT_NOFILE `(soft, hard)` the agent starts with (through `prlimit`).
+    pub nofile: Option<(u64, u64)>,
+}
+
 /// The processes of a started mesh.
 pub struct Started {
     pub ca_netns: Netns,
@@ -38,8 +47,13 @@ pub fn token_path(dir: &Path, node: usize) -> PathBuf {
     dir.join(format!("node{node}.token"))
 }
 
-/// Starts the CA, then one agent per node (readiness is the caller's wait).
-pub fn start(cluster: &Cluster, dir: &Path) -> Result<Started, MeshError> {
+/// Starts the CA, then one agent per node (readiness is the caller's wait);
+/// node `i`'s agent gets `options[i]` when there is one.
+pub fn start(
+    cluster: &Cluster,
+    dir: &Path,
+    options: &[AgentOptions],
+) -> Result<Started, MeshError> {
     let ca_netns = ca_namespace(cluster)?;
     let mut tokens = String::new();
     for node in cluster.nodes() {
@@ -79,7 +93,8 @@ pub fn start(cluster: &Cluster, dir: &Path) -> Result<Started, MeshError> {
 
     let mut agents = Vec::new();
     for node in cluster.nodes() {
-        agents.push(node.netns.spawn(&agent_command(node, dir)?)?);
+        let options = options.get(node.index).cloned().unwrap_or_default();
+        agents.push(node.netns.spawn(&agent_command(node, dir, &options)?)?);
     }
     Ok(Started {
         ca_netns,
@@ -91,9 +106,24 @@ pub fn start(cluster: &Cluster, dir: &Path) -> Result<Started, MeshError> {
 /// `ambit-agent run` for `node`. Every agent of a node shares the node's
 /// run directory, as a DaemonSet's pods share a hostPath: that is where a
 /// new agent finds the running one to take over from.
-pub fn agent_command(node: &crate::Node, dir: &Path) -> Result<Command, MeshError> {
+pub fn agent_command(
+    node: &crate::Node,
+    dir: &Path,
+    options: &AgentOptions,
+) -> Result<Command, MeshError> {
     let ca_addr = SocketAddr::new(IpAddr::V4(CA_IP), CA_PORT);
-    let mut cmd = Command::new(bin_path("ambit-agent")?);
+    let agent_bin = bin_path("ambit-agent")?;
+    let mut cmd = match options.nofile {
+        // prlimit execs the agent: same pid, the limit set before it starts.
+        Some((soft, hard)) => {
+            let mut cmd = Command::new("prlimit");
+            cmd.arg(format!("--nofile={soft}:{hard}"))
+                .arg("--")
+                .arg(&agent_bin);
+            cmd
+        }
+        None => Command::new(&agent_bin),
+    };
     cmd.args(["run", "--node", &node.name])
         .arg("--state")
         .arg(dir.join("state.yaml"))
@@ -110,7 +140,8 @@ pub fn agent_command(node: &crate::Node, dir: &Path) -> Result<Command, MeshErro
         .arg("--run-dir")
         .arg(run_dir(dir, node.index))
         // JSON, so tests can read the access log's fields.
-        .args(["--log-format", "json"]);
+        .args(["--log-format", "json"])
+        .args(&options.args);
     Ok(cmd)
 }
 
