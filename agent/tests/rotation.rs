@@ -31,10 +31,11 @@ use ambit_agent::identity::{
 use ambit_agent::mesh::follow_trust_bundle;
 use ambit_agent::metrics::Metrics;
 use ambit_ca::SpiffeId;
-use ambit_ca::api::{CaService, ServerLimits, ServingIdentity};
+use ambit_ca::api::{CaService, ServerLimits};
 use ambit_ca::authn::{Authenticator, AuthnError, BearerToken, NodeName};
 use ambit_ca::binding::IdentityBinding;
 use ambit_ca::client::CaClientConfig;
+use ambit_ca::serving::ServingCert;
 use ambit_ca::signer::{Lifetimes, Signer};
 use certs::TestCa;
 use futures::future::BoxFuture;
@@ -296,10 +297,11 @@ async fn ca(dir: &Path, authn: Arc<RecordingAuthn>) -> (String, String) {
     let serving = signer
         .issue_serving(&serving_key, &names, Duration::from_secs(3600))
         .unwrap();
-    let identity = ServingIdentity {
-        chain_pem: serving.chain_pem[..serving.chain_pem.len() - 1].concat(),
-        key_pem: serving_key.serialize_pem(),
-    };
+    let identity = ServingCert::fixed(
+        &serving.chain_pem[..serving.chain_pem.len() - 1].concat(),
+        &serving_key.serialize_pem(),
+    )
+    .unwrap();
     let root = signer.root_pem().to_owned();
     let service = CaService::new(signer, authn, Arc::new(AnyIdentity));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
