@@ -29,6 +29,7 @@
 //! - `wire`: tcpdump on the fabric bridge.
 
 mod builder;
+mod cacerts;
 mod control;
 pub mod guestbook;
 pub mod http;

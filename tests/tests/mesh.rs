@@ -9,6 +9,8 @@
 //!   state file while the mesh runs, each decision checked against
 //!   `ambit-agent authz check` and the agent's own decision counter.
 //! - `forged`: clients that lie are refused and the agent keeps serving.
+//! - `plugin_ca`: Istio's plug-in CA check, `openssl s_client -showcerts`
+//!   shows leaf, intermediate and the plugged root.
 //!
 //! Each test builds its own mesh, so they run in parallel. They need root,
 //! iproute2, iptables, tcpdump and openssl, and the `ambit-agent` and
@@ -17,6 +19,8 @@
 
 #[path = "mesh/forged.rs"]
 mod forged;
+#[path = "mesh/plugin_ca.rs"]
+mod plugin_ca;
 #[path = "mesh/policy.rs"]
 mod policy;
 #[path = "mesh/scenario.rs"]

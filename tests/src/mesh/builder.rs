@@ -22,6 +22,7 @@ pub struct MeshBuilder {
     pods: Vec<PodSpec>,
     services: Vec<ServiceRecord>,
     documents: Vec<String>,
+    plugin_ca: bool,
 }
 
 impl MeshBuilder {
@@ -32,6 +33,7 @@ impl MeshBuilder {
             pods: Vec::new(),
             services: Vec::new(),
             documents: Vec::new(),
+            plugin_ca: false,
         }
     }
 
@@ -74,6 +76,13 @@ impl MeshBuilder {
     /// Documents (policies) in force from the start.
     pub fn document(mut self, yaml: &str) -> Self {
         self.documents.push(yaml.to_owned());
+        self
+    }
+
+    /// Runs the CA as an intermediate from Istio's `cacerts` layout (a root and
+    /// intermediate made with openssl) instead of its self-generated root.
+    pub fn plugin_ca(mut self) -> Self {
+        self.plugin_ca = true;
         self
     }
 
@@ -123,7 +132,7 @@ impl MeshBuilder {
         let text = state.render()?;
         state::write_atomically(&dir.join("state.yaml"), &text)?;
 
-        let started = control::start(&cluster, &dir)?;
+        let started = control::start(&cluster, &dir, self.plugin_ca)?;
         let mut mesh = Mesh {
             agents: started.agents,
             ca: started.ca,
