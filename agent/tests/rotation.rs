@@ -396,12 +396,14 @@ async fn ca_client_verifies_the_ca_against_the_rotated_bundle() {
     let agent = Agent::new(dir.path(), "agent", &unrelated, Some(client.clone())).await;
     let ttl = Duration::from_secs(600);
 
-    // The CA's serving certificate does not chain to the bundle: no call made.
+    // The CA's serving certificate does not chain to the bundle: no call made,
+    // and the error names the CA's address.
     let error = fetch(client.as_ref(), &cart(), ttl).await.unwrap_err();
     assert!(
-        matches!(error, FetchError::Issue(IssueError::Ca(_))),
+        matches!(error, FetchError::Issue(IssueError::Unreachable { .. })),
         "{error}"
     );
+    assert!(error.to_string().contains(&address), "{error}");
     assert!(authn.0.lock().is_empty());
 
     agent.rotate(&format!("{unrelated}{ca_root}")).await;
