@@ -247,6 +247,8 @@ pub fn accept_tls(
                     }
                 },
             };
+            // No TCP keepalive: the gRPC server's HTTP/2 PINGs (every 30 s,
+            // 10 s to answer) already find peers that went away.
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {

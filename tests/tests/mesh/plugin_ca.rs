@@ -71,6 +71,6 @@ fn pem_ders(text: &str) -> Vec<Vec<u8>> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     CertificateDer::pem_slice_iter(text.as_bytes())
-        .map(|c| c.unwrap().to_vec())
+        .map(|c| c.expect("a PEM certificate").to_vec())
         .collect()
 }
