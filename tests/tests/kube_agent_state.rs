@@ -438,7 +438,7 @@ async fn after_repeated_failures_a_recovered_watch_follows_policies_within_2s() 
     until(&store, "initial state", |s| s.policies().len() == 1).await;
 
     // The policy watch fails again and again, so its retry delay grows
-    // (0.5, 1, 2, then 4 s or so).
+    // (0.5, 1, 2, then 4 s or so), as it did while a CRD was deleted.
     fake.fail(&fake_kube::AUTHORIZATION_POLICIES);
     fake.drop_watches();
     let broken = |f: &FakeKube| {
@@ -456,31 +456,35 @@ async fn after_repeated_failures_a_recovered_watch_follows_policies_within_2s() 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Meanwhile the kind changed and the server's history moved on, so the
+    // agent's resumed watch will get 410 Gone and must list again.
+    fake.apply(&deny_port("apps", 9100, "v1")).unwrap();
+    fake.compact();
 
-    // The server recovers; wait for the agent's next (successful) request.
-    let before = fake.counts();
-    let served = |c: &fake_kube::RequestCounts| {
-        c.lists.get("authorizationpolicies").copied().unwrap_or(0)
-            + c.watches.get("authorizationpolicies").copied().unwrap_or(0)
+    // The server recovers; the agent's next request is that resumed watch.
+    let watches = |f: &FakeKube| {
+        f.counts()
+            .watches
+            .get("authorizationpolicies")
+            .copied()
+            .unwrap_or(0)
     };
+    let before = watches(&fake);
     fake.restore(&fake_kube::AUTHORIZATION_POLICIES);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while served(&fake.counts()) <= served(&before) {
+    while watches(&fake) == before {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the watch never came back"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // A routine interruption now (the history compacted: 410, then a relist)
-    // must not wait out the delay the failures built up.
-    fake.compact();
-    fake.drop_watches();
+    // The relist the 410 calls for must not wait out the delay the failures
+    // built up: a policy created now is in force within 2 s.
     let created = std::time::Instant::now();
     fake.apply(&deny_port("apps", 9200, "v1")).unwrap();
-    until(&store, "the new policy", |s| s.policies().len() == 2).await;
+    until(&store, "the new policies", |s| s.policies().len() == 3).await;
     let took = created.elapsed();
     println!("policy reached the agent {took:?} after it was created");
     assert!(
