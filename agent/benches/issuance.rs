@@ -43,6 +43,8 @@ async fn main() {
         "ambit-ca".to_string(),
         "--listen".into(),
         "127.0.0.1:0".into(),
+        "--metrics-addr".into(),
+        "127.0.0.1:0".into(),
         "--state-dir".into(),
         path("state"),
         "--tokens-file".into(),

@@ -44,6 +44,8 @@ fn ca_cli(dir: &Path, listen: &str, ttl: &str) -> ambit_ca::cli::Cli {
         "ambit-ca",
         "--listen",
         listen,
+        "--metrics-addr",
+        "127.0.0.1:0",
         "--state-dir",
         state.to_str().unwrap(),
         "--tokens-file",

@@ -31,10 +31,11 @@ use ambit_agent::identity::{
 use ambit_agent::mesh::follow_trust_bundle;
 use ambit_agent::metrics::Metrics;
 use ambit_ca::SpiffeId;
-use ambit_ca::api::{CaService, ServerLimits, ServingIdentity};
+use ambit_ca::api::{CaService, ServerLimits};
 use ambit_ca::authn::{Authenticator, AuthnError, BearerToken, NodeName};
 use ambit_ca::binding::IdentityBinding;
 use ambit_ca::client::CaClientConfig;
+use ambit_ca::serving::ServingCert;
 use ambit_ca::signer::{Lifetimes, Signer};
 use certs::TestCa;
 use futures::future::BoxFuture;
@@ -298,10 +299,11 @@ async fn ca(dir: &Path, authn: Arc<RecordingAuthn>) -> (String, String) {
     let serving = signer
         .issue_serving(&serving_key, &names, Duration::from_secs(3600))
         .unwrap();
-    let identity = ServingIdentity {
-        chain_pem: serving.chain_pem[..serving.chain_pem.len() - 1].concat(),
-        key_pem: serving_key.serialize_pem(),
-    };
+    let identity = ServingCert::fixed(
+        &serving.chain_pem[..serving.chain_pem.len() - 1].concat(),
+        &serving_key.serialize_pem(),
+    )
+    .unwrap();
     let root = signer.root_pem().to_owned();
     let service = CaService::new(signer, authn, Arc::new(AnyIdentity));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -396,12 +398,14 @@ async fn ca_client_verifies_the_ca_against_the_rotated_bundle() {
     let agent = Agent::new(dir.path(), "agent", &unrelated, Some(client.clone())).await;
     let ttl = Duration::from_secs(600);
 
-    // The CA's serving certificate does not chain to the bundle: no call made.
+    // The CA's serving certificate does not chain to the bundle: no call made,
+    // and the error names the CA's address.
     let error = fetch(client.as_ref(), &cart(), ttl).await.unwrap_err();
     assert!(
-        matches!(error, FetchError::Issue(IssueError::Ca(_))),
+        matches!(error, FetchError::Issue(IssueError::Unreachable { .. })),
         "{error}"
     );
+    assert!(error.to_string().contains(&address), "{error}");
     assert!(authn.0.lock().is_empty());
 
     agent.rotate(&format!("{unrelated}{ca_root}")).await;

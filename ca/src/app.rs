@@ -10,13 +10,17 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{CaService, ServerLimits, ServingIdentity};
+use prometheus_client::registry::Registry;
+
+use crate::api::{CaService, ServeError, ServerLimits};
 use crate::authn::Authenticator;
-use crate::authn::bootstrap::BootstrapTokens;
+use crate::authn::bootstrap::FollowedTokens;
 use crate::authn::token_review::TokenReviewAuthenticator;
 use crate::binding::{IdentityBinding, StateFileBinding};
 use crate::cli::Cli;
 use crate::keys;
+use crate::metrics::CaMetrics;
+use crate::serving::{FollowedServingCert, ServingCert};
 use crate::signer::{Lifetimes, Signer};
 
 /// Longest life of the CA's own serving certificate (a restart issues a new one).
@@ -26,11 +30,16 @@ const SERVING_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 #[derive(Debug)]
 pub struct RunningCa {
     pub local_addr: SocketAddr,
+    /// Where `/metrics` is served.
+    pub metrics_addr: SocketAddr,
     /// PEM root every issued chain ends at.
     pub root_pem: String,
     shutdown: oneshot::Sender<()>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    server: JoinHandle<Result<(), ServeError>>,
     reloader: JoinHandle<()>,
+    metrics: JoinHandle<()>,
+    /// Keeps following the serving certificate files, when they are used.
+    _serving: Option<FollowedServingCert>,
 }
 
 impl RunningCa {
@@ -38,6 +47,7 @@ impl RunningCa {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(());
         self.reloader.abort();
+        self.metrics.abort();
         self.server.await.context("CA server task")??;
         Ok(())
     }
@@ -54,6 +64,7 @@ impl RunningCa {
 /// The returned task keeps the binding current; it stops with the CA.
 async fn callers(
     cli: &Cli,
+    metrics: &CaMetrics,
 ) -> anyhow::Result<(
     Arc<dyn Authenticator>,
     Arc<dyn IdentityBinding>,
@@ -68,7 +79,12 @@ async fn callers(
         .context("connecting to the Kubernetes API for TokenReview and pods")?;
         return Ok((Arc::new(authn), pods, watch));
     }
-    let tokens = BootstrapTokens::load(&cli.tokens_file)?;
+    let tokens = FollowedTokens::start(
+        &cli.tokens_file,
+        cli.files_poll,
+        Some(metrics.reload_hook("tokens")),
+    )
+    .await?;
     let binding = Arc::new(StateFileBinding::load(&cli.workloads)?);
     let reloader = binding.spawn_reloader(cli.workloads_poll);
     Ok((Arc::new(tokens), binding, reloader))
@@ -102,21 +118,21 @@ pub async fn start_on(cli: &Cli, listener: TcpListener) -> anyhow::Result<Runnin
             max: cli.max_cert_ttl,
         },
     ));
-    let (authn, binding, reloader) = callers(cli).await?;
+    let mut registry = Registry::default();
+    let metrics = CaMetrics::new(&mut registry);
+    metrics.set_ca_cert_expiry(signer.issuer_not_after());
+    let (authn, binding, reloader) = callers(cli, &metrics).await?;
 
-    let serving_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let serving = signer.issue_serving(&serving_key, &cli.serving_names, SERVING_CERT_TTL)?;
-    let identity = ServingIdentity {
-        // The root stays out of what the server presents; clients hold it already.
-        chain_pem: serving.chain_pem[..serving.chain_pem.len() - 1].concat(),
-        key_pem: serving_key.serialize_pem(),
-    };
+    let (identity, followed) = serving_cert(cli, &signer, &metrics).await?;
     let root_pem = signer.root_pem().to_string();
-    let service = CaService::new(signer, authn, binding);
+    let service = CaService::new(signer, authn, binding).with_metrics(metrics);
     let limits = ServerLimits {
         request_timeout: cli.request_timeout,
         ..ServerLimits::default()
     };
+    let (metrics_addr, metrics) = crate::metrics::bind(cli.metrics_addr, Arc::new(registry))
+        .await
+        .with_context(|| format!("binding --metrics-addr {}", cli.metrics_addr))?;
 
     let local_addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
@@ -132,9 +148,36 @@ pub async fn start_on(cli: &Cli, listener: TcpListener) -> anyhow::Result<Runnin
     tracing::info!(addr = %local_addr, trust_domain = %cli.trust_domain, "CA serving");
     Ok(RunningCa {
         local_addr,
+        metrics_addr,
         root_pem,
         shutdown,
         server,
         reloader,
+        metrics,
+        _serving: followed,
     })
+}
+
+/// The certificate the CA serves with: from `--serving-cert`/`--serving-key`,
+/// followed, or else issued by the CA to itself for `--serving-names`.
+async fn serving_cert(
+    cli: &Cli,
+    signer: &Signer,
+    metrics: &CaMetrics,
+) -> anyhow::Result<(ServingCert, Option<FollowedServingCert>)> {
+    if let (Some(cert), Some(key)) = (&cli.serving_cert, &cli.serving_key) {
+        let followed = FollowedServingCert::start(
+            cert,
+            key,
+            cli.files_poll,
+            Some(metrics.reload_hook("serving_certificate")),
+        )
+        .await?;
+        return Ok((followed.cert.clone(), Some(followed)));
+    }
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let issued = signer.issue_serving(&key, &cli.serving_names, SERVING_CERT_TTL)?;
+    // The root stays out of what the server presents; clients hold it already.
+    let chain = issued.chain_pem[..issued.chain_pem.len() - 1].concat();
+    Ok((ServingCert::fixed(&chain, &key.serialize_pem())?, None))
 }

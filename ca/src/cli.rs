@@ -71,7 +71,9 @@ pub struct Cli {
     )]
     pub agent_service_account: crate::authn::token_review::ServiceAccountRef,
 
-    /// DNS names on the CA's serving certificate, comma-separated.
+    /// Names on the CA's serving certificate, comma-separated: DNS names, and IP
+    /// addresses (which become IP SANs, for agents that dial the CA by address).
+    /// Unused with `--serving-cert`.
     #[arg(
         long,
         env = "AMBIT_CA_SERVING_NAMES",
@@ -79,6 +81,24 @@ pub struct Cli {
         default_value = "ambit-ca.istio-system.svc,istiod.istio-system.svc,ambit-ca,localhost"
     )]
     pub serving_names: Vec<String>,
+
+    /// PEM certificate chain (leaf first) to serve with instead of one the CA
+    /// issues itself; followed while the CA runs. Needs `--serving-key`.
+    #[arg(long, env = "AMBIT_CA_SERVING_CERT", requires = "serving_key")]
+    pub serving_cert: Option<PathBuf>,
+
+    /// PEM private key of `--serving-cert`; followed with it.
+    #[arg(long, env = "AMBIT_CA_SERVING_KEY", requires = "serving_cert")]
+    pub serving_key: Option<PathBuf>,
+
+    /// How often the tokens file and the serving certificate files are re-read
+    /// besides inotify (which alone may miss changes on some filesystems).
+    #[arg(long, env = "AMBIT_CA_FILES_POLL", default_value = "5s", value_parser = parse_duration)]
+    pub files_poll: Duration,
+
+    /// Address of the Prometheus `/metrics` endpoint (15014 is istiod's monitoring port).
+    #[arg(long, env = "AMBIT_CA_METRICS_ADDR", default_value = "0.0.0.0:15014")]
+    pub metrics_addr: SocketAddr,
 
     /// Deadline of one call, including reading its request.
     #[arg(long, env = "AMBIT_CA_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -122,6 +142,23 @@ mod tests {
         assert_eq!(cli.max_cert_ttl, Duration::from_secs(90 * 86_400));
         assert!(cli.cacerts_dir.is_none());
         assert_eq!(cli.serving_names.len(), 4);
+        assert_eq!(cli.metrics_addr, "0.0.0.0:15014".parse().unwrap());
+        assert_eq!(cli.files_poll, Duration::from_secs(5));
+        assert!(cli.serving_cert.is_none());
+    }
+
+    #[test]
+    fn serving_cert_and_key_come_together() {
+        assert!(Cli::try_parse_from(["ambit-ca", "--serving-cert", "/c.pem"]).is_err());
+        let cli = Cli::try_parse_from([
+            "ambit-ca",
+            "--serving-cert",
+            "/c.pem",
+            "--serving-key",
+            "/k.pem",
+        ])
+        .unwrap();
+        assert_eq!(cli.serving_key, Some(PathBuf::from("/k.pem")));
     }
 
     #[test]

@@ -58,6 +58,18 @@ pub enum CaClientError {
 }
 
 impl CaClientError {
+    /// Whether the CA could not be reached at all (tonic reports connection
+    /// and name resolution failures as `Unavailable`).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Status {
+                code: tonic::Code::Unavailable,
+                ..
+            }
+        )
+    }
+
     /// Whether retrying later may succeed (the CA was unreachable or overloaded),
     /// as opposed to a refusal that will repeat.
     pub fn is_transient(&self) -> bool {

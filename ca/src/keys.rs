@@ -134,7 +134,7 @@ fn generate_root(state_dir: &Path, trust_domain: &str) -> Result<(), KeyError> {
     let now = SystemTime::now();
     params.not_before = (now - Duration::from_secs(3600)).into();
     params.not_after = (now + ROOT_LIFETIME).into();
-    params.serial_number = Some(crate::signer::random_serial());
+    params.serial_number = Some(crate::serial::random_serial());
     let cert = params.self_signed(&key)?;
     // Key first, written private from the start: a crash between the two writes
     // leaves a key without a cert, which the next start reports instead of

@@ -7,7 +7,11 @@
 //! - `signer`: CSR checks and leaf issuance.
 //! - `authn`: who is calling (bearer token -> node); `authn::bootstrap` for local mode.
 //! - `binding`: which identities run on which node (from the workloads state file).
-//! - `api`: the gRPC service over TLS; `client`: the agent's side of it.
+//! - `serial`: certificate serial numbers, for the root and for leaves.
+//! - `api`: the gRPC service; `serving`: its TLS (the serving certificate,
+//!   possibly from followed files); `client`: the agent's side of it.
+//! - `follow`: input files followed while the CA runs (tokens, serving cert).
+//! - `metrics`: Prometheus metrics and their HTTP endpoint.
 //! - `cli`, `app`: the binary's configuration and composition root.
 #![forbid(unsafe_code)]
 
@@ -17,8 +21,12 @@ pub mod authn;
 pub mod binding;
 pub mod cli;
 pub mod client;
+pub mod follow;
 pub mod keys;
+pub mod metrics;
 pub mod pods;
+pub mod serial;
+pub mod serving;
 pub mod signer;
 pub mod spiffe;
 

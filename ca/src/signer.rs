@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType,
-    SerialNumber, SubjectPublicKeyInfo,
+    SubjectPublicKeyInfo,
 };
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
@@ -98,6 +98,11 @@ impl Signer {
         self.keys.root_pem()
     }
 
+    /// When the certificate the CA signs with expires.
+    pub fn issuer_not_after(&self) -> SystemTime {
+        self.keys.issuer_not_after
+    }
+
     /// Issues a certificate for `identity` to the key in `csr_pem`. `requested`
     /// is the caller's wish, shortened to the configured maximum.
     pub fn sign(
@@ -120,19 +125,22 @@ impl Signer {
         self.issue(&public_key, vec![SanType::URI(uri(identity)?)], ttl, false)
     }
 
-    /// Issues the CA's own TLS serving certificate for `dns_names`.
+    /// Issues the CA's own TLS serving certificate for `names`: an entry that
+    /// parses as an IP address becomes an IP SAN (so clients that dial the CA by
+    /// address can check it), anything else a DNS SAN.
     pub fn issue_serving(
         &self,
         key: &rcgen::KeyPair,
-        dns_names: &[String],
+        names: &[String],
         ttl: Duration,
     ) -> Result<Issued, SignError> {
-        let sans = dns_names
+        let sans = names
             .iter()
-            .map(|n| {
-                rcgen::string::Ia5String::try_from(n.as_str())
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => rcgen::string::Ia5String::try_from(n.as_str())
                     .map(SanType::DnsName)
-                    .map_err(SignError::from)
+                    .map_err(SignError::from),
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.issue(key, sans, ttl, true)
@@ -167,7 +175,7 @@ impl Signer {
             ]
         };
         params.use_authority_key_identifier_extension = true;
-        params.serial_number = Some(random_serial());
+        params.serial_number = Some(crate::serial::random_serial());
         params.not_before = (now - backdate).into();
         params.not_after = not_after.into();
         let cert = params.signed_by(public_key, &self.keys.issuer)?;
@@ -184,13 +192,6 @@ impl Signer {
 
 fn uri(identity: &SpiffeId) -> Result<rcgen::string::Ia5String, SignError> {
     Ok(rcgen::string::Ia5String::try_from(identity.to_string())?)
-}
-
-/// A random positive 128-bit serial.
-pub(crate) fn random_serial() -> SerialNumber {
-    let mut bytes: [u8; 16] = rand::random();
-    bytes[0] = (bytes[0] & 0x7f) | 0x01;
-    SerialNumber::from_slice(&bytes)
 }
 
 /// The identity a CSR asks for: its one URI SAN, for callers that do not name

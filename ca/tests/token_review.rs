@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_ca::SpiffeId;
-use ambit_ca::api::{CaService, ServerLimits, ServingIdentity};
+use ambit_ca::api::{CaService, ServerLimits};
 use ambit_ca::authn::token_review::{
     EXTRA_POD_UID, Refusal, ReviewError, ServiceAccountRef, TokenReviewAuthenticator,
 };
@@ -20,6 +20,7 @@ use ambit_ca::authn::{BearerToken, NodeName};
 use ambit_ca::binding::IdentityBinding;
 use ambit_ca::client::{CaClient, CaClientConfig, CaClientError};
 use ambit_ca::pods::PodIndex;
+use ambit_ca::serving::ServingCert;
 use ambit_ca::signer::{Lifetimes, Signer};
 use ambit_tests::fake_kube::{self, FakeKube, TokenUser};
 use fixture::{csr_for, uri_sans};
@@ -252,10 +253,11 @@ async fn ca(k: &Kube, dir: &std::path::Path) -> (String, String) {
     let serving = signer
         .issue_serving(&serving_key, &names, Duration::from_secs(3600))
         .unwrap();
-    let identity = ServingIdentity {
-        chain_pem: serving.chain_pem[..serving.chain_pem.len() - 1].concat(),
-        key_pem: serving_key.serialize_pem(),
-    };
+    let identity = ServingCert::fixed(
+        &serving.chain_pem[..serving.chain_pem.len() - 1].concat(),
+        &serving_key.serialize_pem(),
+    )
+    .unwrap();
     let root = signer.root_pem().to_owned();
     let service = CaService::new(signer, Arc::new(authenticator(k)), k.pods.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

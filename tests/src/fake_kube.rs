@@ -9,8 +9,9 @@
 //! it has compacted away; `POST .../tokenreviews` answers for tokens the test
 //! registered. Tests change objects through [`FakeKube::apply`] and
 //! [`FakeKube::delete`], drop every open watch with [`FakeKube::drop_watches`],
-//! forbid a resource (403) with [`FakeKube::forbid`], and count the list and
-//! watch requests each resource received.
+//! forbid a resource (403) with [`FakeKube::forbid`], stop serving it (404)
+//! with [`FakeKube::unserve`] or fail it (500) with [`FakeKube::fail`], and
+//! count the list and watch requests each resource received.
 
 mod http;
 mod store;
@@ -175,6 +176,8 @@ pub struct RequestCounts {
     pub lists: BTreeMap<&'static str, usize>,
     pub watches: BTreeMap<&'static str, usize>,
     pub token_reviews: usize,
+    /// Requests answered with the status set by `unserve` or `fail`.
+    pub broken: BTreeMap<&'static str, usize>,
 }
 
 #[derive(Debug)]
@@ -186,6 +189,8 @@ struct Shared {
     generation: watch::Sender<u64>,
     tokens: Mutex<BTreeMap<String, TokenUser>>,
     forbidden: Mutex<BTreeSet<&'static str>>,
+    /// Resources answered with this status instead (404 not served, 500 failing).
+    broken: Mutex<BTreeMap<&'static str, u16>>,
     counts: Mutex<RequestCounts>,
     bookmark_interval: Duration,
 }
@@ -213,6 +218,7 @@ impl FakeKube {
             generation: watch::channel(0).0,
             tokens: Mutex::default(),
             forbidden: Mutex::default(),
+            broken: Mutex::default(),
             counts: Mutex::default(),
             bookmark_interval,
         });
@@ -298,6 +304,22 @@ impl FakeKube {
 
     pub fn allow(&self, kind: &'static Kind) {
         self.shared.forbidden.lock().remove(kind.plural);
+    }
+
+    /// Answers every request for `kind` with 404, as an API server too old to
+    /// serve it (EndpointSlice v1 before Kubernetes 1.21) or a deleted CRD does.
+    pub fn unserve(&self, kind: &'static Kind) {
+        self.shared.broken.lock().insert(kind.plural, 404);
+    }
+
+    /// Answers every request for `kind` with 500, as a failing API server does.
+    pub fn fail(&self, kind: &'static Kind) {
+        self.shared.broken.lock().insert(kind.plural, 500);
+    }
+
+    /// Undoes `unserve` and `fail`.
+    pub fn restore(&self, kind: &'static Kind) {
+        self.shared.broken.lock().remove(kind.plural);
     }
 
     /// Makes TokenReview authenticate `token` as `user`; other tokens fail.

@@ -30,6 +30,7 @@
 //! - `wire`: tcpdump on the fabric bridge.
 
 mod builder;
+mod cacerts;
 mod control;
 pub mod describe;
 pub mod guestbook;

@@ -394,3 +394,101 @@ async fn not_synced_until_every_kind_is_listed_and_rbac_errors_say_so() {
     .await;
     assert!(store.status().last_error.is_none());
 }
+
+#[tokio::test]
+async fn an_api_the_server_does_not_serve_is_named_in_the_status() {
+    // A Kubernetes 1.20 API server: no discovery.k8s.io/v1 EndpointSlices.
+    let fake = cluster().await;
+    fake.unserve(&fake_kube::ENDPOINT_SLICES);
+    let store = store();
+    let _watch = source(&fake).start(store.clone());
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let message = loop {
+        if let Some(failure) = store.status().last_error {
+            break failure.message;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no missing API reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        message.contains("does not serve discovery.k8s.io/v1 EndpointSlice"),
+        "{message}"
+    );
+    assert!(message.contains("1.21"), "{message}");
+    assert!(!store.current().is_synced());
+
+    // Served again (the cluster upgraded): the agent syncs and the error clears.
+    fake.restore(&fake_kube::ENDPOINT_SLICES);
+    until(&store, "synced once EndpointSlices are served", |s| {
+        s.workload_by_ip(ip("10.0.1.5")).is_some()
+    })
+    .await;
+    assert!(store.status().last_error.is_none());
+}
+
+#[tokio::test]
+async fn after_repeated_failures_a_recovered_watch_follows_policies_within_2s() {
+    let fake = cluster().await;
+    let store = store();
+    let _watch = source(&fake).start(store.clone());
+    until(&store, "initial state", |s| s.policies().len() == 1).await;
+
+    // The policy watch fails again and again, so its retry delay grows
+    // (0.5, 1, 2, then 4 s or so), as it did while a CRD was deleted.
+    fake.fail(&fake_kube::AUTHORIZATION_POLICIES);
+    fake.drop_watches();
+    let broken = |f: &FakeKube| {
+        f.counts()
+            .broken
+            .get("authorizationpolicies")
+            .copied()
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while broken(&fake) < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watch did not retry"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Meanwhile the kind changed and the server's history moved on, so the
+    // agent's resumed watch will get 410 Gone and must list again.
+    fake.apply(&deny_port("apps", 9100, "v1")).unwrap();
+    fake.compact();
+
+    // The server recovers; the agent's next request is that resumed watch.
+    let watches = |f: &FakeKube| {
+        f.counts()
+            .watches
+            .get("authorizationpolicies")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = watches(&fake);
+    fake.restore(&fake_kube::AUTHORIZATION_POLICIES);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while watches(&fake) == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watch never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The relist the 410 calls for must not wait out the delay the failures
+    // built up: a policy created now is in force within 2 s.
+    let created = std::time::Instant::now();
+    fake.apply(&deny_port("apps", 9200, "v1")).unwrap();
+    until(&store, "the new policies", |s| s.policies().len() == 3).await;
+    let took = created.elapsed();
+    println!("policy reached the agent {took:?} after it was created");
+    assert!(
+        took < Duration::from_secs(2),
+        "policy reached the agent after {took:?}"
+    );
+}

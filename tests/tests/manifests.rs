@@ -513,12 +513,24 @@ fn agent_is_given_the_ca_address_token_and_trust_bundle() {
 }
 
 #[test]
-fn ca_serves_15012_behind_its_service_unprivileged() {
+fn ca_serves_15012_behind_its_service_unprivileged_with_metrics_on_15014() {
     let d = deployment();
     let spec = pod_spec_deploy(&d);
     let c = only_container(&spec);
-    assert_eq!(container_ports(&c), BTreeSet::from([15012]));
+    assert_eq!(container_ports(&c), BTreeSet::from([15012, 15014]));
     assert_eq!(env_value(&c, "AMBIT_CA_LISTEN"), "0.0.0.0:15012");
+    // Metrics on istiod's monitoring port, announced for Prometheus.
+    assert_eq!(env_value(&c, "AMBIT_CA_METRICS_ADDR"), "0.0.0.0:15014");
+    let annotations = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        annotations.get("prometheus.io/port").map(String::as_str),
+        Some("15014")
+    );
     assert_eq!(spec.service_account_name.as_deref(), Some("ambit-ca"));
     assert_ne!(spec.host_network, Some(true));
     assert_eq!(

@@ -11,6 +11,8 @@
 //! - `forged`: clients that lie are refused and the agent keeps serving.
 //! - `describe`: `ambit-agent describe` from the state file and from a
 //!   running agent that has just refused a connection.
+//! - `plugin_ca`: Istio's plug-in CA check, `openssl s_client -showcerts`
+//!   shows leaf, intermediate and the plugged root.
 //!
 //! Each test builds its own mesh, so they run in parallel. They need root,
 //! iproute2, iptables, tcpdump and openssl, and the `ambit-agent` and
@@ -21,6 +23,8 @@
 mod describe;
 #[path = "mesh/forged.rs"]
 mod forged;
+#[path = "mesh/plugin_ca.rs"]
+mod plugin_ca;
 #[path = "mesh/policy.rs"]
 mod policy;
 #[path = "mesh/scenario.rs"]

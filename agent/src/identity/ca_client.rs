@@ -48,6 +48,20 @@ pub enum IssueError {
     /// No token to authenticate with (see [`TokenFile`](super::TokenFile)).
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The CA's host name does not resolve: the operator must see which name
+    /// was tried, not only the transport's "dns error".
+    #[error("CA host {host:?} (--ca-address {address}) does not resolve: {reason}")]
+    Unresolved {
+        host: String,
+        address: String,
+        reason: String,
+    },
+    /// The CA could not be reached at an address that resolves.
+    #[error("CA at {address} unreachable: {source}")]
+    Unreachable {
+        address: String,
+        source: CaClientError,
+    },
 }
 
 /// Why one issuance attempt failed.

@@ -16,7 +16,10 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 #[derive(Debug)]
 pub struct WorkloadCertificate {
     pub identity: SpiffeId,
-    /// Leaf first, then intermediates; the root is not included.
+    /// As the CA issued it: leaf first, then intermediates, then the root. It is
+    /// presented whole, as Istio's sidecars and ztunnel do, so a client can check
+    /// which root a workload chains to (`openssl s_client -showcerts`, as in
+    /// Istio's plug-in CA tutorial) and peers never need to hold intermediates.
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
     pub not_before: SystemTime,
@@ -55,7 +58,7 @@ impl WorkloadCertificate {
         public_key_info: &[u8],
         chain_pem: &[String],
     ) -> Result<Self, ChainError> {
-        let mut chain = chain_pem
+        let chain = chain_pem
             .iter()
             .enumerate()
             .map(|(index, pem)| {
@@ -94,10 +97,6 @@ impl WorkloadCertificate {
         }
         let not_before = unix(parsed.validity().not_before.timestamp());
         let not_after = unix(parsed.validity().not_after.timestamp());
-        // Peers hold the root already; presenting it only costs bytes.
-        if chain.len() > 1 && chain.last().is_some_and(is_self_issued) {
-            chain.pop();
-        }
         Ok(Self {
             identity,
             chain,
@@ -110,12 +109,6 @@ impl WorkloadCertificate {
 
 fn unix(secs: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
-}
-
-fn is_self_issued(cert: &CertificateDer<'_>) -> bool {
-    X509Certificate::from_der(cert.as_ref())
-        .map(|(_, c)| c.subject().as_raw() == c.issuer().as_raw())
-        .unwrap_or(false)
 }
 
 #[derive(Debug, thiserror::Error)]

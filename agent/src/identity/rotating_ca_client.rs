@@ -6,6 +6,9 @@
 //! New roots need a new TLS configuration, so they swap in a new `CaClient`
 //! whose connection opens (verified against the new roots) on its next request;
 //! calls already in flight finish on the old connection.
+//!
+//! When the CA cannot be reached, the error names the address, and the host
+//! when it does not resolve (a `--ca-address` whose Service name is wrong).
 
 use std::time::Duration;
 
@@ -74,9 +77,98 @@ impl CertificateIssuer for RotatingCaClient {
         Box::pin(async move {
             let token = self.token.token().await?;
             let client = self.client.load().with_token(&token)?;
-            Ok(client
-                .create_certificate(csr_pem, validity, identity)
-                .await?)
+            match client.create_certificate(csr_pem, validity, identity).await {
+                Ok(chain) => Ok(chain),
+                Err(error) if error.is_unavailable() => {
+                    Err(explain_unavailable(&self.config.address, error).await)
+                }
+                Err(error) => Err(error.into()),
+            }
         })
+    }
+}
+
+/// Names the host behind an `Unavailable` answer: tonic reports a name that
+/// does not resolve only as "dns error", which leaves the operator guessing
+/// which name the agent tried. One lookup of our own says whether it resolves.
+async fn explain_unavailable(address: &str, error: CaClientError) -> IssueError {
+    let Some(authority) = authority_of(address) else {
+        return IssueError::Unreachable {
+            address: address.to_owned(),
+            source: error,
+        };
+    };
+    match tokio::net::lookup_host(&authority).await {
+        Ok(_) => IssueError::Unreachable {
+            address: address.to_owned(),
+            source: error,
+        },
+        Err(lookup) => IssueError::Unresolved {
+            host: host_of(&authority).to_owned(),
+            address: address.to_owned(),
+            reason: lookup.to_string(),
+        },
+    }
+}
+
+/// `host:port` of `https://host:port[/...]` (the port defaulting to 443).
+fn authority_of(address: &str) -> Option<String> {
+    let uri: http::Uri = address.parse().ok()?;
+    let host = uri.host()?;
+    let port = uri.port_u16().unwrap_or(443);
+    Some(format!("{host}:{port}"))
+}
+
+fn host_of(authority: &str) -> &str {
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unavailable(message: &str) -> CaClientError {
+        CaClientError::Status {
+            code: tonic::Code::Unavailable,
+            message: message.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unresolvable_ca_host_is_named() {
+        let status = unavailable("dns error");
+        // `.invalid` never resolves (RFC 6761).
+        let error = explain_unavailable("https://ambit-ca.invalid:15012", status).await;
+        let text = error.to_string();
+        assert!(matches!(error, IssueError::Unresolved { .. }), "{text}");
+        assert!(
+            text.starts_with("CA host \"ambit-ca.invalid\" (--ca-address https://ambit-ca.invalid:15012) does not resolve: "),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resolvable_but_closed_ca_is_unreachable() {
+        let status = unavailable("connection refused");
+        let error = explain_unavailable("https://127.0.0.1:1", status).await;
+        assert_eq!(
+            error.to_string(),
+            "CA at https://127.0.0.1:1 unreachable: CA answered Unavailable: connection refused"
+        );
+    }
+
+    #[test]
+    fn authorities() {
+        assert_eq!(
+            authority_of("https://ambit-ca:15012").as_deref(),
+            Some("ambit-ca:15012")
+        );
+        assert_eq!(
+            authority_of("https://ca.example").as_deref(),
+            Some("ca.example:443")
+        );
+        assert_eq!(host_of("ambit-ca:15012"), "ambit-ca");
     }
 }

@@ -1,12 +1,18 @@
 //! Local-mode authentication: a YAML file mapping node names to bootstrap tokens
-//! (`node-a: 3f9c...`). Each agent is started with its node's token.
+//! (`node-a: 3f9c...`). Each agent is started with its node's token. The CA
+//! follows the file while it runs (`FollowedTokens`), so nodes can be added
+//! or their tokens replaced without a restart.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 
 use super::{Authenticator, AuthnError, BearerToken, NodeName};
+use crate::follow::{FileSet, FollowError, Followed, OutcomeHook};
 
 /// Tokens shorter than this are refused at load time: they would be guessable.
 const MIN_TOKEN_LEN: usize = 16;
@@ -25,14 +31,38 @@ pub struct BootstrapTokens {
 
 impl BootstrapTokens {
     pub fn load(path: &Path) -> Result<Self, TokensFileError> {
+        let bytes = std::fs::read(path).map_err(|e| TokensFileError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(path, &bytes)
+    }
+
+    /// Parses the content of the tokens file at `path` (named in errors only).
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, TokensFileError> {
         let invalid = |reason: String| TokensFileError::Invalid {
             path: path.to_path_buf(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
-        let map: BTreeMap<String, String> = serde_yaml::from_str(&text)
-            .map_err(|e| invalid(format!("expected a `node: token` mapping: {e}")))?;
+        // serde_yaml's messages quote the offending text, which may be a token:
+        // keep only where it went wrong.
+        let map: BTreeMap<String, String> = serde_yaml::from_slice(bytes).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            invalid(format!("expected a `node: token` mapping{at}"))
+        })?;
         Self::from_pairs(map).map_err(invalid)
+    }
+
+    /// How many nodes have a token.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
     }
 
     pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Result<Self, String> {
@@ -72,6 +102,57 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The tokens file, followed while the CA runs (see `crate::follow`): a node
+/// added to the file is accepted at once, and a bad edit keeps the tokens in force.
+#[derive(Debug)]
+pub struct FollowedTokens {
+    followed: Followed<BootstrapTokens>,
+    current: Arc<ArcSwap<BootstrapTokens>>,
+}
+
+impl FollowedTokens {
+    /// Loads `path` (an unusable file is an error) and follows it, re-reading
+    /// at least every `poll`.
+    pub async fn start(
+        path: &Path,
+        poll: Duration,
+        hook: Option<OutcomeHook>,
+    ) -> Result<Self, FollowError<TokensFileError>> {
+        let owned = path.to_path_buf();
+        let followed = FileSet::new("tokens", vec![owned.clone()])
+            .with_poll_interval(poll)
+            .start(move |files| Self::parse_one(&owned, files), hook)
+            .await?;
+        let current = followed.current();
+        Ok(Self { followed, current })
+    }
+
+    fn parse_one(path: &Path, files: &[Vec<u8>]) -> Result<BootstrapTokens, TokensFileError> {
+        let tokens = BootstrapTokens::parse(path, files.first().map_or(&[][..], Vec::as_slice))?;
+        tracing::info!(path = %path.display(), nodes = tokens.len(), "bootstrap tokens read");
+        Ok(tokens)
+    }
+
+    /// Changes applied and rejected so far.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<crate::follow::FollowStatus> {
+        self.followed.subscribe()
+    }
+}
+
+impl Authenticator for FollowedTokens {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a BearerToken,
+    ) -> BoxFuture<'a, Result<NodeName, AuthnError>> {
+        let result = self
+            .current
+            .load()
+            .lookup(token)
+            .ok_or(AuthnError::UnknownToken);
+        Box::pin(std::future::ready(result))
+    }
 }
 
 impl Authenticator for BootstrapTokens {

@@ -179,3 +179,29 @@ fn reads_identity_from_csr() {
     let two = csr_with(&p256(), &[&id().to_string(), &id().to_string()]);
     assert!(csr_identity(&two).is_err());
 }
+
+#[test]
+fn serving_names_that_are_addresses_become_ip_sans() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = signer(dir.path(), Duration::from_secs(3600));
+    let names = ["ambit-ca", "10.96.0.12", "fd00::12"].map(String::from);
+    let issued = signer
+        .issue_serving(&p256(), &names, Duration::from_secs(60))
+        .unwrap();
+    let der = ::pem::parse(&issued.chain_pem[0]).unwrap().into_contents();
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| match n {
+            GeneralName::DNSName(d) => format!("DNS:{d}"),
+            GeneralName::IPAddress(ip) => format!("IP:{}", ip.len()),
+            other => format!("other:{other}"),
+        })
+        .collect();
+    assert_eq!(sans, ["DNS:ambit-ca", "IP:4", "IP:16"]);
+}

@@ -85,6 +85,27 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             "the server could not find the requested resource",
         );
     };
+    let broken = shared.broken.lock().get(target.kind.plural).copied();
+    if let Some(code) = broken {
+        *shared
+            .counts
+            .lock()
+            .broken
+            .entry(target.kind.plural)
+            .or_insert(0) += 1;
+        return match code {
+            404 => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+            _ => status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "an error on the server has prevented the request from succeeding",
+            ),
+        };
+    }
     if shared.forbidden.lock().contains(target.kind.plural) {
         let message = format!(
             "{} is forbidden: User cannot list resource {:?} in API group {:?} at the cluster scope",

@@ -24,6 +24,7 @@ pub struct MeshBuilder {
     services: Vec<ServiceRecord>,
     documents: Vec<String>,
     agents: Vec<AgentOptions>,
+    plugin_ca: bool,
 }
 
 impl MeshBuilder {
@@ -35,6 +36,7 @@ impl MeshBuilder {
             services: Vec::new(),
             documents: Vec::new(),
             agents: Vec::new(),
+            plugin_ca: false,
         }
     }
 
@@ -101,6 +103,13 @@ impl MeshBuilder {
         &mut self.agents[node]
     }
 
+    /// Runs the CA as an intermediate from Istio's `cacerts` layout (a root and
+    /// intermediate made with openssl) instead of its self-generated root.
+    pub fn plugin_ca(mut self) -> Self {
+        self.plugin_ca = true;
+        self
+    }
+
     /// Builds the cluster, writes the state, starts the CA and the agents
     /// and waits until every agent is ready.
     pub fn build(self) -> Result<Mesh, MeshError> {
@@ -147,7 +156,7 @@ impl MeshBuilder {
         let text = state.render()?;
         state::write_atomically(&dir.join("state.yaml"), &text)?;
 
-        let started = control::start(&cluster, &dir, &self.agents)?;
+        let started = control::start(&cluster, &dir, self.plugin_ca, &self.agents)?;
         let mut mesh = Mesh {
             agents: started.agents,
             retired: Vec::new(),

@@ -39,6 +39,8 @@ pub struct Started {
     pub agents: Vec<Process>,
 }
 
+/// The root agents trust: the self-generated one in the CA's state directory,
+/// or the plug-in root, whose `cacerts` directory is that same directory.
 pub fn root_cert_path(dir: &Path) -> PathBuf {
     dir.join("ca").join("root-cert.pem")
 }
@@ -47,11 +49,13 @@ pub fn token_path(dir: &Path, node: usize) -> PathBuf {
     dir.join(format!("node{node}.token"))
 }
 
-/// Starts the CA, then one agent per node (readiness is the caller's wait);
-/// node `i`'s agent gets `options[i]` when there is one.
+/// Starts the CA (self-rooted, or as the intermediate of a plug-in CA), then
+/// one agent per node (readiness is the caller's wait); node `i`'s agent
+/// gets `options[i]` when there is one.
 pub fn start(
     cluster: &Cluster,
     dir: &Path,
+    plugin_ca: bool,
     options: &[AgentOptions],
 ) -> Result<Started, MeshError> {
     let ca_netns = ca_namespace(cluster)?;
@@ -65,9 +69,16 @@ pub fn start(
 
     let ca_addr = SocketAddr::new(IpAddr::V4(CA_IP), CA_PORT);
     let mut cmd = Command::new(bin_path("ambit-ca")?);
-    cmd.arg("--state-dir")
-        .arg(dir.join("ca"))
-        .args(["--listen", &ca_addr.to_string()])
+    if plugin_ca {
+        super::cacerts::write(&dir.join("ca"), TRUST_DOMAIN)?;
+        cmd.arg("--state-dir")
+            .arg(dir.join("ca-state"))
+            .arg("--cacerts-dir")
+            .arg(dir.join("ca"));
+    } else {
+        cmd.arg("--state-dir").arg(dir.join("ca"));
+    }
+    cmd.args(["--listen", &ca_addr.to_string()])
         .args(["--trust-domain", TRUST_DOMAIN])
         .args(["--cert-ttl", CERT_TTL])
         .arg("--tokens-file")

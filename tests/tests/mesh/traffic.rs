@@ -269,9 +269,10 @@ fn the_hbone_port_presents_a_chain_to_the_ca_root_naming_the_pod() {
     );
     let (ok, report) = gb.mesh.verify_chain(&chain.certificates).unwrap();
     assert!(ok, "openssl verify: {report}");
-    // The root is the CA's, and it is not sent (the client must already hold it).
+    // The whole chain is sent, as Istio's sidecars send it: leaf, then the CA's root.
     let root = gb.mesh.root_cert_pem().unwrap();
-    assert!(!chain.certificates.iter().any(|c| c.trim() == root.trim()));
+    assert_eq!(chain.certificates.len(), 2, "{:#?}", chain.details);
+    assert_eq!(chain.certificates[1].trim(), root.trim());
 
     // Another pod's port presents that pod's identity, not analyzer's.
     let guestbook = gb.pod("guestbook");

@@ -11,9 +11,13 @@
 //! agent is not ready: it fails closed. A dropped watch resumes from its last
 //! resourceVersion (bookmarks keep it fresh), so only an expired version
 //! (410) costs a relist; while the API server is unreachable the last state
-//! stays in force. A kind the agent may not read (RBAC) is reported as such,
-//! in the log and in the store's status, and retried with backoff.
+//! stays in force. A kind the agent may not read (RBAC), or an API the server
+//! does not serve (an EndpointSlice v1 before Kubernetes 1.21), is reported
+//! as such, naming group, version and kind, in the log and in the store's
+//! status, and retried with backoff; the backoff starts over after every
+//! successful list or watch event, so a recovered server is followed at once.
 
+mod backoff;
 mod cache;
 mod slim;
 
@@ -25,7 +29,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use parking_lot::Mutex;
@@ -34,6 +37,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::state::{LoadOptions, StateStore};
+use backoff::Backoff;
 use cache::{Caches, KindCache, ObjectKey};
 use slim::Mask;
 
@@ -257,14 +261,30 @@ async fn watch_kind(client: Client, watched: &'static Watched, shared: Arc<Share
         tracing::debug!(kind = watched.kind, api_version = %resource.api_version, "watching");
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
         let config = watcher::Config::default().any_semantic();
-        let mut events = watcher::watcher(api, config).default_backoff().boxed();
+        // No kube-runtime backoff: ours resets on every event (see `backoff`).
+        let mut events = watcher::watcher(api, config).boxed();
+        let mut backoff = Backoff::default();
         while let Some(event) = events.next().await {
             match event {
-                Ok(event) => apply_event(watched, &resource, &shared, event),
-                Err(error) => report(watched, &shared, &error),
+                Ok(event) => {
+                    backoff.reset();
+                    apply_event(watched, &resource, &shared, event);
+                }
+                Err(error) => {
+                    report(watched, &resource, &shared, &error);
+                    if !is_expired(&error) {
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                }
             }
         }
     }
+}
+
+/// A watch resumed from a resourceVersion the server no longer holds: the
+/// watcher lists again on its next poll, which is routine, not a failure.
+fn is_expired(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::WatchError(status) if status.code == 410)
 }
 
 /// The first version of `watched` the API server serves, or None if it
@@ -288,7 +308,7 @@ async fn served_resource(
             Ok(_) => return Some(resource),
             Err(kube::Error::Api(status)) if status.code == 404 => continue,
             Err(error) => {
-                report_client_error(watched, shared, &error);
+                report_client_error(watched, &resource, shared, &error);
                 return resources.into_iter().next();
             }
         }
@@ -364,16 +384,25 @@ fn slim_object(
     (key, value)
 }
 
-fn report(watched: &'static Watched, shared: &Shared, error: &watcher::Error) {
+fn report(
+    watched: &'static Watched,
+    resource: &ApiResource,
+    shared: &Shared,
+    error: &watcher::Error,
+) {
     let status = match error {
         watcher::Error::InitialListFailed(e)
         | watcher::Error::WatchStartFailed(e)
-        | watcher::Error::WatchFailed(e) => return report_client_error(watched, shared, e),
+        | watcher::Error::WatchFailed(e) => {
+            return report_client_error(watched, resource, shared, e);
+        }
         watcher::Error::WatchError(status) => status.code,
         _ => 0,
     };
     if status == 403 {
         forbidden(watched, shared);
+    } else if status == 404 {
+        not_served(watched, resource, shared);
     } else if status == 410 {
         tracing::debug!(kind = watched.kind, "watch expired; listing again");
     } else {
@@ -381,13 +410,46 @@ fn report(watched: &'static Watched, shared: &Shared, error: &watcher::Error) {
     }
 }
 
-fn report_client_error(watched: &'static Watched, shared: &Shared, error: &kube::Error) {
+fn report_client_error(
+    watched: &'static Watched,
+    resource: &ApiResource,
+    shared: &Shared,
+    error: &kube::Error,
+) {
     match error {
         kube::Error::Api(status) if status.code == 403 => forbidden(watched, shared),
+        kube::Error::Api(status) if status.code == 404 => not_served(watched, resource, shared),
         error => {
             tracing::warn!(kind = watched.kind, %error, "Kubernetes API unavailable; keeping the last state")
         }
     }
+}
+
+/// The API server answered 404 for a kind the agent cannot do without: the
+/// server is reachable but too old (or the API is disabled), so "unavailable"
+/// would send the operator the wrong way. Name the group, version and kind.
+fn not_served(watched: &'static Watched, resource: &ApiResource, shared: &Shared) {
+    let group = if watched.group.is_empty() {
+        "core"
+    } else {
+        watched.group
+    };
+    let hint = if watched.kind == "EndpointSlice" {
+        " (served from Kubernetes 1.21 on; Ambit supports 1.21 and newer)"
+    } else {
+        ""
+    };
+    let message = format!(
+        "the API server does not serve {} {}{hint}: the agent cannot sync without it",
+        resource.api_version, watched.kind
+    );
+    tracing::error!(
+        group,
+        version = %resource.version,
+        kind = watched.kind,
+        "{message}"
+    );
+    shared.store.report_failure(message);
 }
 
 /// RBAC refused a read: the fix is in the cluster, so say exactly what.
