@@ -117,9 +117,13 @@ impl InboundPlainProxy {
         drain: Duration,
     ) {
         let own = listener.local_addr().ok();
-        super::serve(listener, LISTENER, shutdown, drain, move |stream, peer, cut| {
-            self.clone().handle(stream, peer, own, cut)
-        })
+        super::serve(
+            listener,
+            LISTENER,
+            shutdown,
+            drain,
+            move |stream, peer, cut| self.clone().handle(stream, peer, own, cut),
+        )
         .await;
     }
 

@@ -27,10 +27,17 @@ fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
     list.iter().map(|s| s.parse().unwrap()).collect()
 }
 
+/// The script's output, without the `#` comment lines iptables-save adds
+/// (they carry a timestamp, so two saves of the same rules differ there).
 fn sh(script: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
     assert!(out.status.success(), "{script}: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 fn lifecycle(backend: Backend) {
