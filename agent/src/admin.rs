@@ -69,7 +69,7 @@ fn readiness_response(readiness: &Readiness, drain: &DrainWatcher) -> Response<B
     if drain.is_draining() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining");
     }
-    let pending = readiness.pending();
+    let pending = readiness.pending_explained();
     if pending.is_empty() {
         text(StatusCode::OK, "ready")
     } else {

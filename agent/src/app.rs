@@ -108,7 +108,11 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
     };
 
     let store = StateStore::new(Snapshot::default());
+    // Until the first sync, readiness says what the source is stuck on.
+    let explain = tokio::spawn(explain_state_wait(store.clone(), readiness.clone()));
     let _watch = start_state(&args, &store).await?;
+    explain.abort();
+    readiness.explain("state", None);
     drop(state_loaded);
     let shutdown = CancellationToken::new();
     let lifetime = CancellationToken::new();
@@ -345,6 +349,16 @@ fn bind_listeners(
         out.insert(role, listener);
     }
     Ok(out)
+}
+
+/// Keeps the readiness reason of the `state` task equal to the state
+/// source's last error (an API the server does not serve, RBAC, a bad file).
+async fn explain_state_wait(store: StateStore, readiness: Readiness) {
+    loop {
+        let why = store.status().last_error.map(|e| e.message);
+        readiness.explain("state", why);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Keeps the state source running while held.

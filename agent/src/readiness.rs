@@ -15,6 +15,8 @@ use tokio::sync::watch;
 pub struct Readiness {
     /// Pending task name -> how many blockers of that name are alive.
     pending: Arc<watch::Sender<BTreeMap<String, usize>>>,
+    /// Why a pending task is still pending, where something knows.
+    reasons: Arc<parking_lot::Mutex<BTreeMap<String, String>>>,
 }
 
 impl Default for Readiness {
@@ -28,6 +30,7 @@ impl Readiness {
         let (tx, _) = watch::channel(BTreeMap::new());
         Self {
             pending: Arc::new(tx),
+            reasons: Arc::default(),
         }
     }
 
@@ -50,6 +53,27 @@ impl Readiness {
     /// The tasks still blocking readiness, sorted.
     pub fn pending(&self) -> Vec<String> {
         self.pending.borrow().keys().cloned().collect()
+    }
+
+    /// Says why `task` is still pending (`None`: nothing known).
+    pub fn explain(&self, task: &str, why: Option<String>) {
+        let mut reasons = self.reasons.lock();
+        match why {
+            Some(why) => reasons.insert(task.to_owned(), why),
+            None => reasons.remove(task),
+        };
+    }
+
+    /// The pending tasks, each with why where that is known.
+    pub fn pending_explained(&self) -> Vec<String> {
+        let reasons = self.reasons.lock();
+        self.pending()
+            .into_iter()
+            .map(|task| match reasons.get(&task) {
+                Some(why) => format!("{task} ({why})"),
+                None => task,
+            })
+            .collect()
     }
 
     /// Resolves once every blocker other than those named in `except` is gone.
@@ -99,6 +123,27 @@ impl Drop for ReadinessBlocker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_tasks_carry_their_reasons_while_pending() {
+        let r = Readiness::new();
+        let state = r.block("state");
+        let _certs = r.block("certificates");
+        r.explain(
+            "state",
+            Some("EndpointSlice (discovery.k8s.io/v1) is not served".into()),
+        );
+        assert_eq!(
+            r.pending_explained(),
+            [
+                "certificates",
+                "state (EndpointSlice (discovery.k8s.io/v1) is not served)"
+            ]
+        );
+        drop(state);
+        assert_eq!(r.pending_explained(), ["certificates"]);
+        r.explain("state", None);
+    }
 
     #[tokio::test]
     async fn ready_only_after_every_blocker_drops() {
