@@ -15,7 +15,6 @@
 //! - `handover`: passing the listening sockets to the agent that replaces this one.
 //! - `telemetry`: the tracing subscriber and its runtime-reloadable filter.
 //! - `capture`: the iptables TPROXY rules steering enrolled pods' traffic here.
-//! - `file_events`: wake-ups when a watched input file (state, trust bundle) changes.
 //! - `limits`: the descriptor budget and the bounds on unauthenticated connections.
 //! - `socket`: the socket factory (marks, transparency, original destination).
 //! - `proxy`: the outbound and inbound plaintext listeners and byte copying.
@@ -29,7 +28,6 @@ pub mod capture;
 pub mod cli;
 pub mod describe;
 pub mod drain;
-pub mod file_events;
 pub mod handover;
 pub mod hbone;
 pub mod identity;

@@ -18,10 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::RecommendedWatcher;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+
+use crate::file_events;
 
 /// How a followed file set is going.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -142,7 +143,7 @@ impl FileSet {
         if !self.inotify {
             return None;
         }
-        match watch_directories(&self.paths, wake) {
+        match file_events::watch_directories_of(&self.paths, wake) {
             Ok(watcher) => Some(watcher),
             Err(error) => {
                 tracing::warn!(what = self.what, %error, poll = ?self.poll, "cannot watch for changes; polling");
@@ -267,40 +268,6 @@ where
         if let Some(hook) = &self.hook {
             hook(outcome);
         }
-    }
-}
-
-/// Rings `wake` on any change in the directories holding `paths`.
-fn watch_directories(paths: &[PathBuf], wake: Arc<Notify>) -> notify::Result<RecommendedWatcher> {
-    let handler = move |event: notify::Result<notify::Event>| {
-        let relevant = match event {
-            // Our own reads open and close the files: only a writer closing counts.
-            Ok(e) => match e.kind {
-                EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-                EventKind::Access(_) => false,
-                _ => true,
-            },
-            // A lost or overflowed event queue may hide a change: look again.
-            Err(_) => true,
-        };
-        if relevant {
-            wake.notify_one();
-        }
-    };
-    let mut watcher = notify::recommended_watcher(handler)?;
-    let mut dirs: Vec<PathBuf> = paths.iter().map(|p| directory_of(p)).collect();
-    dirs.sort();
-    dirs.dedup();
-    for dir in dirs {
-        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    }
-    Ok(watcher)
-}
-
-fn directory_of(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
     }
 }
 

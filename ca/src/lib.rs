@@ -10,7 +10,8 @@
 //! - `serial`: certificate serial numbers, for the root and for leaves.
 //! - `api`: the gRPC service; `serving`: its TLS (the serving certificate,
 //!   possibly from followed files); `client`: the agent's side of it.
-//! - `follow`: input files followed while the CA runs (tokens, serving cert).
+//! - `follow`: input files followed while the CA runs (tokens, serving cert);
+//!   `file_events`: the directory watches behind it, shared with the agent.
 //! - `metrics`: Prometheus metrics and their HTTP endpoint.
 //! - `cli`, `app`: the binary's configuration and composition root.
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod authn;
 pub mod binding;
 pub mod cli;
 pub mod client;
+pub mod file_events;
 pub mod follow;
 pub mod keys;
 pub mod metrics;

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::certificate::{TrustBundle, TrustBundleError};
-use crate::file_events;
+use ambit_ca::file_events;
 
 /// The bundle in force and how following the file has gone.
 #[derive(Clone, Debug)]

@@ -18,8 +18,8 @@ use notify::RecommendedWatcher;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::file_events;
 use crate::state::{LoadError, LoadOptions, Snapshot, SnapshotBuilder, StateStore};
+use ambit_ca::file_events;
 
 /// File name extensions read from a folder.
 const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];

@@ -1,6 +1,7 @@
-//! Wake-ups when a watched input file may have changed: the state file or
-//! folder, the trust bundle. Callers re-read and compare on each wake-up, so an
-//! event here means "look again", never "this changed".
+//! Wake-ups when a watched input file may have changed: the agent's state
+//! file or folder and trust bundle, the CA's tokens file and serving
+//! certificate. Callers re-read and compare on each wake-up, so an event here
+//! means "look again", never "this changed".
 //!
 //! A file is watched through its directory, because the usual ways of updating
 //! one replace it: an editor or `mv` renaming a new file over it, a Kubernetes
@@ -17,7 +18,14 @@ use tokio::sync::Notify;
 /// Rings `wake` on any change in `path` when it is a directory, else in the
 /// directory holding it. The watch lasts as long as the returned watcher.
 pub fn watch_directory_of(path: &Path, wake: Arc<Notify>) -> notify::Result<RecommendedWatcher> {
-    let dir = watched_directory(path);
+    watch_directories_of(std::slice::from_ref(&path.to_path_buf()), wake)
+}
+
+/// As [`watch_directory_of`], for several paths (each directory once).
+pub fn watch_directories_of(
+    paths: &[PathBuf],
+    wake: Arc<Notify>,
+) -> notify::Result<RecommendedWatcher> {
     let handler = move |event: notify::Result<notify::Event>| {
         let relevant = match event {
             // Our own reads open and close the files: only a writer closing counts.
@@ -34,7 +42,12 @@ pub fn watch_directory_of(path: &Path, wake: Arc<Notify>) -> notify::Result<Reco
         }
     };
     let mut watcher = notify::recommended_watcher(handler)?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let mut dirs: Vec<PathBuf> = paths.iter().map(|p| watched_directory(p)).collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    }
     Ok(watcher)
 }
 
