@@ -279,15 +279,19 @@ struct Setup {
 
 /// The usual layout: pod0 of node 0 in the enrolled namespace, pod0 of node 1 outside it.
 fn enrolled_client_plain_server() -> Setup {
-    setup(|c| {
-        state_yaml(
-            true,
-            &[
-                pod_state(c.pod(0, 0), "mesh"),
-                pod_state(c.pod(1, 0), "plain"),
-            ],
-        )
-    })
+    setup(|c| client_and_plain_server(c, true))
+}
+
+/// Pod 0 of node 0 in namespace `mesh` (enrolled or not), pod 0 of node 1
+/// in `plain`.
+fn client_and_plain_server(c: &Cluster, mesh_enrolled: bool) -> String {
+    state_yaml(
+        mesh_enrolled,
+        &[
+            pod_state(c.pod(0, 0), "mesh"),
+            pod_state(c.pod(1, 0), "plain"),
+        ],
+    )
 }
 
 fn setup(state: impl Fn(&Cluster) -> String) -> Setup {
@@ -376,15 +380,7 @@ fn labelling_and_unlabelling_the_namespace_starts_and_stops_capture_live() {
     if !require_e2e() {
         return;
     }
-    let pods = |c: &Cluster, enrolled| {
-        state_yaml(
-            enrolled,
-            &[
-                pod_state(c.pod(0, 0), "mesh"),
-                pod_state(c.pod(1, 0), "plain"),
-            ],
-        )
-    };
+    let pods = client_and_plain_server;
     let s = setup(|c| pods(c, false));
     let (client, server) = (s.cluster.pod(0, 0), s.cluster.pod(1, 0));
     let agent = start_agent(&s.cluster, 0, &s.state, &[]);
@@ -430,15 +426,7 @@ fn enrolling_and_unenrolling_spare_the_connections_already_open() {
     if !require_e2e() {
         return;
     }
-    let pods = |c: &Cluster, enrolled| {
-        state_yaml(
-            enrolled,
-            &[
-                pod_state(c.pod(0, 0), "mesh"),
-                pod_state(c.pod(1, 0), "plain"),
-            ],
-        )
-    };
+    let pods = client_and_plain_server;
     let s = setup(|c| pods(c, false));
     let (client, server) = (s.cluster.pod(0, 0), s.cluster.pod(1, 0));
     let agent = start_agent(&s.cluster, 0, &s.state, &[]);
