@@ -83,7 +83,22 @@ pub struct AdminState {
     logs: Option<LogHandle>,
     metrics: Option<Arc<Metrics>>,
     quit: Option<Arc<Notify>>,
+    notices: Option<NoticeSource>,
 }
+
+/// [`Notices`] with a `Debug` the state can derive.
+#[derive(Clone)]
+struct NoticeSource(Notices);
+
+impl std::fmt::Debug for NoticeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NoticeSource")
+    }
+}
+
+/// Lines the status page lists under "Notices" (e.g. policy rules that need
+/// HTTP), computed on each view.
+pub type Notices = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 impl AdminState {
     pub fn new(readiness: Readiness) -> Self {
@@ -93,7 +108,14 @@ impl AdminState {
             logs: None,
             metrics: None,
             quit: None,
+            notices: None,
         }
+    }
+
+    /// Lists `notices` on the status page.
+    pub fn with_notices(mut self, notices: Notices) -> Self {
+        self.notices = Some(NoticeSource(notices));
+        self
     }
 
     /// Adds a `/config_dump` section (`workloads`, `services`, `policies`, `certificates`,

@@ -28,6 +28,7 @@ pub mod drain;
 pub mod file_events;
 pub mod hbone;
 pub mod identity;
+pub mod l7;
 pub mod mesh;
 pub mod metrics;
 pub mod proxy;

@@ -50,6 +50,9 @@ pub struct MeshConfig {
     pub hbone_port: u16,
     pub pool: PoolSettings,
     pub server: ServerSettings,
+    /// The HTTP path for destinations with HTTP rules; `None` keeps every
+    /// connection at L4.
+    pub l7: Option<Arc<crate::l7::L7>>,
 }
 
 impl MeshConfig {
@@ -60,6 +63,7 @@ impl MeshConfig {
             hbone_port: hbone::HBONE_PORT,
             pool: PoolSettings::default(),
             server: ServerSettings::default(),
+            l7: None,
         }
     }
 }
@@ -107,6 +111,7 @@ pub fn build(
         factory,
         metrics.clone(),
         tracker.clone(),
+        config.l7.clone(),
     );
     let pool = Pool::new(MarkedConnector(factory), tls.clone(), config.pool.clone());
     let forwarder = MeshOutbound::new(
@@ -122,6 +127,7 @@ pub fn build(
         config.trust_domain.clone(),
         metrics.clone(),
         tracker.clone(),
+        config.l7.clone(),
     );
     let hbone = hbone::Server::new(tls.clone(), inbound.clone(), config.server.clone());
     Ok(Mesh {

@@ -16,6 +16,7 @@ use super::Forwarded;
 use super::inbound_plain::{Admission, Admitted, InboundPolicy, InboundRequest};
 use crate::authz::Inbound;
 use crate::authz::watch::{ConnectionTracker, Registration, TrackedConnection};
+use crate::l7::{L7, Route, SessionConn};
 use crate::metrics::{self, ConnectionOpen, Metrics, Reporter, SecurityPolicy};
 
 /// The 15006 admission policy.
@@ -24,6 +25,7 @@ pub struct PlaintextAdmission {
     trust_domain: String,
     metrics: Arc<Metrics>,
     tracker: Arc<ConnectionTracker>,
+    l7: Option<Arc<L7>>,
 }
 
 impl PlaintextAdmission {
@@ -31,11 +33,13 @@ impl PlaintextAdmission {
         trust_domain: impl Into<String>,
         metrics: Arc<Metrics>,
         tracker: Arc<ConnectionTracker>,
+        l7: Option<Arc<L7>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             trust_domain: trust_domain.into(),
             metrics,
             tracker,
+            l7,
         })
     }
 }
@@ -43,12 +47,16 @@ impl PlaintextAdmission {
 /// An admitted plaintext connection: counted, and closed by a policy change.
 struct PlaintextConnection {
     record: metrics::ConnectionRecord,
-    registration: Registration,
+    /// `None` on the L7 path, where each request is decided.
+    registration: Option<Registration>,
 }
 
 impl Admitted for PlaintextConnection {
     fn closed_by_policy(&self) -> CancellationToken {
-        self.registration.close_token()
+        self.registration
+            .as_ref()
+            .map(Registration::close_token)
+            .unwrap_or_default()
     }
 
     fn finished(self: Box<Self>, result: &Forwarded) {
@@ -81,6 +89,26 @@ impl InboundPolicy for PlaintextAdmission {
                 };
             }
         };
+        let route = self.l7.as_ref().map_or(Route::L4, |l7| {
+            l7.route(request.snapshot, destination, request.orig_dst.0, &decision)
+        });
+        if let (Route::Http { .. }, Some(l7)) = (&route, &self.l7) {
+            let conn = SessionConn {
+                client: request.client.0,
+                peer: None,
+                dst: request.orig_dst.0,
+                labels: record.labels().clone(),
+            };
+            let session = l7.session(&route, conn, &decision);
+            record.set_decision(metrics::Decision::Allow, "HTTP: decided per request", None);
+            return Admission::Http {
+                admitted: Box::new(PlaintextConnection {
+                    record,
+                    registration: None,
+                }),
+                session,
+            };
+        }
         record.record_authorization(&decision);
         tracing::debug!(
             client = %request.client,
@@ -104,7 +132,7 @@ impl InboundPolicy for PlaintextAdmission {
         });
         Admission::Follow(Box::new(PlaintextConnection {
             record,
-            registration,
+            registration: Some(registration),
         }))
     }
 }

@@ -32,6 +32,11 @@ pub enum Admission {
     /// Allowed, and followed by the policy while it is open: it may be
     /// closed early, and is told how it ended.
     Follow(Box<dyn Admitted>),
+    /// Allowed to the L7 path, where each request is decided.
+    Http {
+        admitted: Box<dyn Admitted>,
+        session: crate::l7::Session,
+    },
     Deny {
         reason: String,
     },
@@ -42,6 +47,7 @@ impl std::fmt::Debug for Admission {
         match self {
             Self::Allow => f.write_str("Allow"),
             Self::Follow(_) => f.write_str("Follow"),
+            Self::Http { .. } => f.write_str("Http"),
             Self::Deny { reason } => f.debug_struct("Deny").field("reason", reason).finish(),
         }
     }
@@ -157,6 +163,7 @@ impl InboundPlainProxy {
                 orig_dst,
             }),
         };
+        let mut session = None;
         let (admitted, stop) = match admission {
             Admission::Deny { reason } => {
                 socket::reset(client);
@@ -170,12 +177,24 @@ impl InboundPlainProxy {
                 let stop = admitted.closed_by_policy();
                 (Some(admitted), stop)
             }
+            Admission::Http {
+                admitted,
+                session: s,
+            } => {
+                session = Some(s);
+                (Some(admitted), CancellationToken::new())
+            }
         };
-        record.result = match self.factory.connect(orig_dst.0, Some(peer.ip())).await {
-            Ok(server) => copy::bidirectional_until(client, server, stop.cancelled_owned())
+        let dialled = self.factory.connect(orig_dst.0, Some(peer.ip())).await;
+        record.result = match (dialled, session) {
+            (Ok(server), Some(session)) => {
+                let stop = stop.cancelled_owned();
+                session.serve(client, server, stop).await.forwarded()
+            }
+            (Ok(server), None) => copy::bidirectional_until(client, server, stop.cancelled_owned())
                 .await
                 .into(),
-            Err(error) => {
+            (Err(error), _) => {
                 socket::reset(client);
                 Forwarded::refused(Status::ConnectFailed, error.to_string())
             }

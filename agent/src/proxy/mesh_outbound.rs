@@ -232,10 +232,20 @@ impl<C: Connector> Shared<C> {
         };
         record.set_decision(metrics::Decision::Allow, "accepted by destination", None);
         let stop = upstream.close.unwrap_or_default();
-        let forwarded: Forwarded =
-            super::copy::bidirectional_until(client, upstream.stream, stop.cancelled_owned())
-                .await
-                .into();
+        let forwarded: Forwarded = match upstream.l7 {
+            Some(session) => {
+                let stop = stop.cancelled_owned();
+                session
+                    .serve(client, upstream.stream, stop)
+                    .await
+                    .forwarded()
+            }
+            None => {
+                super::copy::bidirectional_until(client, upstream.stream, stop.cancelled_owned())
+                    .await
+                    .into()
+            }
+        };
         upstream.connection.finish(&forwarded);
         forwarded
     }
