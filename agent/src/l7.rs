@@ -119,16 +119,19 @@ impl L7 {
             namespace: &pod.namespace,
             labels: &pod.labels,
         };
-        let needs = || snapshot.policies().needs_http(&target);
         if decision.reason == ambit_policy::Reason::PlaintextRefusedByStrict {
             // PeerAuthentication refuses the connection itself.
             return Route::L4;
         }
+        let needs = snapshot.policies().needs_http(&target);
+        if decision.allowed && !needs {
+            // Nothing per request could differ: the L4 path, no Service scan.
+            return Route::L4;
+        }
         match declared(snapshot, dst) {
             Declared::Opaque(_) => Route::L4,
-            Declared::Http(_) if !decision.allowed || needs() => Route::Http { declared: true },
-            Declared::Http(_) => Route::L4,
-            Declared::Unknown if needs() => Route::Http { declared: false },
+            Declared::Http(_) => Route::Http { declared: true },
+            Declared::Unknown if needs => Route::Http { declared: false },
             Declared::Unknown => Route::L4,
         }
     }

@@ -99,7 +99,7 @@ impl InboundPolicy for PlaintextAdmission {
                 dst: request.orig_dst.0,
                 labels: record.labels().clone(),
             };
-            let session = l7.session(&route, conn, &decision);
+            let session = Box::new(l7.session(&route, conn, &decision));
             record.set_decision(metrics::Decision::Allow, "HTTP: decided per request", None);
             return Admission::Http {
                 admitted: Box::new(PlaintextConnection {

@@ -35,7 +35,7 @@ pub enum Admission {
     /// Allowed to the L7 path, where each request is decided.
     Http {
         admitted: Box<dyn Admitted>,
-        session: crate::l7::Session,
+        session: Box<crate::l7::Session>,
     },
     Deny {
         reason: String,

@@ -22,6 +22,8 @@ pub struct MeshBuilder {
     pods: Vec<PodSpec>,
     services: Vec<ServiceRecord>,
     documents: Vec<String>,
+    /// Extra environment for every agent (e.g. `AMBIT_JWKS_REFRESH_SECS`).
+    agent_env: Vec<(String, String)>,
 }
 
 impl MeshBuilder {
@@ -32,7 +34,14 @@ impl MeshBuilder {
             pods: Vec::new(),
             services: Vec::new(),
             documents: Vec::new(),
+            agent_env: Vec::new(),
         }
+    }
+
+    /// Sets `key=value` in every agent's environment.
+    pub fn agent_env(mut self, key: &str, value: &str) -> Self {
+        self.agent_env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     pub fn nodes(mut self, nodes: usize) -> Self {
@@ -123,7 +132,7 @@ impl MeshBuilder {
         let text = state.render()?;
         state::write_atomically(&dir.join("state.yaml"), &text)?;
 
-        let started = control::start(&cluster, &dir)?;
+        let started = control::start(&cluster, &dir, &self.agent_env)?;
         let mut mesh = Mesh {
             agents: started.agents,
             ca: started.ca,

@@ -39,7 +39,11 @@ pub fn token_path(dir: &Path, node: usize) -> PathBuf {
 }
 
 /// Starts the CA, then one agent per node (readiness is the caller's wait).
-pub fn start(cluster: &Cluster, dir: &Path) -> Result<Started, MeshError> {
+pub fn start(
+    cluster: &Cluster,
+    dir: &Path,
+    agent_env: &[(String, String)],
+) -> Result<Started, MeshError> {
     let ca_netns = ca_namespace(cluster)?;
     let mut tokens = String::new();
     for node in cluster.nodes() {
@@ -95,7 +99,8 @@ pub fn start(cluster: &Cluster, dir: &Path) -> Result<Started, MeshError> {
             .args(["--readiness-addr", &format!("0.0.0.0:{READINESS_PORT}")])
             .args(["--admin-addr", &format!("127.0.0.1:{ADMIN_PORT}")])
             // JSON, so tests can read the access log's fields.
-            .args(["--log-format", "json"]);
+            .args(["--log-format", "json"])
+            .envs(agent_env.iter().map(|(k, v)| (k, v)));
         agents.push(node.netns.spawn(&cmd)?);
     }
     Ok(Started {

@@ -123,7 +123,7 @@ fn tokens_verified_against_fetched_keys_fail_closed_and_recover() {
         .args(["-m", "http.server", "--bind", &keys.ip().to_string()])
         .arg(JWKS_PORT.to_string())
         .current_dir(dir.path());
-    let _server = keys.netns().spawn(&server).unwrap();
+    let mut jwks_server = Some(keys.netns().spawn(&server).unwrap());
     eventually(Duration::from_secs(15), || {
         let got = get("/api/x", Some(&valid));
         (got.status == 200)
@@ -190,4 +190,21 @@ fn tokens_verified_against_fetched_keys_fail_closed_and_recover() {
         line.contains("\"policy\":\"default/analyzer-users\",\"rule\":1"),
         "{line}"
     );
+    // The key server goes down mid-run: once the cached keys expire, tokens
+    // fail closed; they recover when it is back.
+    drop(jwks_server.take());
+    eventually(Duration::from_secs(15), || {
+        let got = get("/api/x", Some(&valid));
+        (got.status == 401)
+            .then_some(())
+            .ok_or(format!("still {got:?}"))
+    });
+    jwks_server = Some(keys.netns().spawn(&server).unwrap());
+    eventually(Duration::from_secs(15), || {
+        let got = get("/api/x", Some(&valid));
+        (got.status == 200)
+            .then_some(())
+            .ok_or(format!("not back: {got:?}"))
+    });
+    drop(jwks_server);
 }

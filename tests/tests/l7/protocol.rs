@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ambit_tests::require_e2e;
 
-use crate::support::{HTTP_PORT, L7Mesh, curl, url};
+use crate::support::{HTTP_PORT, L7Mesh, UNDECLARED_PORT, curl, url};
 
 /// Everything but `/admin`: HTTP rules on analyzer, so its port goes to L7.
 const HTTP_RULES: &str = "\
@@ -54,6 +54,19 @@ fn keepalive_pipelining_chunked_and_websocket() {
         let got = curl(gb, &["--path-as-is", &url(http, path)]);
         assert_eq!(got.status, 403, "{path}: {got:?}");
     }
+
+    // A port no Service declares is sniffed: HTTP there is decided per request.
+    let sniffed = m.analyzer(UNDECLARED_PORT);
+    assert_eq!(curl(gb, &[&url(sniffed, "/admin")]).status, 403);
+    assert_eq!(curl(gb, &[&url(sniffed, "/ok")]).status, 200);
+    // The plaintext path (a client outside the mesh, PERMISSIVE) too.
+    let outside = m.pod("keys");
+    let plain = curl(outside, &[&url(http, "//admin")]);
+    assert_eq!(
+        (plain.status, plain.body.as_str()),
+        (403, "RBAC: access denied")
+    );
+    assert_eq!(curl(outside, &[&url(http, "/ok")]).status, 200);
 
     // A chunked upload of 1 MiB arrives intact.
     let body = pattern(1 << 20, 7);

@@ -1,7 +1,8 @@
 //! The L7 tests' mesh: guestbook (node 0) and sleep (node 0) as clients,
 //! analyzer (node 1) serving HTTP on 8080 behind a Service port named
-//! `http-web`, and on 9090 behind one named `tcp-raw`; `keys` outside the
-//! mesh (node 1) for a JWKS server. Plus curl from a pod.
+//! `http-web`, on 9090 behind one named `tcp-raw`, and on 7070 that no
+//! Service names; `keys` outside the mesh (node 1) for a JWKS server and as
+//! a plaintext client. Plus curl from a pod.
 
 // Fixture code outside #[test] fns: a failure here is a broken test setup.
 #![allow(clippy::unwrap_used)]
@@ -14,6 +15,8 @@ use ambit_tests::{Mesh, MeshPod, PodSpec, Process, bin_path};
 
 pub const HTTP_PORT: u16 = 8080;
 pub const TCP_PORT: u16 = 9090;
+/// No Service names this port: HTTP is sniffed there.
+pub const UNDECLARED_PORT: u16 = 7070;
 
 pub const ANALYZER_SERVICE: &str = "\
 apiVersion: v1
@@ -70,10 +73,13 @@ impl L7Mesh {
             .pod(app("analyzer", 1))
             .pod(app("keys", 1).namespace("outside"))
             .document(ANALYZER_SERVICE)
+            // Fetched keys go stale after 2 s and are dropped after 4 s
+            // while the key server is down.
+            .agent_env("AMBIT_JWKS_REFRESH_SECS", "2")
             .build()
             .unwrap_or_else(|e| panic!("starting the mesh: {e}"));
         let mut servers = Vec::new();
-        for port in [HTTP_PORT, TCP_PORT] {
+        for port in [HTTP_PORT, TCP_PORT, UNDECLARED_PORT] {
             let pod = mesh.pod("analyzer");
             servers.push(spawn_http(pod, port));
         }
