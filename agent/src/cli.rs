@@ -236,7 +236,6 @@ pub struct CheckArgs {
         long = "header",
         env = "AMBIT_CHECK_HEADERS",
         value_name = "K=V",
-        value_delimiter = ',',
         num_args = 1
     )]
     pub headers: Vec<String>,

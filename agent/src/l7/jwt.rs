@@ -203,3 +203,6 @@ pub async fn check_token(
     parts.headers.insert(http::header::AUTHORIZATION, value);
     verifier.authenticate(policy, &mut parts).await
 }
+
+#[cfg(test)]
+mod tests;
