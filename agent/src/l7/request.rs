@@ -207,7 +207,14 @@ impl Handler {
             Err(e) => {
                 log.reason = format!("upstream: {e}");
                 log.status = Local::Upstream.status().as_u16();
-                return Ok(with_log(Local::Upstream.response(), log));
+                let mut rsp = Local::Upstream.response();
+                if !self.h2 {
+                    // The pod's connection is gone (it is this client's only
+                    // one): close the client's too, so it reconnects.
+                    rsp.headers_mut()
+                        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+                return Ok(with_log(rsp, log));
             }
         };
         if rsp.status() == StatusCode::SWITCHING_PROTOCOLS
