@@ -95,7 +95,22 @@ pub struct AdminState {
     metrics: Option<Arc<Metrics>>,
     quit: Option<Arc<Notify>>,
     describe: Option<Arc<dyn DescribeSource>>,
+    notices: Option<NoticeSource>,
 }
+
+/// [`Notices`] with a `Debug` the state can derive.
+#[derive(Clone)]
+struct NoticeSource(Notices);
+
+impl std::fmt::Debug for NoticeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NoticeSource")
+    }
+}
+
+/// Lines the status page lists under "Notices" (e.g. policy rules that need
+/// HTTP), computed on each view.
+pub type Notices = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 impl AdminState {
     pub fn new(readiness: Readiness) -> Self {
@@ -106,12 +121,19 @@ impl AdminState {
             metrics: None,
             quit: None,
             describe: None,
+            notices: None,
         }
     }
 
     /// Enables `/describe/...`.
     pub fn with_describe(mut self, source: Arc<dyn DescribeSource>) -> Self {
         self.describe = Some(source);
+        self
+    }
+
+    /// Lists `notices` on the status page.
+    pub fn with_notices(mut self, notices: Notices) -> Self {
+        self.notices = Some(NoticeSource(notices));
         self
     }
 

@@ -7,6 +7,7 @@
 //! - `watch`: open connections re-decided, and closed, when the state changes.
 
 pub mod check;
+mod check_http;
 mod enforce;
 pub mod watch;
 

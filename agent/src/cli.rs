@@ -233,6 +233,20 @@ pub struct RunArgs {
     #[arg(long, env = "AMBIT_DRAIN_TIMEOUT_MS", default_value_t = 4 * 3600 * 1000)]
     pub drain_timeout_ms: u64,
 
+    /// On a pod port no Service declares HTTP but HTTP rules apply to: how
+    /// long the first bytes are awaited before the connection is taken for
+    /// a server-first protocol and carried at L4.
+    #[arg(long, env = "AMBIT_HTTP_SNIFF_TIMEOUT_MS", default_value_t = 100)]
+    pub http_sniff_timeout_ms: u64,
+
+    /// How long fetching a RequestAuthentication `jwksUri` may take.
+    #[arg(long, env = "AMBIT_JWKS_TIMEOUT_MS", default_value_t = 5_000)]
+    pub jwks_timeout_ms: u64,
+
+    /// How often fetched JWKS are refreshed (failed fetches retry sooner).
+    #[arg(long, env = "AMBIT_JWKS_REFRESH_SECS", default_value_t = 300)]
+    pub jwks_refresh_secs: u64,
+
     /// Directory shared by the agents of this node (a hostPath in
     /// Kubernetes): a starting agent takes the listening sockets of the
     /// running one over `handover.sock` there. Also holds `control.sock`,
@@ -316,6 +330,44 @@ pub struct CheckArgs {
     /// SPIFFE trust domain of workload identities.
     #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+
+    /// Decide an HTTP request with this method (any of the request flags
+    /// makes the check one of a request, not of a connection).
+    #[arg(long, env = "AMBIT_CHECK_METHOD")]
+    pub method: Option<String>,
+
+    /// The request's path (normalized as the agent does; default `/`).
+    #[arg(long, env = "AMBIT_CHECK_PATH")]
+    pub path: Option<String>,
+
+    /// The request's Host (default: the destination address).
+    #[arg(long, env = "AMBIT_CHECK_HOST")]
+    pub host: Option<String>,
+
+    /// A request header `name=value`; repeat for more.
+    #[arg(
+        long = "header",
+        env = "AMBIT_CHECK_HEADERS",
+        value_name = "K=V",
+        num_args = 1
+    )]
+    pub headers: Vec<String>,
+
+    /// A file holding a JWT the request carries (verified against the
+    /// RequestAuthentication's inline `jwks`; `jwksUri` keys are fetched).
+    #[arg(long, env = "AMBIT_CHECK_JWT", value_name = "FILE")]
+    pub jwt: Option<PathBuf>,
+}
+
+impl CheckArgs {
+    /// Whether the check is of an HTTP request.
+    pub fn is_request(&self) -> bool {
+        self.method.is_some()
+            || self.path.is_some()
+            || self.host.is_some()
+            || !self.headers.is_empty()
+            || self.jwt.is_some()
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -32,6 +32,7 @@ pub mod handover;
 pub mod hbone;
 pub mod identity;
 pub mod limits;
+pub mod l7;
 pub mod mesh;
 pub mod metrics;
 pub mod proxy;

@@ -53,6 +53,9 @@ pub struct MeshConfig {
     pub server: ServerSettings,
     /// Caps on 15006 connections not yet connected to their pod.
     pub plaintext_pending: PendingLimits,
+    /// The HTTP path for destinations with HTTP rules; `None` keeps every
+    /// connection at L4.
+    pub l7: Option<Arc<crate::l7::L7>>,
 }
 
 impl MeshConfig {
@@ -64,6 +67,7 @@ impl MeshConfig {
             pool: PoolSettings::default(),
             server: ServerSettings::default(),
             plaintext_pending: PendingLimits::default(),
+            l7: None,
         }
     }
 }
@@ -111,6 +115,7 @@ pub fn build(
         factory,
         metrics.clone(),
         tracker.clone(),
+        config.l7.clone(),
     );
     let pool = Pool::new(MarkedConnector(factory), tls.clone(), config.pool.clone());
     let forwarder = MeshOutbound::new(
@@ -127,6 +132,7 @@ pub fn build(
         metrics.clone(),
         tracker.clone(),
         config.plaintext_pending,
+        config.l7.clone(),
     );
     let hbone = hbone::Server::new(tls.clone(), inbound.clone(), config.server.clone());
     Ok(Mesh {

@@ -10,7 +10,10 @@
 //! - `mesh`: the `plain` and `mesh` modes: a running mesh (CA and agents),
 //!   measured through the agents beside the baseline on the same cluster.
 //! - `report`: the result record, its JSON form and its Markdown table.
+//! - `http`: the `http` mode: keep-alive HTTP requests direct, through the
+//!   agents at L4, and through the destination agent's L7 path.
 
+mod http;
 mod measure;
 mod mesh;
 mod report;
@@ -47,6 +50,9 @@ pub enum Mode {
     /// The plain row, then both pods enrolled: through two agents with an
     /// HBONE tunnel between the nodes. Beside the baseline on the same mesh.
     Mesh,
+    /// HTTP/1.1 keep-alive requests of 1 KiB: direct, through two agents at
+    /// L4, and through them with the destination deciding each request (L7).
+    Http,
 }
 
 impl Mode {
@@ -55,6 +61,7 @@ impl Mode {
             Mode::Baseline => "baseline",
             Mode::Plain => "plain",
             Mode::Mesh => "mesh",
+            Mode::Http => "http",
         }
     }
 }
@@ -70,6 +77,7 @@ fn main() -> anyhow::Result<()> {
                 &[Mode::Plain, Mode::Mesh],
             );
         }
+        Mode::Http => return http::run(cli.measure.throughput_seconds, cli.json.as_deref()),
         Mode::Baseline => {}
     }
     let scenario = scenario::Scenario::baseline().context("setting up the cluster")?;

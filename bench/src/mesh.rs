@@ -64,7 +64,8 @@ fn pods(mode: Mode) -> (&'static str, &'static str) {
     match mode {
         Mode::Baseline => ("plain-client", "plain-server"),
         Mode::Plain => ("client", "plain-server"),
-        Mode::Mesh => ("client", "server"),
+        // The `http` mode has its own pods (`crate::http`).
+        Mode::Mesh | Mode::Http => ("client", "server"),
     }
 }
 

@@ -6,6 +6,10 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
+mod http;
+
+pub use http::{HttpOnlyRule, JwtPolicy};
+
 use crate::index::{Candidate, Inner, Kind, NamespaceIndex, PolicyIdx, PolicySet, Probe};
 use crate::model::{Attributes, AuthzPolicy, MtlsMode};
 
@@ -138,67 +142,10 @@ impl PolicySet {
             dst_ip: conn.dst_ip,
             dst_port: conn.dst_port,
         };
-
-        let mut invalid = Best::default();
-        let mut custom = Best::default();
-        let mut deny = Best::default();
-        let mut allow = Best::default();
-        let mut any_allow = false;
         let probe = Probe::new(&attrs);
-        let mut visit = |c: &Candidate| {
-            let idx = c.idx;
-            if !c.selects(dst.labels) {
-                return;
-            }
-            match c.kind {
-                Kind::Invalid => invalid.offer(idx, None),
-                Kind::Custom => custom.offer(idx, None),
-                Kind::Deny if !deny.beats(idx) => {
-                    if let Some(rule) = c.first_match(&probe) {
-                        deny.offer(idx, Some(rule));
-                    }
-                }
-                Kind::Allow => {
-                    any_allow = true;
-                    if allow.beats(idx) {
-                        return;
-                    }
-                    if let Some(rule) = c.first_match(&probe) {
-                        allow.offer(idx, Some(rule));
-                    }
-                }
-                Kind::Deny => {}
-            }
-        };
-        inner.root.authz.for_each_candidate(dst.labels, &mut visit);
-        if let Some(own) = own.filter(|own| !std::ptr::eq(*own, &inner.root)) {
-            own.authz.for_each_candidate(dst.labels, &mut visit);
-        }
-
-        let named = |best: Best| {
-            best.found.map(|(idx, rule)| {
-                (
-                    inner.authz.get(idx as usize).map(|p: &AuthzPolicy| &*p.id),
-                    rule,
-                )
-            })
-        };
-        let outcomes = [
-            (invalid, false, Reason::InvalidPolicy),
-            (custom, false, Reason::CustomUnsupported),
-            (deny, false, Reason::DeniedByDenyRule),
-            (allow, true, Reason::AllowedByAllowRule),
-        ];
-        for (best, allowed, reason) in outcomes {
-            if let Some((policy, rule)) = named(best) {
-                return decide(allowed, policy, rule, reason);
-            }
-        }
-        if any_allow {
-            decide(false, None, None, Reason::NoAllowPolicyMatched)
-        } else {
-            decide(true, None, None, Reason::NoAllowPolicies)
-        }
+        let (allowed, policy, rule, reason) =
+            inner.decide(own, dst, |c: &Candidate| c.first_match(&probe));
+        decide(allowed, policy, rule, reason)
     }
 
     /// The mTLS mode PeerAuthentication gives `port` of `dst`.
@@ -214,10 +161,80 @@ impl PolicySet {
     }
 }
 
+/// An outcome before the mTLS mode is attached: allowed, policy, rule, reason.
+pub(crate) type Outcome<'p> = (bool, Option<&'p str>, Option<usize>, Reason);
+
 impl Inner {
-    /// Mesh, then namespace, then workload, then port: each level that sets a
-    /// mode overrides the one above; UNSET inherits. Also returns the policy
-    /// that set the winning mode.
+    /// Walks the policies that may select `dst` in Istio's order (invalid and
+    /// CUSTOM fail closed, then DENY, then ALLOW); `first_match` says which
+    /// rule of a DENY or ALLOW candidate matches, if any.
+    pub(crate) fn decide<'p>(
+        &'p self,
+        own: Option<&'p NamespaceIndex>,
+        dst: &Target<'_>,
+        first_match: impl Fn(&Candidate) -> Option<usize>,
+    ) -> Outcome<'p> {
+        let mut invalid = Best::default();
+        let mut custom = Best::default();
+        let mut deny = Best::default();
+        let mut allow = Best::default();
+        let mut any_allow = false;
+        let mut visit = |c: &Candidate| {
+            let idx = c.idx;
+            if !c.selects(dst.labels) {
+                return;
+            }
+            match c.kind {
+                Kind::Invalid => invalid.offer(idx, None),
+                Kind::Custom => custom.offer(idx, None),
+                Kind::Deny if !deny.beats(idx) => {
+                    if let Some(rule) = first_match(c) {
+                        deny.offer(idx, Some(rule));
+                    }
+                }
+                Kind::Allow => {
+                    any_allow = true;
+                    if allow.beats(idx) {
+                        return;
+                    }
+                    if let Some(rule) = first_match(c) {
+                        allow.offer(idx, Some(rule));
+                    }
+                }
+                Kind::Deny => {}
+            }
+        };
+        self.root.authz.for_each_candidate(dst.labels, &mut visit);
+        if let Some(own) = own.filter(|own| !std::ptr::eq(*own, &self.root)) {
+            own.authz.for_each_candidate(dst.labels, &mut visit);
+        }
+
+        let named = |best: Best| {
+            best.found.map(|(idx, rule)| {
+                (
+                    self.authz.get(idx as usize).map(|p: &AuthzPolicy| &*p.id),
+                    rule,
+                )
+            })
+        };
+        let outcomes = [
+            (invalid, false, Reason::InvalidPolicy),
+            (custom, false, Reason::CustomUnsupported),
+            (deny, false, Reason::DeniedByDenyRule),
+            (allow, true, Reason::AllowedByAllowRule),
+        ];
+        for (best, allowed, reason) in outcomes {
+            if let Some((policy, rule)) = named(best) {
+                return (allowed, policy, rule, reason);
+            }
+        }
+        if any_allow {
+            (false, None, None, Reason::NoAllowPolicyMatched)
+        } else {
+            (true, None, None, Reason::NoAllowPolicies)
+        }
+    }
+
     /// The index of the destination's namespace (the root namespace's own when
     /// the destination lives there).
     pub(crate) fn namespace(&self, ns: &str) -> Option<&NamespaceIndex> {
@@ -228,6 +245,9 @@ impl Inner {
         self.namespaces.get(ns)
     }
 
+    /// Mesh, then namespace, then workload, then port: each level that sets a
+    /// mode overrides the one above; UNSET inherits. Also returns the policy
+    /// that set the winning mode.
     pub(crate) fn resolve_mtls(
         &self,
         own: Option<&NamespaceIndex>,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use foldhash::HashMap;
 
-use crate::model::{AuthzPolicy, Effect, MtlsMode, PeerAuthn, Selector};
+use crate::model::{AuthzPolicy, Effect, MtlsMode, PeerAuthn, RequestAuthn, Selector};
 use crate::parse::{self, Compiled, PolicyError, PolicyKind};
 
 mod compiled;
@@ -37,6 +37,8 @@ pub(crate) struct Inner {
     pub authz: Vec<AuthzPolicy>,
     /// Oldest first.
     pub peer: Vec<PeerAuthn>,
+    /// Sorted by `namespace/name`.
+    pub request_authn: Vec<RequestAuthn>,
     /// The root namespace's policies, kept apart: every decision reads them.
     pub root: NamespaceIndex,
     /// Every other namespace holding policies: one lookup per decision.
@@ -185,6 +187,7 @@ pub struct PolicySetBuilder {
     root_namespace: String,
     authz: BTreeMap<Box<str>, AuthzPolicy>,
     peer: BTreeMap<Box<str>, PeerAuthn>,
+    request: BTreeMap<Box<str>, RequestAuthn>,
     errors: BTreeMap<(PolicyKind, String), PolicyError>,
 }
 
@@ -196,13 +199,14 @@ impl PolicySet {
             root_namespace: root_namespace.to_owned(),
             authz: BTreeMap::new(),
             peer: BTreeMap::new(),
+            request: BTreeMap::new(),
             errors: BTreeMap::new(),
         }
     }
 
-    /// Number of policies of both kinds, valid or not.
+    /// Number of policies of all kinds, valid or not.
     pub fn len(&self) -> usize {
-        self.inner.authz.len() + self.inner.peer.len()
+        self.inner.authz.len() + self.inner.peer.len() + self.inner.request_authn.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -236,6 +240,11 @@ impl PolicySetBuilder {
                 let id = p.id.to_string();
                 self.peer.insert(p.id.clone(), p);
                 (PolicyKind::PeerAuthentication, id)
+            }
+            Compiled::Request(p) => {
+                let id = p.id.to_string();
+                self.request.insert(p.id.clone(), p);
+                (PolicyKind::RequestAuthentication, id)
             }
         };
         match parsed.error {
@@ -312,6 +321,7 @@ impl PolicySetBuilder {
                 root_namespace,
                 authz,
                 peer,
+                request_authn: self.request.into_values().collect(),
                 root,
                 namespaces,
                 errors: self.errors.into_values().collect(),
@@ -327,6 +337,7 @@ impl Inner {
             .iter()
             .map(|p| &*p.namespace)
             .chain(self.peer.iter().map(|p| &*p.namespace))
+            .chain(self.request_authn.iter().map(|p| &*p.namespace))
             .collect()
     }
 }

@@ -3,17 +3,23 @@
 //! attributes were resolved at parse time (see [`authz::Rule`]).
 
 mod authz;
+mod http;
 mod matcher;
 mod peer_authn;
+mod request_authn;
 mod selector;
 
 pub use authz::RuleFields;
 pub(crate) use authz::{
-    Action, AuthzPolicy, Condition, ConditionKey, ConditionValues, Effect, Operation, Rule, Source,
+    Action, AuthzPolicy, Condition, ConditionKey, ConditionValues, Effect, NeedsHttp, Operation,
+    Rule, Source,
 };
+pub(crate) use http::{HostMatch, HttpCondition, HttpKey, HttpOperation, HttpSource};
 pub(crate) use matcher::{IpMatch, PortSet, StringMatch};
 pub use peer_authn::MtlsMode;
 pub(crate) use peer_authn::PeerAuthn;
+pub(crate) use request_authn::RequestAuthn;
+pub use request_authn::{ClaimToHeader, JwtHeader, JwtRule};
 pub(crate) use selector::Selector;
 
 /// What a connection offers to the matchers: the source as seen at L4 and the

@@ -10,17 +10,19 @@ mod authz;
 mod json;
 mod peer_authn;
 mod rule_fields;
+mod request_authn;
 
 use serde_json::Value;
 
-use crate::model::{AuthzPolicy, PeerAuthn};
+use crate::model::{AuthzPolicy, PeerAuthn, RequestAuthn};
 use json::{FieldError, Path};
 
-/// The two policy kinds this crate reads.
+/// The policy kinds this crate reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PolicyKind {
     AuthorizationPolicy,
     PeerAuthentication,
+    RequestAuthentication,
 }
 
 impl PolicyKind {
@@ -35,6 +37,7 @@ impl PolicyKind {
         match kind {
             "AuthorizationPolicy" => Some(Self::AuthorizationPolicy),
             "PeerAuthentication" => Some(Self::PeerAuthentication),
+            "RequestAuthentication" => Some(Self::RequestAuthentication),
             _ => None,
         }
     }
@@ -43,6 +46,7 @@ impl PolicyKind {
         match self {
             Self::AuthorizationPolicy => "AuthorizationPolicy",
             Self::PeerAuthentication => "PeerAuthentication",
+            Self::RequestAuthentication => "RequestAuthentication",
         }
     }
 }
@@ -70,7 +74,7 @@ pub struct PolicyError {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
     #[error(
-        "not a security.istio.io/v1 or v1beta1 AuthorizationPolicy or PeerAuthentication ({api_version} {kind})"
+        "not a security.istio.io/v1 or v1beta1 AuthorizationPolicy, PeerAuthentication or RequestAuthentication ({api_version} {kind})"
     )]
     NotAPolicy { api_version: String, kind: String },
     #[error("expected {0}")]
@@ -110,6 +114,7 @@ pub enum Problem {
 pub(crate) enum Compiled {
     Authz(AuthzPolicy),
     Peer(PeerAuthn),
+    Request(RequestAuthn),
 }
 
 /// A compiled policy; `error` is set when it was compiled fail-closed.
@@ -152,6 +157,9 @@ pub(crate) fn parse(obj: &Value) -> Result<Parsed, PolicyError> {
         PolicyKind::AuthorizationPolicy => Compiled::Authz(authz::compile(obj, &meta, &mut fail)),
         PolicyKind::PeerAuthentication => {
             Compiled::Peer(peer_authn::compile(obj, &meta, &mut fail))
+        }
+        PolicyKind::RequestAuthentication => {
+            Compiled::Request(request_authn::compile(obj, &meta, &mut fail))
         }
     };
     Ok(Parsed { compiled, error })

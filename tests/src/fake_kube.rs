@@ -86,14 +86,23 @@ pub const PEER_AUTHENTICATIONS: Kind = Kind {
     namespaced: true,
 };
 
+pub const REQUEST_AUTHENTICATIONS: Kind = Kind {
+    group: "security.istio.io",
+    versions: &["v1", "v1beta1"],
+    kind: "RequestAuthentication",
+    plural: "requestauthentications",
+    namespaced: true,
+};
+
 /// Every kind the server stores.
-pub static KINDS: [&Kind; 6] = [
+pub static KINDS: [&Kind; 7] = [
     &NAMESPACES,
     &PODS,
     &SERVICES,
     &ENDPOINT_SLICES,
     &AUTHORIZATION_POLICIES,
     &PEER_AUTHENTICATIONS,
+    &REQUEST_AUTHENTICATIONS,
 ];
 
 impl Kind {

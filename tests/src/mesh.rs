@@ -353,7 +353,7 @@ impl Mesh {
         let node = self.cluster.node(index).clone();
         let options = control::AgentOptions {
             args: extra.iter().map(|a| (*a).to_owned()).collect(),
-            nofile: None,
+            ..control::AgentOptions::default()
         };
         let cmd = control::agent_command(&node, &self.dir, &options)?;
         let next = node.netns.spawn(&cmd)?;

@@ -212,6 +212,11 @@ fn istio_crds_serve_v1_and_v1beta1() {
             "PeerAuthentication",
             "peerauthentications",
         ),
+        (
+            "crd-requestauthentications.yaml",
+            "RequestAuthentication",
+            "requestauthentications",
+        ),
     ] {
         let crd: CustomResourceDefinition = load(file);
         assert_eq!(
@@ -295,6 +300,7 @@ fn agent_rbac_reads_its_kinds_and_nothing_else() {
         ("discovery.k8s.io", "endpointslices"),
         ("security.istio.io", "authorizationpolicies"),
         ("security.istio.io", "peerauthentications"),
+        ("security.istio.io", "requestauthentications"),
     ]
     .into_iter()
     .map(|(g, r)| ((g.to_owned(), r.to_owned()), read_only()))

@@ -31,7 +31,18 @@ pub(super) fn render(state: &AdminState, draining: bool) -> String {
             &metrics.open_connections().to_string(),
         );
     }
-    html.push_str("</table>\n<h2>Endpoints</h2>\n<ul>\n");
+    html.push_str("</table>\n");
+    if let Some(notices) = &state.notices {
+        let lines = (notices.0)();
+        if !lines.is_empty() {
+            html.push_str("<h2>Notices</h2>\n<ul>\n");
+            for line in lines {
+                let _ = writeln!(html, "<li>{}</li>", escape(&line));
+            }
+            html.push_str("</ul>\n");
+        }
+    }
+    html.push_str("<h2>Endpoints</h2>\n<ul>\n");
     html.push_str("<li><a href=\"/config_dump\">/config_dump</a> (");
     let sections: Vec<String> = state.config.names().map(escape).collect();
     html.push_str(&sections.join(", "));

@@ -70,6 +70,18 @@ pub async fn start(
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let l7 = crate::l7::L7::new(
+        store.clone(),
+        &mut registry,
+        crate::l7::jwt::Verifier::new(crate::l7::jwt::JwksSettings {
+            timeout: std::time::Duration::from_millis(args.jwks_timeout_ms),
+            refresh: std::time::Duration::from_secs(args.jwks_refresh_secs),
+        }),
+        crate::l7::L7Settings {
+            sniff_timeout: std::time::Duration::from_millis(args.http_sniff_timeout_ms),
+            ..crate::l7::L7Settings::default()
+        },
+    );
     let registry = Arc::new(registry);
     let certs: Arc<dyn CertificateSource> = identities.clone();
     let mut config = MeshConfig::new(args.node.clone(), args.trust_domain.clone());
@@ -84,6 +96,7 @@ pub async fn start(
     config.server.pending = pending;
     config.plaintext_pending = pending;
     config.pool.idle_timeout = load.hbone_pool_idle_timeout;
+    config.l7 = Some(l7);
     let mesh = mesh::build(
         &config,
         store.clone(),
@@ -115,6 +128,10 @@ pub async fn start(
         metrics.clone(),
         shutdown.clone(),
     ));
+    tasks.spawn(crate::l7::notices::warn_on_load(
+        store.subscribe(),
+        shutdown.clone(),
+    ));
     tasks.spawn(count_state_reloads(
         metrics.clone(),
         store.subscribe(),
@@ -136,7 +153,11 @@ pub async fn start(
     let quit = Arc::new(Notify::new());
     let mut state = AdminState::new(readiness.clone())
         .with_metrics(metrics.clone())
-        .with_quit(quit.clone());
+        .with_quit(quit.clone())
+        .with_notices({
+            let store = store.clone();
+            Arc::new(move || crate::l7::notices::lines(&store.current()))
+        });
     if let Some(logs) = logs {
         state = state.with_logging(logs);
     }
@@ -335,7 +356,11 @@ fn config_dump(
                     .iter()
                     .map(ToString::to_string)
                     .collect();
-                json!({ "summary": snapshot.policies().summary(), "errors": errors })
+                json!({
+                    "summary": snapshot.policies().summary(),
+                    "errors": errors,
+                    "needs_http": crate::l7::notices::lines(&snapshot),
+                })
             }),
         )
         .with_config(

@@ -1,6 +1,9 @@
 //! `ambit-agent authz check`: the dry run users test a policy with before they
 //! apply it. It reads the same state the agent reads and decides through the
-//! same `Snapshot::authorize_from_state` the agent uses.
+//! same `Snapshot::authorize_from_state` the agent uses, or, given request
+//! flags (`--method`, `--path`, `--host`, `--header`, `--jwt`), decides one
+//! HTTP request as the agent's L7 path would. A connection decision names
+//! the rules that need HTTP and whether the port is one.
 
 use ambit_policy::Decision;
 use serde::Serialize;
@@ -15,6 +18,9 @@ use super::AuthzError;
 #[derive(Debug)]
 pub struct CheckReport {
     pub decision: Decision,
+    /// The reason printed: the engine's, with the rules that need HTTP named
+    /// when the answer depends on them.
+    pub reason: String,
     /// Things that make the answer differ from what the user may expect
     /// (invalid policies enforced fail-closed, a destination not enrolled).
     pub warnings: Vec<String>,
@@ -42,6 +48,8 @@ pub enum CheckError {
         addr: std::net::IpAddr,
         source: AuthzError,
     },
+    #[error("request: {0}")]
+    Request(String),
 }
 
 /// The printed form, fields in the documented order (a `serde_json::Value`
@@ -51,7 +59,7 @@ struct Printed<'a> {
     decision: &'static str,
     policy: Option<&'a str>,
     rule: Option<usize>,
-    reason: &'static str,
+    reason: &'a str,
     mtls_mode: &'static str,
 }
 
@@ -63,7 +71,7 @@ impl CheckReport {
             decision: if d.allowed { "allow" } else { "deny" },
             policy: d.policy.as_deref(),
             rule: d.rule,
-            reason: d.reason.as_str(),
+            reason: &self.reason,
             mtls_mode: d.mtls_mode.as_str(),
         };
         // Serializing plain strings and numbers cannot fail; fall back to the
@@ -98,7 +106,7 @@ pub fn decide(snapshot: &Snapshot, args: &CheckArgs) -> Result<CheckReport, Chec
             },
         });
     }
-    let decision = snapshot
+    let mut decision = snapshot
         .authorize_from_state(args.from, args.to, args.plaintext, &args.trust_domain)
         .map_err(|source| match source {
             AuthzError::UnknownDestination(_) => CheckError::Destination {
@@ -111,6 +119,13 @@ pub fn decide(snapshot: &Snapshot, args: &CheckArgs) -> Result<CheckReport, Chec
             },
         })?;
 
+    let mut reason = decision.reason.as_str().to_owned();
+    if args.is_request() {
+        decision = super::check_http::decide(snapshot, args)?;
+        reason = decision.reason.as_str().to_owned();
+    } else if let Some(http) = super::check_http::http_note(snapshot, args.to) {
+        reason = format!("{reason}; {http}");
+    }
     let mut warnings: Vec<String> = snapshot
         .policy_errors()
         .iter()
@@ -124,5 +139,9 @@ pub fn decide(snapshot: &Snapshot, args: &CheckArgs) -> Result<CheckReport, Chec
             dst.qualified_name()
         ));
     }
-    Ok(CheckReport { decision, warnings })
+    Ok(CheckReport {
+        decision,
+        reason,
+        warnings,
+    })
 }

@@ -96,6 +96,9 @@ pub struct Upstream<C> {
     pub stream: TcpStream,
     pub connection: C,
     pub close: Option<CancellationToken>,
+    /// Set when the tunnel's requests are decided one by one (`crate::l7`):
+    /// the session serves the tunnel instead of the byte copy.
+    pub l7: Option<crate::l7::Session>,
 }
 
 /// What the proxy implements to sit behind the HBONE server.
@@ -468,17 +471,21 @@ impl<H: InboundHandler> Server<H> {
             mut stream,
             connection,
             close,
+            l7,
         } = upstream;
         let _ = stream.set_nodelay(true);
         let (_, recv) = request.into_parts();
-        let (tunnel_read, tunnel_write) = H2Stream::new(send, recv, None).into_split();
+        let tunnel = H2Stream::new(send, recv, None);
         let stop = async move {
             match close {
                 Some(token) => token.cancelled_owned().await,
                 None => std::future::pending().await,
             }
         };
-        let transfer = copy_bidirectional((tunnel_read, tunnel_write), stream.split(), stop).await;
+        let transfer = match l7 {
+            Some(session) => session.serve(tunnel, stream, stop).await.transfer(),
+            None => copy_bidirectional(tunnel.into_split(), stream.split(), stop).await,
+        };
         debug!(
             target = %parsed.target,
             sent = transfer.backward,

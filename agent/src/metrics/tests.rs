@@ -156,6 +156,7 @@ fn fixture() -> Fixture {
                 name: None,
                 port: 80,
                 target: TargetPort::Number(8080),
+                app_protocol: None,
             }],
             vec![Endpoint {
                 ip: "10.0.2.7".parse().unwrap(),

@@ -25,6 +25,7 @@ use crate::limits::{
     self,
     pending::{Pending, PendingLimits, PendingPermit},
 };
+use crate::l7::{L7, Route, SessionConn};
 use crate::metrics::{self, ConnectionOpen, Metrics, Reporter, SecurityPolicy};
 
 /// The 15006 admission policy.
@@ -35,6 +36,7 @@ pub struct PlaintextAdmission {
     tracker: Arc<ConnectionTracker>,
     /// Connections not yet connected to their pod (see [`Pending`]).
     pending: Arc<Pending>,
+    l7: Option<Arc<L7>>,
 }
 
 impl PlaintextAdmission {
@@ -43,12 +45,14 @@ impl PlaintextAdmission {
         metrics: Arc<Metrics>,
         tracker: Arc<ConnectionTracker>,
         pending: PendingLimits,
+        l7: Option<Arc<L7>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             trust_domain: trust_domain.into(),
             metrics,
             tracker,
             pending: Pending::new("inbound_plain", pending),
+            l7,
         })
     }
 }
@@ -56,12 +60,16 @@ impl PlaintextAdmission {
 /// An admitted plaintext connection: counted, and closed by a policy change.
 struct PlaintextConnection {
     record: metrics::ConnectionRecord,
-    registration: Registration,
+    /// `None` on the L7 path, where each request is decided.
+    registration: Option<Registration>,
 }
 
 impl Admitted for PlaintextConnection {
     fn closed_by_policy(&self) -> CancellationToken {
-        self.registration.close_token()
+        self.registration
+            .as_ref()
+            .map(Registration::close_token)
+            .unwrap_or_default()
     }
 
     fn finished(self: Box<Self>, result: &Forwarded) {
@@ -98,6 +106,26 @@ impl InboundPolicy for PlaintextAdmission {
                 };
             }
         };
+        let route = self.l7.as_ref().map_or(Route::L4, |l7| {
+            l7.route(request.snapshot, destination, request.orig_dst.0, &decision)
+        });
+        if let (Route::Http { .. }, Some(l7)) = (&route, &self.l7) {
+            let conn = SessionConn {
+                client: request.client.0,
+                peer: None,
+                dst: request.orig_dst.0,
+                labels: record.labels().clone(),
+            };
+            let session = Box::new(l7.session(&route, conn, &decision));
+            record.set_decision(metrics::Decision::Allow, "HTTP: decided per request", None);
+            return Admission::Http {
+                admitted: Box::new(PlaintextConnection {
+                    record,
+                    registration: None,
+                }),
+                session,
+            };
+        }
         record.record_authorization(&decision);
         tracing::debug!(
             client = %request.client,
@@ -121,7 +149,7 @@ impl InboundPolicy for PlaintextAdmission {
         });
         Admission::Follow(Box::new(PlaintextConnection {
             record,
-            registration,
+            registration: Some(registration),
         }))
     }
 }

@@ -28,6 +28,7 @@ use crate::hbone::{
     ForwardedFor, HBONE_PORT, InboundHandler, InboundRequest, Refusal, Transfer, Upstream,
 };
 use crate::identity::WorkloadCertificate;
+use crate::l7::{L7, Route, SessionConn};
 use crate::mesh::CertificateSource;
 use crate::metrics::{self, ConnectionOpen, Metrics, Reporter, SecurityPolicy};
 use crate::proxy::{Forwarded, Status, Transferred};
@@ -44,6 +45,8 @@ pub struct InboundHbone {
     factory: SocketFactory,
     metrics: Arc<Metrics>,
     tracker: Arc<ConnectionTracker>,
+    /// Requests decided one by one where HTTP rules apply (`None`: L4 only).
+    l7: Option<Arc<L7>>,
 }
 
 impl std::fmt::Debug for InboundHbone {
@@ -58,7 +61,9 @@ impl std::fmt::Debug for InboundHbone {
 #[derive(Debug)]
 pub struct InboundConnection {
     pub record: metrics::ConnectionRecord,
-    _registration: Registration,
+    /// `None` on the L7 path: each request reads the policies in force, so
+    /// the connection is not re-decided at L4.
+    _registration: Option<Registration>,
 }
 
 impl InboundConnection {
@@ -86,6 +91,9 @@ pub struct Admit<'a> {
 }
 
 impl InboundHbone {
+    // Every collaborator is injected so tests can build the handler alone;
+    // the L7 path is the eighth.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         state: StateStore,
         node: impl Into<String>,
@@ -94,6 +102,7 @@ impl InboundHbone {
         factory: SocketFactory,
         metrics: Arc<Metrics>,
         tracker: Arc<ConnectionTracker>,
+        l7: Option<Arc<L7>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             state,
@@ -103,6 +112,7 @@ impl InboundHbone {
             factory,
             metrics,
             tracker,
+            l7,
         })
     }
 
@@ -225,9 +235,30 @@ impl InboundHbone {
             peer: Some(req.peer),
             dst: req.target,
         });
+        let mut session = None;
         match decision {
             Ok(d) => {
-                record.record_authorization(&d);
+                let route = self
+                    .l7
+                    .as_ref()
+                    .map_or(Route::L4, |l7| l7.route(&snapshot, &dst, req.target, &d));
+                if let (Route::Http { .. }, Some(l7)) = (&route, &self.l7) {
+                    let conn = SessionConn {
+                        client,
+                        peer: Some(req.peer.clone()),
+                        dst: req.target,
+                        labels: record.labels().clone(),
+                    };
+                    session = Some(l7.session(&route, conn, &d));
+                    record.set_decision(
+                        metrics::Decision::Allow,
+                        "HTTP: decided per request",
+                        None,
+                    );
+                }
+                if session.is_none() {
+                    record.record_authorization(&d);
+                }
                 tracing::debug!(
                     peer = %req.peer,
                     %client,
@@ -238,7 +269,7 @@ impl InboundHbone {
                     policy = d.policy.as_deref().unwrap_or("-"),
                     "inbound authorization"
                 );
-                if !d.allowed {
+                if !d.allowed && session.is_none() {
                     return Err(Refusal::Denied {
                         reason: d.reason.as_str().to_owned(),
                     });
@@ -256,19 +287,22 @@ impl InboundHbone {
             .connect(req.target, Some(client.ip()))
             .await
             .map_err(Refusal::Unreachable)?;
-        let registration = self.tracker.register(TrackedConnection {
-            src: client,
-            peer: Some(req.peer.clone()),
-            dst: req.target,
+        let registration = session.is_none().then(|| {
+            self.tracker.register(TrackedConnection {
+                src: client,
+                peer: Some(req.peer.clone()),
+                dst: req.target,
+            })
         });
-        let close = registration.close_token();
+        let close = registration.as_ref().map(Registration::close_token);
         Ok(Upstream {
             stream,
             connection: InboundConnection {
                 record,
                 _registration: registration,
             },
-            close: Some(close),
+            close,
+            l7: session,
         })
     }
 }

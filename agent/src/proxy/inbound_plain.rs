@@ -36,6 +36,11 @@ pub enum Admission {
     /// Allowed, and followed by the policy while it is open: it may be
     /// closed early, and is told how it ended.
     Follow(Box<dyn Admitted>),
+    /// Allowed to the L7 path, where each request is decided.
+    Http {
+        admitted: Box<dyn Admitted>,
+        session: Box<crate::l7::Session>,
+    },
     Deny {
         reason: String,
     },
@@ -46,6 +51,7 @@ impl std::fmt::Debug for Admission {
         match self {
             Self::Allow => f.write_str("Allow"),
             Self::Follow(_) => f.write_str("Follow"),
+            Self::Http { .. } => f.write_str("Http"),
             Self::Deny { reason } => f.debug_struct("Deny").field("reason", reason).finish(),
         }
     }
@@ -187,6 +193,7 @@ impl InboundPlainProxy {
                 orig_dst,
             }),
         };
+        let mut session = None;
         let (admitted, stop) = match admission {
             Admission::Deny { reason } => {
                 socket::reset(client);
@@ -200,17 +207,24 @@ impl InboundPlainProxy {
                 let stop = admitted.closed_by_policy();
                 (Some(admitted), stop)
             }
+            Admission::Http {
+                admitted,
+                session: s,
+            } => {
+                session = Some(s);
+                (Some(admitted), CancellationToken::new())
+            }
         };
-        let connected = self.factory.connect(orig_dst.0, Some(peer.ip())).await;
+        let dialled = self.factory.connect(orig_dst.0, Some(peer.ip())).await;
         // The pod answered (or not): the connection is no longer pending.
         drop(pending);
-        record.result = match connected {
-            Ok(server) => {
-                copy::bidirectional_until(client, server, super::either_cancelled(stop, cut))
-                    .await
-                    .into()
-            }
-            Err(error) => {
+        let stop = super::either_cancelled(stop, cut);
+        record.result = match (dialled, session) {
+            (Ok(server), Some(session)) => session.serve(client, server, stop).await.forwarded(),
+            (Ok(server), None) => copy::bidirectional_until(client, server, stop)
+                .await
+                .into(),
+            (Err(error), _) => {
                 socket::reset(client);
                 Forwarded::refused(Status::ConnectFailed, error.to_string())
             }

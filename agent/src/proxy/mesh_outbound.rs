@@ -252,13 +252,16 @@ impl<C: Connector> Shared<C> {
         };
         record.set_decision(metrics::Decision::Allow, "accepted by destination", None);
         let stop = upstream.close.unwrap_or_default();
-        let forwarded: Forwarded = super::copy::bidirectional_until(
-            client,
-            upstream.stream,
-            super::either_cancelled(stop, cut),
-        )
-        .await
-        .into();
+        let stop = super::either_cancelled(stop, cut);
+        let forwarded: Forwarded = match upstream.l7 {
+            Some(session) => session
+                .serve(client, upstream.stream, stop)
+                .await
+                .forwarded(),
+            None => super::copy::bidirectional_until(client, upstream.stream, stop)
+                .await
+                .into(),
+        };
         upstream.connection.finish(&forwarded);
         forwarded
     }

@@ -304,6 +304,7 @@ impl SnapshotBuilder {
                     .map(|p| ServicePort {
                         name: p.name.clone(),
                         port: p.port,
+                        app_protocol: p.app_protocol.clone(),
                         target: match &p.target {
                             PortRef::Number(n) => TargetPort::Number(*n),
                             PortRef::Name(n) => TargetPort::Name(n.clone()),

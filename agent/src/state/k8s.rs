@@ -69,6 +69,8 @@ pub struct ServiceSpecPort {
     pub name: Option<String>,
     pub port: u16,
     pub target: PortRef,
+    /// `appProtocol`: what decides whether the port is HTTP (see `l7`).
+    pub app_protocol: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -297,6 +299,9 @@ pub fn service(v: &Value) -> Result<Service, FieldError> {
                 .map(str::to_owned),
             port: number,
             target,
+            app_protocol: opt_str(entry, "appProtocol")
+                .map_err(|e| nest(&path, e))?
+                .map(str::to_owned),
         });
     }
     let selector = match field(v, "spec.selector") {

@@ -22,6 +22,8 @@ pub struct ServicePort {
     pub name: Option<String>,
     pub port: u16,
     pub target: TargetPort,
+    /// `appProtocol`, as the Service declares it.
+    pub app_protocol: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,5 +15,6 @@ pub async fn dial(target: SocketAddr) -> Result<Upstream<()>, Refusal> {
         stream,
         connection: (),
         close: None,
+        l7: None,
     })
 }

@@ -43,7 +43,16 @@ impl Inner {
                 "selector": selector_json(p.selector.as_ref()),
                 "status": status,
                 "l4_rules": rules,
-                "l7_rules": p.l7_rules,
+                "l7_rules": p.l7_rules.iter().map(|n| n.rule).collect::<Vec<_>>(),
+                "http_only_rules": p.l7_rules.iter().map(|n| json!({
+                    "rule": n.rule,
+                    "fields": n.fields,
+                    "at_l4": if p.action.as_str() == "DENY" {
+                        "matches on its L4 part alone (fail closed)"
+                    } else {
+                        "never matches"
+                    },
+                })).collect::<Vec<_>>(),
             }));
         }
         for p in &self.peer {
@@ -63,6 +72,22 @@ impl Inner {
                     "ignored: workload selector in the root namespace"
                 } else if p.invalid {
                     "invalid (applied as STRICT)"
+                } else {
+                    "active"
+                },
+            }));
+        }
+        for p in &self.request_authn {
+            policies.push(json!({
+                "kind": "RequestAuthentication",
+                "policy": &*p.id,
+                "scope": scope(&p.namespace, p.selector.as_ref()),
+                "selector": selector_json(p.selector.as_ref()),
+                "issuers": p.rules.iter().map(|r| r.issuer.as_str()).collect::<Vec<_>>(),
+                "status": if p.waypoint {
+                    "targetRef: waypoint policy, not applied"
+                } else if p.invalid {
+                    "invalid (requests refused)"
                 } else {
                     "active"
                 },

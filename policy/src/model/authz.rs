@@ -1,19 +1,22 @@
 //! AuthorizationPolicy as an L4 proxy applies it: actions, rules, sources,
 //! operations and conditions, with their match logic.
 //!
-//! The `matches` methods here are the reference semantics (test builds only):
-//! decisions use the compiled form in `index::compiled`, tested against them.
+//! The L4 `matches` methods here are the reference semantics: L4 decisions
+//! use the compiled form in `index::compiled`, tested against them; HTTP
+//! decisions use them directly, with the HTTP parts of `super::http`.
 //!
-//! L7-only attributes never reach this model. `parse` drops an ALLOW rule that
-//! needs one (it could never be proven to match at L4) and strips them from a
-//! DENY rule (so it matches on its L4 part alone: failing closed).
+//! L7-only attributes ride along in `http` fields that the L4 form ignores.
+//! `parse` leaves an ALLOW rule that needs one out of [`Effect::Allow`] (it
+//! could never be proven to match at L4), and a DENY rule keeps only its L4
+//! part there (so it matches on that alone: failing closed). The full rules
+//! are kept in [`AuthzPolicy::http_rules`] for requests.
 
-#[cfg(test)]
 use super::Attributes;
 use super::Selector;
-#[cfg(test)]
+use super::http::{HttpCondition, HttpOperation, HttpSource};
 use super::matcher::any_string;
 use super::matcher::{IpMatch, PortSet, StringMatch};
+use crate::http::HttpRequest;
 
 /// The `action` of a policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,12 +77,22 @@ pub(crate) struct AuthzPolicy {
     pub selector: Option<Selector>,
     pub action: Action,
     pub effect: Effect,
-    /// Indices of ALLOW rules dropped because they need L7 attributes, and of
-    /// DENY rules that lost L7 attributes: shown in the summary.
-    pub l7_rules: Vec<usize>,
+    /// Rules that need HTTP attributes, with the fields that do: ALLOW rules
+    /// dropped from the L4 form, DENY rules reduced to their L4 part there.
+    pub l7_rules: Vec<NeedsHttp>,
+    /// Every rule with its HTTP parts, for deciding requests (empty for
+    /// effects other than ALLOW and DENY).
+    pub http_rules: Vec<Rule>,
     /// Every rule as written, by position (empty when the policy is invalid):
     /// what `describe` shows.
     pub rule_fields: Vec<RuleFields>,
+}
+
+/// A rule that needs HTTP, and the spec fields (or `when` keys) that do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NeedsHttp {
+    pub rule: usize,
+    pub fields: Vec<String>,
 }
 
 /// One rule's fields as written, in words: those an L4 proxy checks, and
@@ -99,14 +112,28 @@ pub(crate) struct Rule {
     pub from: Vec<Source>,
     pub to: Vec<Operation>,
     pub when: Vec<Condition>,
+    /// The `when` entries on HTTP attributes.
+    pub http_when: Vec<HttpCondition>,
 }
 
-#[cfg(test)]
 impl Rule {
+    /// At L4: the HTTP parts are ignored (the caller chose the rules).
+    #[cfg(test)]
     pub(crate) fn matches(&self, a: &Attributes<'_>) -> bool {
         (self.from.is_empty() || self.from.iter().any(|s| s.matches(a)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(a)))
             && self.when.iter().all(|c| c.matches(a))
+    }
+
+    /// For one request: every part, L4 and HTTP. `deny` says how to read
+    /// a condition this proxy cannot evaluate (as matching, for DENY).
+    pub(crate) fn matches_http(&self, a: &Attributes<'_>, r: &HttpRequest<'_>, deny: bool) -> bool {
+        let source = |s: &Source| s.matches(a) && s.http.matches(r);
+        let op = |o: &Operation| o.matches(a) && o.http.matches(r);
+        (self.from.is_empty() || self.from.iter().any(source))
+            && (self.to.is_empty() || self.to.iter().any(op))
+            && self.when.iter().all(|c| c.matches(a))
+            && self.http_when.iter().all(|c| c.matches(r, deny))
     }
 }
 
@@ -125,21 +152,19 @@ pub(crate) struct Source {
     /// `remoteIpBlocks`: both must hold when both are given.
     pub ip_blocks: Vec<IpMatch>,
     pub not_ip_blocks: Vec<IpMatch>,
+    pub http: HttpSource,
 }
 
-#[cfg(test)]
 /// Positive list: absent, or the value is present and matches one entry.
 fn want(set: &[StringMatch], value: Option<&str>) -> bool {
     set.is_empty() || value.is_some_and(|v| any_string(set, v))
 }
 
-#[cfg(test)]
 /// Negative list: absent, or the value is absent or matches no entry.
 fn refuse(set: &[StringMatch], value: Option<&str>) -> bool {
     set.is_empty() || !value.is_some_and(|v| any_string(set, v))
 }
 
-#[cfg(test)]
 impl Source {
     pub(crate) fn matches(&self, a: &Attributes<'_>) -> bool {
         self.ip_blocks.iter().all(|m| m.contains(a.src_ip))
@@ -153,14 +178,14 @@ impl Source {
     }
 }
 
-/// `to.operation` at L4: ports and notPorts.
+/// `to.operation`: ports and notPorts at L4, the rest in `http`.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Operation {
     pub ports: PortSet,
     pub not_ports: PortSet,
+    pub http: HttpOperation,
 }
 
-#[cfg(test)]
 impl Operation {
     pub(crate) fn matches(&self, a: &Attributes<'_>) -> bool {
         (self.ports.is_empty() || self.ports.contains(a.dst_port))
@@ -210,7 +235,6 @@ pub(crate) struct Condition {
     pub not_values: Option<ConditionValues>,
 }
 
-#[cfg(test)]
 impl Condition {
     fn test(&self, values: &ConditionValues, a: &Attributes<'_>) -> bool {
         match (values, self.key) {

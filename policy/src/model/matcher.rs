@@ -46,7 +46,6 @@ impl StringMatch {
 }
 
 /// Any-of over string matchers.
-#[cfg(test)]
 pub(crate) fn any_string(set: &[StringMatch], value: &str) -> bool {
     set.iter().any(|m| m.matches(value))
 }
@@ -76,7 +75,6 @@ impl IpMatch {
         &self.nets
     }
 
-    #[cfg(test)]
     pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; policies name
         // them as IPv4.
@@ -104,7 +102,6 @@ impl PortSet {
         &self.ports
     }
 
-    #[cfg(test)]
     pub(crate) fn contains(&self, port: u16) -> bool {
         self.ports.contains(&port)
     }

@@ -5,8 +5,9 @@ use serde_json::{Map, Value};
 use super::json::{self, FieldError, Path};
 use super::{Meta, Problem};
 use crate::model::{
-    Action, AuthzPolicy, Condition, ConditionKey, ConditionValues, Effect, IpMatch, Operation,
-    PortSet, Rule, Selector, Source, StringMatch,
+    Action, AuthzPolicy, Condition, ConditionKey, ConditionValues, Effect, HostMatch,
+    HttpCondition, HttpKey, HttpOperation, HttpSource, IpMatch, NeedsHttp, Operation, PortSet,
+    Rule, Selector, Source, StringMatch,
 };
 
 const SPEC_FIELDS: &[&str] = &[
@@ -64,6 +65,7 @@ pub(super) fn compile(obj: &Value, meta: &Meta, fail: &mut impl FnMut(FieldError
         effect: Effect::Invalid,
         l7_rules: Vec::new(),
         rule_fields: Vec::new(),
+        http_rules: Vec::new(),
     };
     let spec = match json::opt_object(obj.get("spec"), &path) {
         Ok(spec) => spec,
@@ -112,10 +114,18 @@ fn compile_body(
     let rules_path = path.field("rules");
     let compiled = json::list(spec.get("rules"), &rules_path, compile_rule)?;
     let mut rules = Vec::with_capacity(compiled.len());
-    for (index, (mut rule, needs_l7)) in compiled.into_iter().enumerate() {
+    let decides = matches!(policy.action, Action::Allow | Action::Deny);
+    for (index, (mut rule, fields)) in compiled.into_iter().enumerate() {
         rule.index = index;
+        let needs_l7 = !fields.is_empty();
         if needs_l7 {
-            policy.l7_rules.push(index);
+            policy.l7_rules.push(NeedsHttp {
+                rule: index,
+                fields,
+            });
+        }
+        if decides {
+            policy.http_rules.push(rule.clone());
         }
         // An ALLOW rule needing L7 can never be shown to match at L4.
         if !(needs_l7 && policy.action == Action::Allow) {
@@ -135,19 +145,26 @@ fn compile_body(
     })
 }
 
-/// A rule reduced to its L4 part, and whether it had an L7 part.
-fn compile_rule(v: &Value, path: &Path) -> json::Result<(Rule, bool)> {
+/// A rule, and the fields of its HTTP part (empty when it has none).
+fn compile_rule(v: &Value, path: &Path) -> json::Result<(Rule, Vec<String>)> {
     let map = json::object(v, path)?;
     json::known_fields(map, &["from", "to", "when"], path)?;
-    let mut l7 = false;
+    let mut l7: Vec<String> = Vec::new();
+    let mut note = |fields: Vec<&str>| {
+        for f in fields {
+            if !l7.iter().any(|have| have == f) {
+                l7.push(f.to_owned());
+            }
+        }
+    };
     let from = json::list(map.get("from"), &path.field("from"), |from, p| {
         let from = json::object(from, p)?;
         json::known_fields(from, &["source"], p)?;
         let p = p.field("source");
         let source =
             json::opt_object(from.get("source"), &p)?.ok_or_else(|| p.error(Problem::Missing))?;
-        let (source, needs) = compile_source(source, &p)?;
-        l7 |= needs;
+        let source = compile_source(source, &p)?;
+        note(source.http.fields());
         Ok(source)
     })?;
     let to = json::list(map.get("to"), &path.field("to"), |to, p| {
@@ -156,15 +173,19 @@ fn compile_rule(v: &Value, path: &Path) -> json::Result<(Rule, bool)> {
         let p = p.field("operation");
         let op =
             json::opt_object(to.get("operation"), &p)?.ok_or_else(|| p.error(Problem::Missing))?;
-        let (op, needs) = compile_operation(op, &p)?;
-        l7 |= needs;
+        let op = compile_operation(op, &p)?;
+        note(op.http.fields());
         Ok(op)
     })?;
     let mut when = Vec::new();
+    let mut http_when = Vec::new();
     for cond in json::list(map.get("when"), &path.field("when"), compile_condition)? {
         match cond {
-            Some(cond) => when.push(cond),
-            None => l7 = true,
+            Cond::L4(cond) => when.push(cond),
+            Cond::Http(key, cond) => {
+                note(vec![key.as_str()]);
+                http_when.push(cond);
+            }
         }
     }
     Ok((
@@ -173,6 +194,7 @@ fn compile_rule(v: &Value, path: &Path) -> json::Result<(Rule, bool)> {
             from,
             to,
             when,
+            http_when,
         },
         l7,
     ))
@@ -188,7 +210,7 @@ fn any_set(map: &Map<String, Value>, fields: &[&str], path: &Path) -> json::Resu
     Ok(false)
 }
 
-fn compile_source(map: &Map<String, Value>, path: &Path) -> json::Result<(Source, bool)> {
+fn compile_source(map: &Map<String, Value>, path: &Path) -> json::Result<Source> {
     json::known_fields(map, SOURCE_FIELDS, path)?;
     if !any_set(map, SOURCE_FIELDS, path)? {
         return Err(path.error(Problem::Empty));
@@ -196,6 +218,7 @@ fn compile_source(map: &Map<String, Value>, path: &Path) -> json::Result<(Source
     let principals = |f: &str| strings(map, f, path, principal);
     let names = |f: &str| strings(map, f, path, plain_value);
     let accounts = |f: &str| strings(map, f, path, service_account);
+    let requests = |f: &str| strings(map, f, path, request_value);
     let ips = |f: &str| -> json::Result<Option<IpMatch>> {
         let set = cidrs(map.get(f), &path.field(f))?;
         Ok((!set.is_empty()).then_some(set))
@@ -215,29 +238,56 @@ fn compile_source(map: &Map<String, Value>, path: &Path) -> json::Result<(Source
             .into_iter()
             .flatten()
             .collect(),
+        http: HttpSource {
+            request_principals: requests("requestPrincipals")?,
+            not_request_principals: requests("notRequestPrincipals")?,
+        },
     };
-    Ok((source, any_set(map, SOURCE_L7_FIELDS, path)?))
+    Ok(source)
 }
 
-fn compile_operation(map: &Map<String, Value>, path: &Path) -> json::Result<(Operation, bool)> {
+fn compile_operation(map: &Map<String, Value>, path: &Path) -> json::Result<Operation> {
     json::known_fields(map, OPERATION_FIELDS, path)?;
     let ports = |f: &str| -> json::Result<PortSet> {
         let p = path.field(f);
         Ok(PortSet::new(json::list(map.get(f), &p, json::port)?))
     };
+    let values = |f: &str| strings(map, f, path, request_value);
+    let hosts = |f: &str| -> json::Result<Vec<HostMatch>> {
+        let p = path.field(f);
+        json::list(map.get(f), &p, |v, p| {
+            let s = v
+                .as_str()
+                .ok_or_else(|| p.error(Problem::WrongType("a string")))?;
+            request_value(s).map_err(|problem| p.error(problem))?;
+            HostMatch::parse(s).ok_or_else(|| p.error(Problem::MalformedValue(s.into())))
+        })
+    };
     let op = Operation {
         ports: ports("ports")?,
         not_ports: ports("notPorts")?,
+        http: HttpOperation {
+            methods: values("methods")?,
+            not_methods: values("notMethods")?,
+            paths: values("paths")?,
+            not_paths: values("notPaths")?,
+            hosts: hosts("hosts")?,
+            not_hosts: hosts("notHosts")?,
+        },
     };
-    let l7 = any_set(map, OPERATION_L7_FIELDS, path)?;
-    if op.ports.is_empty() && op.not_ports.is_empty() && !l7 {
+    if op.ports.is_empty() && op.not_ports.is_empty() && op.http.is_empty() {
         return Err(path.error(Problem::Empty));
     }
-    Ok((op, l7))
+    Ok(op)
 }
 
-/// A `when` entry; `None` when its key is an L7 attribute.
-fn compile_condition(v: &Value, path: &Path) -> json::Result<Option<Condition>> {
+/// A compiled `when` entry: L4, or HTTP-level with its key as written.
+enum Cond {
+    L4(Condition),
+    Http(String, HttpCondition),
+}
+
+fn compile_condition(v: &Value, path: &Path) -> json::Result<Cond> {
     let map = json::object(v, path)?;
     json::known_fields(map, &["key", "values", "notValues"], path)?;
     let key_path = path.field("key");
@@ -253,12 +303,27 @@ fn compile_condition(v: &Value, path: &Path) -> json::Result<Option<Condition>> 
         return Err(path.error(Problem::NoConditionValues));
     }
     let Some(cond_key) = ConditionKey::parse(key) else {
-        if is_l7_key(key) {
-            json::str_list(map.get("values"), &values_path)?;
-            json::str_list(map.get("notValues"), &not_values_path)?;
-            return Ok(None);
-        }
-        return Err(key_path.error(Problem::UnknownConditionKey(key.into())));
+        let Some(http_key) = HttpKey::parse(key) else {
+            return Err(key_path.error(Problem::UnknownConditionKey(key.into())));
+        };
+        let read = |raw: &[(&Value, Path)]| -> json::Result<Vec<StringMatch>> {
+            raw.iter()
+                .map(|(v, p)| {
+                    let s = v
+                        .as_str()
+                        .ok_or_else(|| p.error(Problem::WrongType("a string")))?;
+                    request_value(s).map_err(|problem| p.error(problem))
+                })
+                .collect()
+        };
+        return Ok(Cond::Http(
+            key.to_owned(),
+            HttpCondition {
+                key: http_key,
+                values: read(&raw_values)?,
+                not_values: read(&raw_not)?,
+            },
+        ));
     };
     let typed = |raw: Vec<(&Value, Path)>| -> json::Result<Option<ConditionValues>> {
         if raw.is_empty() {
@@ -266,7 +331,7 @@ fn compile_condition(v: &Value, path: &Path) -> json::Result<Option<Condition>> 
         }
         Some(condition_values(cond_key, raw)).transpose()
     };
-    Ok(Some(Condition {
+    Ok(Cond::L4(Condition {
         key: cond_key,
         values: typed(raw_values)?,
         not_values: typed(raw_not)?,
@@ -334,6 +399,15 @@ fn principal(s: &str) -> Result<StringMatch, Problem> {
         return Err(malformed());
     }
     StringMatch::parse(s).ok_or_else(malformed)
+}
+
+/// A request attribute to match (method, path, host, header or claim value):
+/// may hold spaces, never control characters.
+fn request_value(s: &str) -> Result<StringMatch, Problem> {
+    if s.chars().any(char::is_control) {
+        return Err(Problem::MalformedValue(s.into()));
+    }
+    StringMatch::parse(s).ok_or_else(|| Problem::MalformedValue(s.into()))
 }
 
 fn plain_value(s: &str) -> Result<StringMatch, Problem> {

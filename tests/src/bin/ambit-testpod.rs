@@ -4,7 +4,11 @@
 //! `echo`, `sink`, `count` and `peer` serve until killed and print one line per
 //! handled connection (`peer=<addr> bytes=<n> checksum=<hex>`); `send` sends
 //! a pattern to a sink, prints what was sent and what the sink received,
-//! and exits non-zero if they differ.
+//! and exits non-zero if they differ. `http` serves HTTP/1.1 and h2c (see
+//! `http_server.rs`).
+
+#[path = "ambit-testpod/http_server.rs"]
+mod http_server;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
@@ -32,6 +36,20 @@ enum Cmd {
     Peer(Listen),
     /// Send a byte pattern to a sink and compare its report.
     Send(Send),
+    /// Answer every HTTP request with a report of what arrived.
+    Http(Listen),
+    /// Concurrent GETs on one h2c connection, one line per answer.
+    H2Client(H2Client),
+}
+
+#[derive(clap::Args, Debug)]
+struct H2Client {
+    /// Server to query.
+    #[arg(long, env = "AMBIT_TESTPOD_TO", default_value = "127.0.0.1:8080")]
+    to: SocketAddr,
+    /// Number of concurrent streams.
+    #[arg(long, env = "AMBIT_TESTPOD_STREAMS", default_value_t = 20)]
+    streams: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -61,6 +79,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Count(l) => serve(l, ServerKind::Count),
         Cmd::Peer(l) => serve(l, ServerKind::Peer),
         Cmd::Send(s) => send(s),
+        Cmd::Http(l) => http_server::serve(l.listen),
+        Cmd::H2Client(c) => http_server::h2_client(c.to, c.streams),
     }
 }
 

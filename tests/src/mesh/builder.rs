@@ -25,6 +25,8 @@ pub struct MeshBuilder {
     documents: Vec<String>,
     agents: Vec<AgentOptions>,
     plugin_ca: bool,
+    /// Extra environment for every agent (e.g. `AMBIT_JWKS_REFRESH_SECS`).
+    agent_env: Vec<(String, String)>,
 }
 
 impl MeshBuilder {
@@ -37,7 +39,14 @@ impl MeshBuilder {
             documents: Vec::new(),
             agents: Vec::new(),
             plugin_ca: false,
+            agent_env: Vec::new(),
         }
+    }
+
+    /// Sets `key=value` in every agent's environment.
+    pub fn agent_env(mut self, key: &str, value: &str) -> Self {
+        self.agent_env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     pub fn nodes(mut self, nodes: usize) -> Self {
@@ -156,7 +165,12 @@ impl MeshBuilder {
         let text = state.render()?;
         state::write_atomically(&dir.join("state.yaml"), &text)?;
 
-        let started = control::start(&cluster, &dir, self.plugin_ca, &self.agents)?;
+        let mut agents = self.agents.clone();
+        agents.resize(self.nodes.max(agents.len()), AgentOptions::default());
+        for options in &mut agents {
+            options.env.extend(self.agent_env.iter().cloned());
+        }
+        let started = control::start(&cluster, &dir, self.plugin_ca, &agents)?;
         let mut mesh = Mesh {
             agents: started.agents,
             retired: Vec::new(),

@@ -30,6 +30,8 @@ pub struct AgentOptions {
     pub args: Vec<String>,
     /// RLIMIT_NOFILE `(soft, hard)` the agent starts with (through `prlimit`).
     pub nofile: Option<(u64, u64)>,
+    /// Extra environment (e.g. `AMBIT_JWKS_REFRESH_SECS`).
+    pub env: Vec<(String, String)>,
 }
 
 /// The processes of a started mesh.
@@ -152,7 +154,8 @@ pub fn agent_command(
         .arg(run_dir(dir, node.index))
         // JSON, so tests can read the access log's fields.
         .args(["--log-format", "json"])
-        .args(&options.args);
+        .args(&options.args)
+        .envs(options.env.iter().map(|(k, v)| (k, v)));
     Ok(cmd)
 }
 

@@ -29,6 +29,7 @@ fn snapshot() -> Snapshot {
                 name: None,
                 port: 80,
                 target: TargetPort::Number(8080),
+                app_protocol: None,
             }],
             endpoints,
         )

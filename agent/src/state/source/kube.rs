@@ -110,7 +110,7 @@ struct Watched {
     slot: fn(&mut Caches) -> &mut KindCache,
 }
 
-const WATCHED: [Watched; 6] = [
+const WATCHED: [Watched; 7] = [
     Watched {
         kind: "Namespace",
         group: "",
@@ -152,6 +152,13 @@ const WATCHED: [Watched; 6] = [
         versions: &["v1", "v1beta1"],
         mask: &slim::POLICY,
         slot: |c| &mut c.peer_authentications,
+    },
+    Watched {
+        kind: "RequestAuthentication",
+        group: "security.istio.io",
+        versions: &["v1", "v1beta1"],
+        mask: &slim::POLICY,
+        slot: |c| &mut c.request_authentications,
     },
 ];
 

@@ -111,6 +111,7 @@ pub(super) struct Caches {
     pub endpoint_slices: KindCache,
     pub authorization_policies: KindCache,
     pub peer_authentications: KindCache,
+    pub request_authentications: KindCache,
 }
 
 impl Caches {
@@ -127,7 +128,7 @@ impl Caches {
             .sum()
     }
 
-    fn kinds(&self) -> [&KindCache; 6] {
+    fn kinds(&self) -> [&KindCache; 7] {
         [
             &self.namespaces,
             &self.pods,
@@ -135,6 +136,7 @@ impl Caches {
             &self.endpoint_slices,
             &self.authorization_policies,
             &self.peer_authentications,
+            &self.request_authentications,
         ]
     }
 
@@ -162,6 +164,7 @@ impl Caches {
             &self.endpoint_slices,
             &self.authorization_policies,
             &self.peer_authentications,
+            &self.request_authentications,
         ];
         for object in rest.into_iter().flat_map(KindCache::values) {
             builder.add_object(origin.clone(), &object)?;

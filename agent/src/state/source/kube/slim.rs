@@ -85,6 +85,7 @@ pub(super) const SERVICE: Mask = Fields(&[
                     ("port", All),
                     ("targetPort", All),
                     ("protocol", All),
+                    ("appProtocol", All),
                 ]),
             ),
         ]),

@@ -135,6 +135,7 @@ fn caches(pods: KindCache) -> Caches {
         &mut caches.services,
         &mut caches.endpoint_slices,
         &mut caches.authorization_policies,
+        &mut caches.request_authentications,
     ] {
         kind.end_list();
     }

@@ -1,0 +1,114 @@
+//! Bodies passed through the L7 path, counted as they stream, and the record
+//! of one request that is written (metrics and access log) when the response
+//! body is done with.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+
+use super::L7;
+use super::metrics::Finished;
+use crate::metrics::TrafficLabels;
+
+/// A body whose data bytes are added to `bytes` as they pass; `guard` is
+/// dropped with it (the response body carries the request's record).
+pub struct Counted<B> {
+    inner: B,
+    bytes: Arc<AtomicU64>,
+    _guard: Option<RequestLog>,
+}
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, bytes: Arc<AtomicU64>, guard: Option<RequestLog>) -> Self {
+        Self {
+            inner,
+            bytes,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Everything the access log and the HTTP metrics say about one request;
+/// written once, when dropped.
+pub struct RequestLog {
+    pub l7: Arc<L7>,
+    pub labels: TrafficLabels,
+    pub started: Instant,
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    pub status: u16,
+    pub decision: &'static str,
+    pub policy: Option<String>,
+    pub rule: Option<usize>,
+    pub reason: String,
+    pub client: std::net::SocketAddr,
+    pub request_bytes: Arc<AtomicU64>,
+    pub response_bytes: Arc<AtomicU64>,
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let duration = self.started.elapsed();
+        let request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        let response_bytes = self.response_bytes.load(Ordering::Relaxed);
+        self.l7.metrics.record(&Finished {
+            labels: &self.labels,
+            status: self.status,
+            duration,
+            request_bytes,
+            response_bytes,
+        });
+        tracing::info!(
+            target: "access",
+            method = %self.method,
+            path = %self.path,
+            host = %self.host,
+            status = self.status,
+            decision = self.decision,
+            policy = self.policy.as_deref().unwrap_or("-"),
+            rule = self.rule.map_or_else(|| "-".to_owned(), |r| r.to_string()),
+            reason = %self.reason,
+            client = %self.client,
+            src_principal = %self.labels.source_principal,
+            dst_workload = %self.labels.destination_workload,
+            protocol = %self.labels.request_protocol,
+            request_bytes,
+            response_bytes,
+            duration_ms = duration.as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+}
