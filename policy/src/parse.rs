@@ -9,8 +9,8 @@
 mod authz;
 mod json;
 mod peer_authn;
-mod rule_fields;
 mod request_authn;
+mod rule_fields;
 
 use serde_json::Value;
 

@@ -21,11 +21,11 @@ use super::Forwarded;
 use super::inbound_plain::{Admission, Admitted, InboundPolicy, InboundRequest};
 use crate::authz::Inbound;
 use crate::authz::watch::{ConnectionTracker, Registration, TrackedConnection};
+use crate::l7::{L7, Route, SessionConn};
 use crate::limits::{
     self,
     pending::{Pending, PendingLimits, PendingPermit},
 };
-use crate::l7::{L7, Route, SessionConn};
 use crate::metrics::{self, ConnectionOpen, Metrics, Reporter, SecurityPolicy};
 
 /// The 15006 admission policy.

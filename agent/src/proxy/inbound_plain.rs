@@ -221,9 +221,7 @@ impl InboundPlainProxy {
         let stop = super::either_cancelled(stop, cut);
         record.result = match (dialled, session) {
             (Ok(server), Some(session)) => session.serve(client, server, stop).await.forwarded(),
-            (Ok(server), None) => copy::bidirectional_until(client, server, stop)
-                .await
-                .into(),
+            (Ok(server), None) => copy::bidirectional_until(client, server, stop).await.into(),
             (Err(error), _) => {
                 socket::reset(client);
                 Forwarded::refused(Status::ConnectFailed, error.to_string())
