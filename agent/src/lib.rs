@@ -1,6 +1,6 @@
 //! ambit-agent: the node agent. It captures the TCP traffic of the node's
 //! enrolled pods, holds their workload identities, carries mesh traffic in
-//! HBONE mTLS tunnels and enforces L4 authorization.
+//! HBONE mTLS tunnels and enforces L4 and HTTP authorization.
 //!
 //! Layout:
 //! - `cli`: the command line (`run`, `authz check`, `capture`, `describe`).
@@ -18,6 +18,7 @@
 //! - `limits`: the descriptor budget and the bounds on unauthenticated connections.
 //! - `socket`: the socket factory (marks, transparency, original destination).
 //! - `proxy`: the outbound and inbound plaintext listeners and byte copying.
+//! - `l7`: HTTP authorization and JWT on connections to HTTP ports, beside the L4 proxy.
 //! - `mesh`: the mesh data path assembled (HBONE both ways, admission, re-authorization).
 //! - `describe`: `ambit-agent describe pod|service`: what applies to a workload and why it was refused.
 

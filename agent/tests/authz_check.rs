@@ -56,11 +56,11 @@ fn allowed_by_an_allow_rule_exits_0() {
 #[test]
 fn l7_only_allow_rule_denies_at_l4_and_exits_1() {
     // Issue 3's analyzeraccess: the guestbook principal matches, but the rule
-    // also needs method POST, which L4 cannot see.
+    // also needs method POST, which L4 cannot see; the reason says so.
     assert_decision(
         &["--from", "10.10.0.1", "--to", "10.10.0.2:8080"],
         1,
-        r#"{"decision":"deny","policy":null,"rule":null,"reason":"no ALLOW policy matched","mtls_mode":"STRICT"}"#,
+        r#"{"decision":"deny","policy":null,"rule":null,"reason":"no ALLOW policy matched; rule 0 of default/analyzeraccess needs HTTP (methods); 10.10.0.2:8080 is not an HTTP port (no Service declares it; the agent sniffs the first bytes)","mtls_mode":"STRICT"}"#,
     );
 }
 
