@@ -14,7 +14,7 @@ mod show;
 #[path = "ambit-demo/signals.rs"]
 mod signals;
 
-use std::io::BufRead;
+use std::io::{BufRead, Read, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -93,11 +93,12 @@ impl Demo {
         );
         println!("Starting 3 nodes, the CA and one ambit-agent per node...");
         let start = Instant::now();
-        let gb = Guestbook::start().context("starting the mesh")?;
+        let mut gb = Guestbook::start().context("starting the mesh")?;
         println!("Ready in {:.1} s.\n", start.elapsed().as_secs_f64());
         self.topology(&gb);
         self.wait()?;
         self.traffic(&gb)?;
+        self.upgrade(&mut gb)?;
         self.certificate(&gb)?;
         self.authorization(&gb)?;
         self.peer_authentication(&gb)?;
@@ -311,6 +312,41 @@ impl Demo {
         )?;
         self.connect(gb, "legacy", "guestbook")?;
         self.connect(gb, "legacy", "analyzer")?;
+        self.wait()
+    }
+
+    fn upgrade(&mut self, gb: &mut Guestbook) -> anyhow::Result<()> {
+        self.heading(
+            "upgrading both agents under an open connection",
+            "A second agent process starts on the node, loads its state and certificates, and takes\n\
+             the listening sockets over the node's handover socket; the old one keeps the connections\n\
+             it carries until they end. No port is closed at any moment, and nothing open is cut.",
+        );
+        let (src, dst) = (gb.pod("guestbook").clone(), gb.pod("analyzer").clone());
+        let mut stream = src
+            .netns()
+            .connect(dst.addr(ECHO_PORT))?
+            .context("connecting guestbook -> analyzer")?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut exchange = |what: &str| -> anyhow::Result<()> {
+            stream.write_all(what.as_bytes())?;
+            let mut back = vec![0u8; what.len()];
+            stream.read_exact(&mut back)?;
+            anyhow::ensure!(back == what.as_bytes(), "the echo came back altered");
+            println!("  the open connection echoed {what:?}");
+            Ok(())
+        };
+        exchange("before the upgrades")?;
+        for node in [1, 0] {
+            let took = gb.mesh.upgrade_agent(node)?;
+            println!(
+                "  node{node}: the new agent took over {} ms after it started",
+                took.as_millis()
+            );
+            exchange(&format!("after node{node}'s upgrade"))?;
+        }
+        println!("  A new connection goes through the new agents:");
+        self.connect(gb, "guestbook", "analyzer")?;
         self.wait()
     }
 
