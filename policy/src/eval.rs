@@ -122,6 +122,21 @@ impl Best {
 impl PolicySet {
     /// Decides a connection to `dst`.
     pub fn evaluate(&self, dst: &Target<'_>, conn: &Connection<'_>) -> Decision {
+        self.evaluate_with(dst, conn, |inner, own, attrs| {
+            let probe = Probe::new(attrs);
+            inner.decide(own, dst, |c: &Candidate| c.first_match(&probe))
+        })
+    }
+
+    /// What every decision shares: the mTLS mode (STRICT refuses plaintext
+    /// before any policy), the source attributes a plaintext client cannot
+    /// claim, and the answer's shape. `rules` decides the rest.
+    pub(crate) fn evaluate_with<'s>(
+        &'s self,
+        dst: &Target<'_>,
+        conn: &Connection<'_>,
+        rules: impl FnOnce(&'s Inner, Option<&'s NamespaceIndex>, &Attributes<'_>) -> Outcome<'s>,
+    ) -> Decision {
         let inner = &*self.inner;
         let own = inner.namespace(dst.namespace);
         let (mtls_mode, mode_policy) = inner.resolve_mtls(own, dst, conn.dst_port);
@@ -142,9 +157,7 @@ impl PolicySet {
             dst_ip: conn.dst_ip,
             dst_port: conn.dst_port,
         };
-        let probe = Probe::new(&attrs);
-        let (allowed, policy, rule, reason) =
-            inner.decide(own, dst, |c: &Candidate| c.first_match(&probe));
+        let (allowed, policy, rule, reason) = rules(inner, own, &attrs);
         decide(allowed, policy, rule, reason)
     }
 

@@ -8,9 +8,9 @@
 
 use crate::http::HttpRequest;
 use crate::index::{Candidate, Kind, PolicySet};
-use crate::model::{Attributes, AuthzPolicy, JwtRule};
+use crate::model::{AuthzPolicy, JwtRule};
 
-use super::{Connection, Decision, MtlsMode, Reason, Target};
+use super::{Connection, Decision, Target};
 
 /// A rule that needs HTTP to be decided, for warnings and reasons.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,36 +81,17 @@ impl PolicySet {
         conn: &Connection<'_>,
         req: &HttpRequest<'_>,
     ) -> Decision {
-        let inner = &*self.inner;
-        let own = inner.namespace(dst.namespace);
-        let (mtls_mode, mode_policy) = inner.resolve_mtls(own, dst, conn.dst_port);
-        let decide = |allowed, policy: Option<&str>, rule, reason| Decision {
-            allowed,
-            policy: policy.map(str::to_owned),
-            rule,
-            reason,
-            mtls_mode,
-        };
-        if !conn.mtls && mtls_mode == MtlsMode::Strict {
-            return decide(false, mode_policy, None, Reason::PlaintextRefusedByStrict);
-        }
-        let attrs = Attributes {
-            src_ip: conn.src_ip,
-            principal: conn.src_principal.filter(|_| conn.mtls),
-            namespace: conn.src_namespace.filter(|_| conn.mtls),
-            dst_ip: conn.dst_ip,
-            dst_port: conn.dst_port,
-        };
-        let first_match = |c: &Candidate| {
-            let p = inner.authz.get(c.idx as usize)?;
-            let deny = c.kind == Kind::Deny;
-            p.http_rules
-                .iter()
-                .find(|r| r.matches_http(&attrs, req, deny))
-                .map(|r| r.index)
-        };
-        let (allowed, policy, rule, reason) = inner.decide(own, dst, first_match);
-        decide(allowed, policy, rule, reason)
+        self.evaluate_with(dst, conn, |inner, own, attrs| {
+            let first_match = |c: &Candidate| {
+                let p = inner.authz.get(c.idx as usize)?;
+                let deny = c.kind == Kind::Deny;
+                p.http_rules
+                    .iter()
+                    .find(|r| r.matches_http(attrs, req, deny))
+                    .map(|r| r.index)
+            };
+            inner.decide(own, dst, first_match)
+        })
     }
 
     /// The rules of policies selecting `dst` that need HTTP.
