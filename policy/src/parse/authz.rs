@@ -32,20 +32,11 @@ const SOURCE_FIELDS: &[&str] = &[
     "remoteIpBlocks",
     "notRemoteIpBlocks",
 ];
-pub(super) const SOURCE_L7_FIELDS: &[&str] = &["requestPrincipals", "notRequestPrincipals"];
 const OPERATION_FIELDS: &[&str] = &[
     "hosts",
     "notHosts",
     "ports",
     "notPorts",
-    "methods",
-    "notMethods",
-    "paths",
-    "notPaths",
-];
-pub(super) const OPERATION_L7_FIELDS: &[&str] = &[
-    "hosts",
-    "notHosts",
     "methods",
     "notMethods",
     "paths",
@@ -135,7 +126,15 @@ fn compile_body(
     policy.rule_fields = spec
         .get("rules")
         .and_then(Value::as_array)
-        .map(|raw| raw.iter().map(super::rule_fields::rule_fields).collect())
+        .map(|raw| {
+            raw.iter()
+                .enumerate()
+                .map(|(i, rule)| {
+                    let http = policy.l7_rules.iter().find(|n| n.rule == i);
+                    super::rule_fields::rule_fields(rule, http.map_or(&[], |n| &n.fields))
+                })
+                .collect()
+        })
         .unwrap_or_default();
     Ok(match policy.action {
         Action::Allow => Effect::Allow(rules),
@@ -146,7 +145,7 @@ fn compile_body(
 }
 
 /// A rule, and the fields of its HTTP part (empty when it has none).
-fn compile_rule(v: &Value, path: &Path) -> json::Result<(Rule, Vec<String>)> {
+pub(super) fn compile_rule(v: &Value, path: &Path) -> json::Result<(Rule, Vec<String>)> {
     let map = json::object(v, path)?;
     json::known_fields(map, &["from", "to", "when"], path)?;
     let mut l7: Vec<String> = Vec::new();
@@ -370,12 +369,6 @@ fn condition_values(key: ConditionKey, raw: Vec<(&Value, Path)>) -> json::Result
             ConditionValues::Strings(out)
         }
     })
-}
-
-/// Request attributes only an L7 proxy sees (`connection.sni` included: the
-/// node proxy does not read TLS inside the tunnel).
-pub(super) fn is_l7_key(key: &str) -> bool {
-    key.starts_with("request.") || key.starts_with("experimental.") || key == "connection.sni"
 }
 
 fn strings(

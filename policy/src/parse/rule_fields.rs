@@ -1,36 +1,28 @@
 //! A rule as written, split into what an L4 proxy can check and what only an
 //! HTTP proxy sees, for `describe`. Read from the raw spec after `authz`
-//! compiled it, so only valid rules get here; the text is for people.
+//! compiled it, so only valid rules get here; which fields need HTTP is what
+//! the compiler found (`NeedsHttp`), so describe and enforcement never
+//! disagree. The text is for people.
 
 use serde_json::{Map, Value};
 
-use super::authz::{OPERATION_L7_FIELDS, SOURCE_L7_FIELDS, is_l7_key};
 use crate::model::RuleFields;
 
-/// `fields` of one valid rule object.
-pub(super) fn rule_fields(rule: &Value) -> RuleFields {
+/// `fields` of one valid rule object; `http` names the fields (and `when`
+/// keys) of it that need HTTP.
+pub(super) fn rule_fields(rule: &Value, http: &[String]) -> RuleFields {
     let mut out = RuleFields::default();
     let Some(rule) = rule.as_object() else {
         return out;
     };
     for (i, from) in list(rule.get("from")).iter().enumerate() {
         if let Some(source) = from.get("source").and_then(Value::as_object) {
-            fields_of(
-                source,
-                &format!("from[{i}].source"),
-                SOURCE_L7_FIELDS,
-                &mut out,
-            );
+            fields_of(source, &format!("from[{i}].source"), http, &mut out);
         }
     }
     for (i, to) in list(rule.get("to")).iter().enumerate() {
         if let Some(op) = to.get("operation").and_then(Value::as_object) {
-            fields_of(
-                op,
-                &format!("to[{i}].operation"),
-                OPERATION_L7_FIELDS,
-                &mut out,
-            );
+            fields_of(op, &format!("to[{i}].operation"), http, &mut out);
         }
     }
     for cond in list(rule.get("when")) {
@@ -41,7 +33,7 @@ pub(super) fn rule_fields(rule: &Value) -> RuleFields {
                 text.push_str(&format!(" {word} {}", values_text(values)));
             }
         }
-        if is_l7_key(key) {
+        if http.iter().any(|f| f == key) {
             out.http_only.push(text);
         } else {
             out.l4.push(text);
@@ -55,13 +47,13 @@ fn list(v: Option<&Value>) -> &[Value] {
 }
 
 /// Each set field of a `source` or `operation`, in the spec's order.
-fn fields_of(map: &Map<String, Value>, prefix: &str, l7: &[&str], out: &mut RuleFields) {
+fn fields_of(map: &Map<String, Value>, prefix: &str, http: &[String], out: &mut RuleFields) {
     for (name, values) in map {
         if list(Some(values)).is_empty() {
             continue;
         }
         let text = format!("{prefix}.{name}: {}", values_text(values));
-        if l7.contains(&name.as_str()) {
+        if http.iter().any(|f| f == name) {
             out.http_only.push(text);
         } else {
             out.l4.push(text);
@@ -97,7 +89,10 @@ mod tests {
                 {"key": "request.headers[x-user]", "notValues": ["bot"]}
             ]
         });
-        let fields = rule_fields(&rule);
+        // The classification comes from the compiler, as in `authz::compile`.
+        let (_, http) =
+            super::super::authz::compile_rule(&rule, &crate::parse::Path::root()).unwrap();
+        let fields = rule_fields(&rule, &http);
         assert_eq!(
             fields.l4,
             vec![
@@ -114,6 +109,6 @@ mod tests {
                 "when request.headers[x-user] not in [bot]",
             ]
         );
-        assert_eq!(rule_fields(&json!({})), RuleFields::default());
+        assert_eq!(rule_fields(&json!({}), &[]), RuleFields::default());
     }
 }
