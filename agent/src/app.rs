@@ -6,7 +6,8 @@
 //! Start: if an agent already serves the node (its `handover.sock` answers),
 //! this one loads its state and certificates while the other keeps serving,
 //! then takes over its listening sockets (`handover`). Otherwise it binds
-//! them first, serves readiness at once (not ready, saying why), and loads.
+//! them first, serves readiness (not ready, saying why), admin and metrics at
+//! once, and loads.
 //! Either way the capture rules are reconciled once the listeners are ours;
 //! rules a crashed agent left are adopted, not duplicated.
 //!
@@ -87,6 +88,9 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
         Duration::from_millis(args.connect_timeout_ms),
     );
     let (drain_trigger, drain_watch) = drain::channel();
+    let store = StateStore::new(Snapshot::default());
+    // Serves admin and metrics on duplicates until the mesh's own servers run.
+    let (waiting_trigger, waiting_watch) = drain::channel();
     let start = match Predecessor::find(&args.run_dir, &Role::ALL) {
         Some(predecessor) => {
             tracing::info!(
@@ -103,11 +107,12 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
                 readiness.clone(),
                 drain_watch.clone(),
             ));
+            serve_while_waiting(&listeners, &store, &readiness, &waiting_watch)?;
             Start::Fresh(listeners)
         }
     };
+    drop(waiting_watch);
 
-    let store = StateStore::new(Snapshot::default());
     // Until the first sync, readiness says what the source is stuck on.
     let explain = tokio::spawn(explain_state_wait(store.clone(), readiness.clone()));
     let _watch = start_state(&args, &store).await?;
@@ -140,6 +145,7 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
         .try_clone()
         .context("duplicating the listeners for the next agent")?;
     mesh::serve(&mut mesh, &mut listeners, &args.run_dir, &drain_watch)?;
+    tokio::spawn(waiting_trigger.drain(Duration::from_secs(5), Duration::from_millis(100)));
     let outbound_listener = listeners.take(Role::Outbound)?;
     let inbound_listener = listeners.take(Role::InboundPlain)?;
     // What is left is the readiness socket, served by its duplicate.
@@ -349,6 +355,35 @@ fn bind_listeners(
         out.insert(role, listener);
     }
     Ok(out)
+}
+
+/// Before the first sync, the admin port answers with the state source's
+/// status and what readiness waits for (`/config_dump`, the status page),
+/// and the metrics port with an empty registry, so an operator or a scrape
+/// sees a waiting agent rather than a hanging port.
+fn serve_while_waiting(
+    listeners: &Listeners,
+    store: &StateStore,
+    readiness: &Readiness,
+    drain: &DrainWatcher,
+) -> anyhow::Result<()> {
+    let admin = crate::admin::AdminState::new(readiness.clone())
+        .with_config("state", Arc::new(mesh::state_json(store.clone())))
+        .with_config("readiness", {
+            let readiness = readiness.clone();
+            Arc::new(move || serde_json::json!({ "waiting_for": readiness.pending_explained() }))
+        });
+    tokio::spawn(crate::admin::serve_admin(
+        listeners.duplicate(Role::Admin)?,
+        admin,
+        drain.clone(),
+    ));
+    tokio::spawn(crate::admin::serve_metrics(
+        listeners.duplicate(Role::Metrics)?,
+        Arc::default(),
+        drain.clone(),
+    ));
+    Ok(())
 }
 
 /// Keeps the readiness reason of the `state` task equal to the state

@@ -220,6 +220,17 @@ impl FakeKube {
 
     pub async fn with_bookmark_interval(bookmark_interval: Duration) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        Self::serve(listener, bookmark_interval)
+    }
+
+    /// Serves on `listener`, which may have been bound in another network
+    /// namespace (`Netns::bind`) so that an agent process there can reach it.
+    pub fn on(listener: std::net::TcpListener) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Self::serve(TcpListener::from_std(listener)?, Duration::from_secs(1))
+    }
+
+    fn serve(listener: TcpListener, bookmark_interval: Duration) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),

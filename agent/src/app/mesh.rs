@@ -322,6 +322,18 @@ async fn count_state_reloads(
     }
 }
 
+/// The `/config_dump` section `state`: how far the state source got.
+pub(super) fn state_json(store: StateStore) -> impl Fn() -> Value + Send + Sync {
+    move || {
+        let status = store.status();
+        json!({
+            "generation": status.generation,
+            "synced": store.current().is_synced(),
+            "last_error": status.last_error.map(|e| e.message),
+        })
+    }
+}
+
 fn config_dump(
     state: AdminState,
     args: &RunArgs,
@@ -333,18 +345,7 @@ fn config_dump(
     let ids = identities.clone();
     state
         .with_config("config", Arc::new(move || Value::String(effective.clone())))
-        .with_config(
-            "state",
-            Arc::new(move || {
-                let status = s1.status();
-                let snapshot = s1.current();
-                json!({
-                    "generation": status.generation,
-                    "synced": snapshot.is_synced(),
-                    "last_error": status.last_error.map(|e| e.message),
-                })
-            }),
-        )
+        .with_config("state", Arc::new(state_json(s1)))
         .with_config("workloads", Arc::new(move || workloads_json(&s2.current())))
         .with_config("services", Arc::new(move || services_json(&s3.current())))
         .with_config(
