@@ -36,10 +36,10 @@ fn until(
     let deadline = Instant::now() + WAIT;
     loop {
         let last = get(netns, addr(at), path);
-        if let Ok(response) = &last {
-            if accept(response) {
-                return response.clone();
-            }
+        if let Ok(response) = &last
+            && accept(response)
+        {
+            return response.clone();
         }
         assert!(Instant::now() < deadline, "{what}: last answer {last:?}");
         std::thread::sleep(Duration::from_millis(100));
