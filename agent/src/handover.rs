@@ -14,7 +14,12 @@
 //! Wire: the successor writes `TAKE 1\n`; the predecessor answers with one
 //! message whose bytes are the roles, space-separated and in the order of
 //! the descriptors attached; the successor writes `OK\n`.
+//!
+//! Then the predecessor moves its plain-path connections, both sockets of
+//! each, to the successor (`connections`); HBONE tunnels, whose TLS and
+//! HTTP/2 state lives in the process, stay with it until they end.
 
+pub mod connections;
 mod fd_passing;
 
 use std::collections::BTreeMap;
@@ -278,19 +283,26 @@ fn give(stream: &UnixStream, listeners: &Listeners) -> io::Result<bool> {
 /// Binds the handover socket, replacing a stale one; only root (the
 /// directory's owner) may connect.
 fn bind(dir: &Path) -> Result<UnixListener, HandoverError> {
-    let path = dir.join(SOCKET_NAME);
+    bind_socket(&dir.join(SOCKET_NAME))
+}
+
+/// Binds a non-blocking Unix listener at `path`, creating its directory and
+/// replacing a stale socket; mode 0600.
+fn bind_socket(path: &Path) -> Result<UnixListener, HandoverError> {
     let io_error = |what| {
-        let path = path.clone();
+        let path = path.to_owned();
         move |source| HandoverError::Io { what, path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io_error("creating the directory of"))?;
-    match std::fs::remove_file(&path) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_error("creating the directory of"))?;
+    }
+    match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_error("removing the old")(e)),
     }
-    let listener = UnixListener::bind(&path).map_err(io_error("binding"))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+    let listener = UnixListener::bind(path).map_err(io_error("binding"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(io_error("restricting"))?;
     listener
         .set_nonblocking(true)

@@ -13,6 +13,11 @@
 //! its two sockets; if no pipe can be had (descriptor budget), a buffered
 //! copy is used instead. Counts are kept per direction and returned for
 //! metrics.
+//!
+//! A copy can also be paused ([`movable`]): each direction stops between
+//! two rounds, when nothing of the connection is left in user space or in a
+//! pipe, so both sockets can move to another process (`handover`) and the
+//! copy resume there with no byte lost or reordered.
 
 use std::io;
 use std::net::Shutdown;
@@ -23,6 +28,7 @@ use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use parking_lot::Mutex;
 
@@ -51,6 +57,31 @@ pub enum End {
     Stopped,
 }
 
+/// A copy paused with nothing in flight: both sockets, which directions
+/// already ended (their EOF was passed on as a half-close), and what moved
+/// so far.
+#[derive(Debug)]
+pub struct Paused {
+    pub client: TcpStream,
+    pub server: TcpStream,
+    pub ended: Ended,
+    pub bytes: Transferred,
+}
+
+/// Directions whose EOF was already passed on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ended {
+    pub client_to_server: bool,
+    pub server_to_client: bool,
+}
+
+/// How a [`movable`] copy came back.
+#[derive(Debug)]
+pub enum Copied {
+    Finished(CopyOutcome),
+    Paused(Paused),
+}
+
 #[derive(Debug)]
 pub struct CopyOutcome {
     pub bytes: Transferred,
@@ -67,6 +98,7 @@ const BUFFER_SIZE: usize = 64 * 1024;
 
 enum DirectionEnd {
     Eof,
+    Paused,
     ReadFailed(io::Error),
     WriteFailed(io::Error),
 }
@@ -84,17 +116,56 @@ pub async fn bidirectional_until(
     server: TcpStream,
     stop: impl std::future::Future<Output = ()>,
 ) -> CopyOutcome {
-    let c2s = AtomicU64::new(0);
-    let s2c = AtomicU64::new(0);
+    let never = CancellationToken::new();
+    match movable(
+        client,
+        server,
+        stop,
+        &never,
+        Ended::default(),
+        Transferred::default(),
+    )
+    .await
+    {
+        Copied::Finished(outcome) => outcome,
+        // `never` is never cancelled.
+        Copied::Paused(paused) => CopyOutcome {
+            bytes: paused.bytes,
+            end: End::Closed,
+            error: None,
+        },
+    }
+}
+
+/// As [`bidirectional_until`], and once `pause` is cancelled each direction
+/// stops at its next quiet point; when both have, the sockets come back
+/// ([`Copied::Paused`]) instead of being closed. `ended` and `bytes` carry
+/// on from a copy paused before (in this process or another).
+pub async fn movable(
+    client: TcpStream,
+    server: TcpStream,
+    stop: impl std::future::Future<Output = ()>,
+    pause: &CancellationToken,
+    ended: Ended,
+    bytes: Transferred,
+) -> Copied {
+    let c2s = AtomicU64::new(bytes.client_to_server);
+    let s2c = AtomicU64::new(bytes.server_to_client);
+    let (mut up_done, mut down_done) = (ended.client_to_server, ended.server_to_client);
+    let (mut up_paused, mut down_paused) = (false, false);
+    let mut paused = false;
     let (end, error) = {
-        let up = pump(&client, &server, &c2s);
-        let down = pump(&server, &client, &s2c);
+        let up = pump(&client, &server, &c2s, pause);
+        let down = pump(&server, &client, &s2c, pause);
         tokio::pin!(up, down, stop);
-        let (mut up_done, mut down_done) = (false, false);
         loop {
+            if (up_done || up_paused) && (down_done || down_paused) && (up_paused || down_paused) {
+                paused = true;
+                break (End::Closed, None);
+            }
             let (from_client, result) = tokio::select! {
-                r = &mut up, if !up_done => (true, r),
-                r = &mut down, if !down_done => (false, r),
+                r = &mut up, if !up_done && !up_paused => (true, r),
+                r = &mut down, if !down_done && !down_paused => (false, r),
                 () = &mut stop => {
                     break (End::Stopped, Some(io::Error::new(
                         io::ErrorKind::ConnectionAborted,
@@ -105,6 +176,8 @@ pub async fn bidirectional_until(
             match (from_client, result) {
                 (true, DirectionEnd::Eof) => up_done = true,
                 (false, DirectionEnd::Eof) => down_done = true,
+                (true, DirectionEnd::Paused) => up_paused = true,
+                (false, DirectionEnd::Paused) => down_paused = true,
                 (true, DirectionEnd::ReadFailed(e)) | (false, DirectionEnd::WriteFailed(e)) => {
                     break (End::ClientFailed, Some(e));
                 }
@@ -117,6 +190,21 @@ pub async fn bidirectional_until(
             }
         }
     };
+    let bytes = Transferred {
+        client_to_server: c2s.load(Ordering::Relaxed),
+        server_to_client: s2c.load(Ordering::Relaxed),
+    };
+    if paused {
+        return Copied::Paused(Paused {
+            client,
+            server,
+            ended: Ended {
+                client_to_server: up_done,
+                server_to_client: down_done,
+            },
+            bytes,
+        });
+    }
     match end {
         End::Closed => {}
         End::ClientFailed => socket::reset(server),
@@ -126,23 +214,26 @@ pub async fn bidirectional_until(
             socket::reset(server);
         }
     }
-    CopyOutcome {
-        bytes: Transferred {
-            client_to_server: c2s.load(Ordering::Relaxed),
-            server_to_client: s2c.load(Ordering::Relaxed),
-        },
-        end,
-        error,
-    }
+    Copied::Finished(CopyOutcome { bytes, end, error })
 }
 
-/// One direction: `from` to `to` until EOF (then half-close `to`) or failure.
-async fn pump(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> DirectionEnd {
+/// One direction: `from` to `to` until EOF (then half-close `to`) or
+/// failure, or until `pause` between two rounds, when nothing is in flight.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    count: &AtomicU64,
+    pause: &CancellationToken,
+) -> DirectionEnd {
     // Allocated only if a pipe cannot be had (descriptors short).
     let mut buffer = Vec::new();
     let end = loop {
-        if let Err(e) = from.readable().await {
-            break DirectionEnd::ReadFailed(e);
+        tokio::select! {
+            biased;
+            () = pause.cancelled() => return DirectionEnd::Paused,
+            readable = from.readable() => if let Err(e) = readable {
+                break DirectionEnd::ReadFailed(e);
+            },
         }
         let step = match PIPES.take() {
             Ok(pipe) => splice_once(from, to, pipe).await,
