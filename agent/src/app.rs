@@ -29,16 +29,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, Capture, Family, RuleConfig};
 use crate::cli::{CaptureArgs, CaptureCommand, CaptureFlags, RunArgs};
 use crate::drain::{self, DrainWatcher};
+use crate::handover::connections::{AdoptListener, Adopted};
 use crate::handover::{self, Listeners, Predecessor, Role};
 use crate::proxy::inbound_plain::InboundPlainProxy;
+use crate::proxy::moving::Handoff;
 use crate::proxy::outbound::OutboundProxy;
 use crate::readiness::Readiness;
-use crate::socket::SocketFactory;
+use crate::socket::{self, SocketFactory};
 use crate::state::source::kube::{KubeSource, KubeWatch};
 use crate::state::source::{FileSource, FileWatch};
 use crate::state::{Snapshot, StateStore};
@@ -127,9 +130,21 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
     )
     .await?;
 
+    let (adopted, moved_out, moved_in) = adoption();
     let mut listeners = match start {
         Start::Fresh(listeners) => listeners,
         Start::TakeOver(predecessor) => {
+            // Bound before the listeners are taken: the predecessor starts
+            // moving its plain connections as soon as they are.
+            match AdoptListener::bind(&args.run_dir) {
+                Ok(listener) => {
+                    tokio::spawn(listener.serve(adopted, shutdown.clone()));
+                }
+                Err(error) => tracing::warn!(
+                    %error,
+                    "plain connections stay with the previous agent until they end"
+                ),
+            }
             take_over(
                 predecessor,
                 &args,
@@ -155,11 +170,13 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
 
     let drain = Duration::from_millis(args.drain_timeout_ms);
     let parts = &mesh.mesh;
+    let handoff = Handoff::new(args.run_dir.clone());
     let outbound = OutboundProxy::new(
         store.clone(),
         factory,
         parts.observer.clone(),
         Some(parts.forwarder.clone()),
+        handoff.clone(),
     );
     let inbound = InboundPlainProxy::new(
         store.clone(),
@@ -167,10 +184,11 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
         factory,
         parts.observer.clone(),
         parts.admission.clone(),
+        handoff.clone(),
     );
     let mut servers = tokio::task::JoinSet::new();
-    servers.spawn(outbound.serve(outbound_listener, shutdown.clone(), drain));
-    servers.spawn(inbound.serve(inbound_listener, shutdown.clone(), drain));
+    servers.spawn(outbound.serve(outbound_listener, moved_out, shutdown.clone(), drain));
+    servers.spawn(inbound.serve(inbound_listener, moved_in, shutdown.clone(), drain));
     drop(serving);
 
     let capture = Arc::new(capture_for(flags)?);
@@ -240,6 +258,10 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
         }
     }
     tracing::info!(?stop, "no longer serving");
+    if stop == Stop::HandedOver {
+        // The successor has the listeners: give it the plain connections too.
+        handoff.begin();
+    }
     stop_handover.cancel();
     let _ = handover_server.await;
     shutdown.cancel();
@@ -286,6 +308,42 @@ pub async fn run(args: RunArgs, logs: Option<LogHandle>) -> anyhow::Result<()> {
     }
     tracing::info!("stopped; capture rules left in place");
     Ok(())
+}
+
+/// The channel `adopt.sock` fills, and one receiver per plain listener,
+/// which the moved connections are sorted into by the listener that
+/// accepted them.
+fn adoption() -> (
+    mpsc::UnboundedSender<Adopted>,
+    mpsc::UnboundedReceiver<Adopted>,
+    mpsc::UnboundedReceiver<Adopted>,
+) {
+    let (all, mut sorting) = mpsc::unbounded_channel::<Adopted>();
+    let (outbound, moved_out) = mpsc::unbounded_channel();
+    let (inbound, moved_in) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(pair) = sorting.recv().await {
+            let to = match pair.connection.listener.as_str() {
+                "outbound" => &outbound,
+                "inbound_plain" => &inbound,
+                other => {
+                    tracing::warn!(
+                        listener = other,
+                        "moved connection of an unknown listener; reset"
+                    );
+                    socket::reset(pair.client);
+                    socket::reset(pair.server);
+                    continue;
+                }
+            };
+            // The proxy stopped serving: nobody carries it.
+            if let Err(mpsc::error::SendError(pair)) = to.send(pair) {
+                socket::reset(pair.client);
+                socket::reset(pair.server);
+            }
+        }
+    });
+    (all, moved_out, moved_in)
 }
 
 /// Waits until this agent is ready but for its listeners, then takes them

@@ -12,6 +12,8 @@
 //! - `inbound_hbone`: the 15008 handler: target check, authorization, dial.
 //! - `admission`: the 15006 [`inbound_plain::InboundPolicy`]:
 //!   PeerAuthentication and authorization without a peer identity.
+//! - `moving`: plain-path pairs moving to the agent that took over the
+//!   listeners, and taken in from the one that handed them over.
 //!
 //! Servers take a bound listener and a shutdown token ([`serve`]); each
 //! finished connection is reported once to a [`ConnectionObserver`], and
@@ -23,6 +25,7 @@ pub mod copy;
 pub mod inbound_hbone;
 pub mod inbound_plain;
 pub mod mesh_outbound;
+pub mod moving;
 pub mod outbound;
 
 use std::future::Future;
@@ -31,11 +34,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use copy::{CopyOutcome, End, Transferred};
 
+use crate::handover::connections::Adopted;
 use crate::limits;
 use crate::socket::{ClientAddr, OrigDst};
 use crate::state::Workload;
@@ -73,6 +78,8 @@ pub enum Status {
     /// A tunnelled connection ended with an error that neither end owns
     /// (the inbound side of HBONE sees one copy error for both).
     Failed,
+    /// Both sockets moved to the agent that took over; it carries the rest.
+    Moved,
 }
 
 impl Status {
@@ -84,6 +91,7 @@ impl Status {
             Self::ConnectFailed => "connect_failed",
             Self::Denied => "denied",
             Self::Failed => "failed",
+            Self::Moved => "moved",
         }
     }
 }
@@ -178,24 +186,36 @@ const CUT_GRACE: Duration = Duration::from_secs(1);
 /// connection and must reset both ends when it fires, so an application
 /// never takes a cut connection for a complete one. `name` labels
 /// refusals: a connection past the descriptor budget is reset at once and
-/// counted (see [`limits`]).
+/// counted (see [`limits`]). Connections moved in from a predecessor come
+/// on `adopted`, are run by `adopt`, and are drained and cut like the rest.
 ///
 /// [`limits`]: crate::limits
-pub async fn serve<H, F>(
+pub async fn serve<H, F, A, G>(
     listener: TcpListener,
     name: &'static str,
     shutdown: CancellationToken,
     drain: Duration,
     handle: H,
+    mut adopted: mpsc::UnboundedReceiver<Adopted>,
+    adopt: A,
 ) where
     H: Fn(TcpStream, SocketAddr, CancellationToken) -> F,
     F: Future<Output = ()> + Send + 'static,
+    A: Fn(Adopted, CancellationToken) -> G,
+    G: Future<Output = ()> + Send + 'static,
 {
     let mut connections = JoinSet::new();
     let cut = CancellationToken::new();
+    let mut adopting = true;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            pair = adopted.recv(), if adopting => match pair {
+                Some(pair) => {
+                    connections.spawn(adopt(pair, cut.clone()));
+                }
+                None => adopting = false,
+            },
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     if let Some(stream) = limits::admit_accepted(stream, name) {
@@ -208,6 +228,12 @@ pub async fn serve<H, F>(
         }
     }
     drop(listener);
+    // Taken in after this agent stopped serving: nobody will carry them.
+    adopted.close();
+    while let Ok(pair) = adopted.try_recv() {
+        crate::socket::reset(pair.client);
+        crate::socket::reset(pair.server);
+    }
     let open = connections.len();
     if open > 0 {
         tracing::info!(open, "draining connections");
@@ -237,6 +263,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
+        let (_, adopted) = mpsc::unbounded_channel();
         let server = tokio::spawn(serve(
             listener,
             "test",
@@ -247,6 +274,8 @@ mod tests {
                 cut.cancelled().await;
                 crate::socket::reset(stream);
             },
+            adopted,
+            |_, _| async {},
         ));
         let mut held = TcpStream::connect(addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;

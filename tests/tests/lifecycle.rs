@@ -285,6 +285,61 @@ fn upgrades_of_either_agent_fail_no_connection_and_cut_no_long_lived_one() {
 }
 
 #[test]
+fn plain_connections_move_to_the_new_agent_so_the_old_one_exits_at_once() {
+    if !require_e2e() {
+        return;
+    }
+    let mut mesh_owner = Cluster::start();
+    let (client, outsider, server, plain) = (
+        mesh_owner.pod("client").clone(),
+        mesh_owner.pod("outsider").clone(),
+        mesh_owner.pod("server").clone(),
+        mesh_owner.pod("plain").clone(),
+    );
+    // Spliced pairs only: outbound through node0's agent (15001), inbound
+    // plaintext through node1's (15006).
+    let mut chatters = Vec::new();
+    for i in 0..3 {
+        chatters.push(Chatter::open(
+            &format!("outbound#{i}"),
+            &client,
+            plain.addr(ECHO),
+        ));
+        chatters.push(Chatter::open(
+            &format!("inbound#{i}"),
+            &outsider,
+            server.addr(ECHO),
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    for round in 0..6 {
+        let node = round % 2;
+        mesh_owner
+            .mesh
+            .upgrade_agent(node)
+            .unwrap_or_else(|e| panic!("upgrade {round} of node{node}: {e}"));
+        // Nothing left to carry: the replaced agent exits within moments,
+        // not when the connections end.
+        let retired = mesh_owner.mesh.retired_agents().last_mut().unwrap();
+        let status = retired.wait_exit(Duration::from_secs(8)).unwrap();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "round {round}: the replaced agent on node{node} still runs: {status:?}\n{}",
+            retired.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Every message of every connection came back whole and in order,
+    // through six processes.
+    for chatter in chatters {
+        let name = chatter.name.clone();
+        let echoed = chatter.finish().unwrap_or_else(|e| panic!("{e}"));
+        assert!(echoed >= 20, "{name}: only {echoed} messages");
+    }
+}
+
+#[test]
 fn sigterm_closes_the_capture_on_both_sides_and_nothing_leaves_in_plaintext() {
     if !require_e2e() {
         return;

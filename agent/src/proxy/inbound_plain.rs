@@ -10,9 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnectionObserver, ConnectionRecord, Direction, Forwarded, Status, copy};
+use super::moving::{self, Handoff, PairInfo, Resume};
+use super::{ConnectionObserver, ConnectionRecord, Direction, Forwarded, Status};
+use crate::handover::connections::Adopted;
 use crate::limits::{self, pending::PendingPermit};
 use crate::socket::{self, ClientAddr, OrigDst, SocketFactory};
 
@@ -96,6 +99,7 @@ pub struct InboundPlainProxy {
     factory: SocketFactory,
     observer: Arc<dyn ConnectionObserver>,
     policy: Arc<dyn InboundPolicy>,
+    handoff: Handoff,
 }
 
 impl InboundPlainProxy {
@@ -105,6 +109,7 @@ impl InboundPlainProxy {
         factory: SocketFactory,
         observer: Arc<dyn ConnectionObserver>,
         policy: Arc<dyn InboundPolicy>,
+        handoff: Handoff,
     ) -> Arc<Self> {
         Arc::new(Self {
             state,
@@ -112,25 +117,104 @@ impl InboundPlainProxy {
             factory,
             observer,
             policy,
+            handoff,
         })
     }
 
-    /// Serves `listener` until `shutdown` (see [`super::serve`]).
+    /// Serves `listener`, and the plain connections a predecessor moves in
+    /// on `adopted`, until `shutdown` (see [`super::serve`]).
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        adopted: mpsc::UnboundedReceiver<Adopted>,
         shutdown: CancellationToken,
         drain: Duration,
     ) {
         let own = listener.local_addr().ok();
+        let adopter = self.clone();
         super::serve(
             listener,
             LISTENER,
             shutdown,
             drain,
             move |stream, peer, cut| self.clone().handle(stream, peer, own, cut),
+            adopted,
+            move |pair, cut| adopter.clone().adopt(pair, cut),
         )
         .await;
+    }
+
+    /// Carries on a plain connection the previous agent moved here. It is
+    /// admitted again under this agent's policy, so a later policy change
+    /// closes it and its metrics are this agent's; the previous agent did
+    /// not sniff it for HTTP, and it is not sniffed mid-stream now.
+    async fn adopt(self: Arc<Self>, pair: Adopted, cut: CancellationToken) {
+        let moved = &pair.connection;
+        let info = PairInfo::of(moved, Direction::InboundPlain);
+        let (client_addr, orig_dst) = (ClientAddr(moved.client), OrigDst(moved.orig_dst));
+        let snapshot = self.state.current();
+        let source = snapshot.workload_by_ip(moved.client.ip());
+        let destination = snapshot
+            .workload_by_ip(moved.orig_dst.ip())
+            .filter(|w| w.node == self.node);
+        let mut record = ConnectionRecord {
+            direction: Direction::InboundPlain,
+            client: client_addr,
+            orig_dst,
+            target: Some(moved.orig_dst),
+            source: source.cloned(),
+            destination: destination.cloned(),
+            mesh: false,
+            result: Forwarded::refused(Status::Denied, "not handled"),
+            duration: Duration::ZERO,
+        };
+        let admission = match destination {
+            Some(destination) if snapshot.is_synced() => self.policy.admit(&InboundRequest {
+                snapshot: &snapshot,
+                client: client_addr,
+                source,
+                destination,
+                orig_dst,
+            }),
+            _ => Admission::Deny {
+                reason: "moved in for a pod this agent does not serve".into(),
+            },
+        };
+        let (admitted, stop) = match admission {
+            Admission::Allow => (None, CancellationToken::new()),
+            Admission::Follow(admitted) => {
+                let stop = admitted.closed_by_policy();
+                (Some(admitted), stop)
+            }
+            Admission::Deny { reason } => {
+                socket::reset(pair.client);
+                socket::reset(pair.server);
+                record.result = Forwarded::refused(Status::Denied, reason);
+                self.observer.connection_closed(&record);
+                return;
+            }
+            Admission::Http { admitted, .. } => {
+                socket::reset(pair.client);
+                socket::reset(pair.server);
+                record.result = Forwarded::refused(
+                    Status::Denied,
+                    "moved in, but now needs per-request HTTP policy",
+                );
+                admitted.finished(&record.result);
+                self.observer.connection_closed(&record);
+                return;
+            }
+        };
+        tracing::debug!(src = %moved.client, dst = %moved.orig_dst, "carrying a connection moved from the previous agent");
+        let stop = super::either_cancelled(stop, cut);
+        let resume = Resume::of(moved);
+        record.result =
+            moving::carry(&self.handoff, info, pair.client, pair.server, stop, resume).await;
+        if let Some(admitted) = admitted {
+            admitted.finished(&record.result);
+        }
+        record.duration = info.started.elapsed();
+        self.observer.connection_closed(&record);
     }
 
     async fn handle(
@@ -221,7 +305,16 @@ impl InboundPlainProxy {
         let stop = super::either_cancelled(stop, cut);
         record.result = match (dialled, session) {
             (Ok(server), Some(session)) => session.serve(client, server, stop).await.forwarded(),
-            (Ok(server), None) => copy::bidirectional_until(client, server, stop).await.into(),
+            (Ok(server), None) => {
+                let info = PairInfo {
+                    direction: Direction::InboundPlain,
+                    client: peer,
+                    orig_dst: orig_dst.0,
+                    target: orig_dst.0,
+                    started,
+                };
+                moving::carry(&self.handoff, info, client, server, stop, Resume::default()).await
+            }
             (Err(error), _) => {
                 socket::reset(client);
                 Forwarded::refused(Status::ConnectFailed, error.to_string())

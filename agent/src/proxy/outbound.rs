@@ -14,7 +14,11 @@ use futures::future::BoxFuture;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnectionObserver, ConnectionRecord, Direction, Forwarded, Status, copy};
+use tokio::sync::mpsc;
+
+use super::moving::{self, Handoff, PairInfo, Resume};
+use super::{ConnectionObserver, ConnectionRecord, Direction, Forwarded, Status};
+use crate::handover::connections::Adopted;
 use crate::socket::{self, ClientAddr, OrigDst, SocketFactory};
 use crate::state::{Snapshot, StateStore, Workload};
 
@@ -89,6 +93,7 @@ pub struct OutboundProxy {
     /// `None` until HBONE is wired in: mesh destinations then go plain, and
     /// the destination node's agent takes them on its inbound listener.
     mesh: Option<Arc<dyn MeshForwarder>>,
+    handoff: Handoff,
 }
 
 impl OutboundProxy {
@@ -97,31 +102,69 @@ impl OutboundProxy {
         factory: SocketFactory,
         observer: Arc<dyn ConnectionObserver>,
         mesh: Option<Arc<dyn MeshForwarder>>,
+        handoff: Handoff,
     ) -> Arc<Self> {
         Arc::new(Self {
             state,
             factory,
             observer,
             mesh,
+            handoff,
         })
     }
 
-    /// Serves `listener` until `shutdown` (see [`super::serve`]).
+    /// Serves `listener`, and the plain connections a predecessor moves in
+    /// on `adopted`, until `shutdown` (see [`super::serve`]).
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        adopted: mpsc::UnboundedReceiver<Adopted>,
         shutdown: CancellationToken,
         drain: std::time::Duration,
     ) {
         let own = listener.local_addr().ok();
+        let adopter = self.clone();
         super::serve(
             listener,
             "outbound",
             shutdown,
             drain,
             move |stream, peer, cut| self.clone().handle(stream, peer, own, cut),
+            adopted,
+            move |pair, cut| adopter.clone().adopt(pair, cut),
         )
         .await;
+    }
+
+    /// Carries on a plain connection the previous agent moved here.
+    async fn adopt(self: Arc<Self>, pair: Adopted, cut: CancellationToken) {
+        let moved = &pair.connection;
+        let info = PairInfo::of(moved, Direction::Outbound);
+        let snapshot = self.state.current();
+        let mut record = ConnectionRecord {
+            direction: Direction::Outbound,
+            client: ClientAddr(moved.client),
+            orig_dst: OrigDst(moved.orig_dst),
+            target: Some(moved.target),
+            source: snapshot.workload_by_ip(moved.client.ip()).cloned(),
+            destination: snapshot.workload_by_ip(moved.target.ip()).cloned(),
+            mesh: false,
+            result: Forwarded::refused(Status::Denied, "not handled"),
+            duration: Default::default(),
+        };
+        tracing::debug!(src = %moved.client, dst = %moved.orig_dst, "carrying a connection moved from the previous agent");
+        let resume = Resume::of(moved);
+        record.result = moving::carry(
+            &self.handoff,
+            info,
+            pair.client,
+            pair.server,
+            cut.cancelled_owned(),
+            resume,
+        )
+        .await;
+        record.duration = info.started.elapsed();
+        self.observer.connection_closed(&record);
     }
 
     async fn handle(
@@ -200,7 +243,8 @@ impl OutboundProxy {
                 ) => {
                     record.target = Some(target);
                     record.destination = Some(destination);
-                    self.plain(client, peer, target, cut.clone()).await
+                    self.plain(client, orig_dst, peer, target, started, cut.clone())
+                        .await
                 }
                 (
                     Route::Plain {
@@ -212,7 +256,8 @@ impl OutboundProxy {
                 ) => {
                     record.target = Some(target);
                     record.destination = destination;
-                    self.plain(client, peer, target, cut.clone()).await
+                    self.plain(client, orig_dst, peer, target, started, cut.clone())
+                        .await
                 }
             }
         };
@@ -224,14 +269,24 @@ impl OutboundProxy {
     async fn plain(
         &self,
         client: TcpStream,
+        orig_dst: OrigDst,
         peer: SocketAddr,
         target: SocketAddr,
+        started: Instant,
         cut: CancellationToken,
     ) -> Forwarded {
         match self.factory.connect(target, Some(peer.ip())).await {
-            Ok(server) => copy::bidirectional_until(client, server, cut.cancelled_owned())
-                .await
-                .into(),
+            Ok(server) => {
+                let info = PairInfo {
+                    direction: Direction::Outbound,
+                    client: peer,
+                    orig_dst: orig_dst.0,
+                    target,
+                    started,
+                };
+                let stop = cut.cancelled_owned();
+                moving::carry(&self.handoff, info, client, server, stop, Resume::default()).await
+            }
             Err(error) => {
                 socket::reset(client);
                 Forwarded::refused(Status::ConnectFailed, error.to_string())

@@ -116,11 +116,14 @@ async fn dialling_the_listener_itself_is_reset_not_looped() {
     let state = StateStore::new(snapshot());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let factory = SocketFactory::plain(Duration::from_secs(1));
-    let proxy = OutboundProxy::new(state, factory, Arc::new(Recorder(tx)), None);
+    let handoff = Handoff::new(std::env::temp_dir());
+    let proxy = OutboundProxy::new(state, factory, Arc::new(Recorder(tx)), None, handoff);
     let listener = factory.listen("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(proxy.serve(listener, shutdown.clone(), Duration::from_secs(1)));
+    let (_, adopted) = tokio::sync::mpsc::unbounded_channel();
+    let server =
+        tokio::spawn(proxy.serve(listener, adopted, shutdown.clone(), Duration::from_secs(1)));
 
     let mut client = TcpStream::connect(addr).await.unwrap();
     let mut buf = [0u8; 1];
