@@ -59,17 +59,20 @@ pub struct RuleView {
     pub enforcement: Enforcement,
 }
 
-/// How the node proxy, which sees TCP and not HTTP, treats a rule.
+/// How the destination agent treats a rule: on a TCP connection, and on
+/// each request of one it serves as HTTP (declared or sniffed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Enforcement {
     /// Every field is an L4 one: enforced as written.
     L4,
-    /// An ALLOW rule needing HTTP fields: it can never be shown to match, so
-    /// it allows nothing.
+    /// An ALLOW rule needing HTTP fields: decided per request on HTTP
+    /// connections; it can never be shown to match a TCP connection, so it
+    /// allows none.
     NeverMatchesAtL4,
-    /// A DENY rule needing HTTP fields: it denies on its L4 fields alone
-    /// (fail closed), more than written.
+    /// A DENY rule needing HTTP fields: decided per request on HTTP
+    /// connections; a TCP connection is denied on its L4 fields alone (fail
+    /// closed), more than written.
     L4PartOnly,
     /// The policy does not decide (AUDIT, CUSTOM, waypoint, invalid).
     NotApplied,
@@ -79,8 +82,12 @@ impl Enforcement {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::L4 => "enforced at L4",
-            Self::NeverMatchesAtL4 => "never matches at L4: needs HTTP attributes",
-            Self::L4PartOnly => "HTTP fields ignored: denies on its L4 fields alone",
+            Self::NeverMatchesAtL4 => {
+                "never matches at L4: needs HTTP attributes, decided per request on HTTP ports"
+            }
+            Self::L4PartOnly => {
+                "needs HTTP attributes: decided per request on HTTP ports, on its L4 fields alone elsewhere"
+            }
             Self::NotApplied => "not applied by the node proxy",
         }
     }

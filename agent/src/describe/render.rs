@@ -65,6 +65,19 @@ fn pod_text(out: &mut String, pod: &PodReport) {
     );
     let _ = writeln!(out, "  Certificate: {}", certificate_text(pod));
     let _ = writeln!(out, "  Services: {}", list_or(&pod.services, "none"));
+    for p in &pod.ports {
+        let by = p
+            .declared_by
+            .as_deref()
+            .map(|by| format!(" ({by})"))
+            .unwrap_or_default();
+        let how = match p.protocol.as_str() {
+            "http" => "HTTP, each request decided",
+            "tcp" => "TCP, never sniffed",
+            _ => "not declared, sniffed when HTTP rules select the pod",
+        };
+        let _ = writeln!(out, "  Port {}: {how}{by}", p.port);
+    }
     if !pod.capture.enrolled {
         let _ = writeln!(
             out,
@@ -140,16 +153,23 @@ fn authz_text(out: &mut String, policies: &[AuthzView]) {
             .iter()
             .flat_map(|p| &p.rules)
             .any(|r| r.enforcement == Enforcement::L4);
-        let _ = if matchable {
-            writeln!(
+        let per_request = allows
+            .iter()
+            .flat_map(|p| &p.rules)
+            .any(|r| r.enforcement == Enforcement::NeverMatchesAtL4);
+        let _ = match (matchable, per_request) {
+            (true, _) => writeln!(
                 out,
                 "  Only connections matching an ALLOW rule below get in."
-            )
-        } else {
-            writeln!(
+            ),
+            (false, true) => writeln!(
+                out,
+                "  Only HTTP requests matching an ALLOW rule below get in; every connection that is not HTTP is refused."
+            ),
+            (false, false) => writeln!(
                 out,
                 "  WARNING: no ALLOW rule below can match at L4: every connection is refused."
-            )
+            ),
         };
     }
     for p in policies {
@@ -163,9 +183,8 @@ fn authz_text(out: &mut String, policies: &[AuthzView]) {
         }
         for rule in &p.rules {
             let flag = match rule.enforcement {
-                Enforcement::L4 => "",
                 Enforcement::NeverMatchesAtL4 | Enforcement::L4PartOnly => "WARNING ",
-                Enforcement::NotApplied => "",
+                Enforcement::L4 | Enforcement::NotApplied => "",
             };
             let _ = writeln!(
                 out,

@@ -58,11 +58,24 @@ pub struct PodReport {
     pub certificate: Option<CertificateView>,
     /// Services whose endpoints include the pod: `name.namespace`.
     pub services: Vec<String>,
+    /// The protocol of each port its Services target, as the destination
+    /// agent reads it.
+    pub ports: Vec<PortProtocol>,
     pub policies: WorkloadPolicies,
     /// The refusals the answering agent recorded; `None` when no agent
     /// answered (the state file knows of none).
     pub refusals: Option<Vec<Denial>>,
     pub answered_by: Answerer,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortProtocol {
+    pub port: u16,
+    /// `http` (requests decided one by one), `tcp` (never sniffed), or
+    /// `undeclared` (sniffed when HTTP rules select the pod).
+    pub protocol: String,
+    /// The Service port that says so (`default/analyzer:http`).
+    pub declared_by: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +216,26 @@ fn pod_report(
             }
         }
     }
+    let mut protocols: Vec<PortProtocol> = Vec::new();
+    for addr in w
+        .ips
+        .iter()
+        .flat_map(|ip| ports.iter().map(|p| SocketAddr::new(*ip, *p)))
+    {
+        if protocols.iter().any(|p| p.port == addr.port()) {
+            continue;
+        }
+        let (protocol, declared_by) = match crate::l7::declared(snapshot, addr) {
+            crate::l7::Declared::Http(by) => ("http", Some(by)),
+            crate::l7::Declared::Opaque(by) => ("tcp", Some(by)),
+            crate::l7::Declared::Unknown => ("undeclared", None),
+        };
+        protocols.push(PortProtocol {
+            port: addr.port(),
+            protocol: protocol.to_owned(),
+            declared_by,
+        });
+    }
     let policies = snapshot.policies().describe(
         &Target {
             namespace: &w.namespace,
@@ -231,6 +264,7 @@ fn pod_report(
         identity,
         certificate,
         services,
+        ports: protocols,
         policies,
         refusals: agent.map(|a| a.refusals(&w.qualified_name())),
         answered_by: Answerer {

@@ -103,6 +103,8 @@ fn a_pod_from_the_state_alone() {
     // The Service's target port is where a port-level mode would show.
     assert_eq!(p.policies.mtls.ports.len(), 1);
     assert_eq!(p.policies.mtls.ports[0].port, 8080);
+    assert_eq!(p.ports.len(), 1, "{:?}", p.ports);
+    assert_eq!(p.ports[0].port, 8080);
     let [policy] = p.policies.authorization.as_slice() else {
         panic!("{:#?}", p.policies.authorization);
     };
@@ -119,7 +121,7 @@ fn a_pod_from_the_state_alone() {
         "mTLS: PERMISSIVE (mesh default, no PeerAuthentication)",
         "ALLOW default/analyzer-get (workload scope, active)",
         "rule 0: WARNING never matches at L4",
-        "WARNING: no ALLOW rule below can match at L4: every connection is refused.",
+        "Only HTTP requests matching an ALLOW rule below get in; every connection that is not HTTP is refused.",
         "to[0].operation.methods: [GET]  (HTTP only)",
         "Recent refusals: unknown",
     ] {
