@@ -2,6 +2,8 @@
 //! of one request that is written (metrics and access log) when the response
 //! body is done with.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,8 +14,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::L7;
-use super::metrics::Finished;
-use crate::metrics::TrafficLabels;
+use super::metrics::{ConnectionSeries, Finished};
 
 /// A body whose data bytes are added to `bytes` as they pass; `guard` is
 /// dropped with it (the response body carries the request's record).
@@ -64,16 +65,18 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
 /// written once, when dropped.
 pub struct RequestLog {
     pub l7: Arc<L7>,
-    pub labels: TrafficLabels,
+    pub series: Arc<ConnectionSeries>,
+    /// `http` or `grpc`.
+    pub protocol: &'static str,
     pub started: Instant,
-    pub method: String,
+    pub method: http::Method,
     pub path: String,
     pub host: String,
     pub status: u16,
     pub decision: &'static str,
     pub policy: Option<String>,
     pub rule: Option<usize>,
-    pub reason: String,
+    pub reason: Cow<'static, str>,
     pub client: std::net::SocketAddr,
     pub request_bytes: Arc<AtomicU64>,
     pub response_bytes: Arc<AtomicU64>,
@@ -84,13 +87,17 @@ impl Drop for RequestLog {
         let duration = self.started.elapsed();
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
         let response_bytes = self.response_bytes.load(Ordering::Relaxed);
-        self.l7.metrics.record(&Finished {
-            labels: &self.labels,
-            status: self.status,
-            duration,
-            request_bytes,
-            response_bytes,
-        });
+        self.series.record(
+            &self.l7.metrics,
+            &Finished {
+                protocol: self.protocol,
+                status: self.status,
+                duration,
+                request_bytes,
+                response_bytes,
+            },
+        );
+        let labels = &self.series.labels;
         tracing::info!(
             target: "access",
             method = %self.method,
@@ -99,16 +106,28 @@ impl Drop for RequestLog {
             status = self.status,
             decision = self.decision,
             policy = self.policy.as_deref().unwrap_or("-"),
-            rule = self.rule.map_or_else(|| "-".to_owned(), |r| r.to_string()),
+            rule = %OrDash(self.rule),
             reason = %self.reason,
             client = %self.client,
-            src_principal = %self.labels.source_principal,
-            dst_workload = %self.labels.destination_workload,
-            protocol = %self.labels.request_protocol,
+            src_principal = %labels.source_principal,
+            dst_workload = %labels.destination_workload,
+            protocol = self.protocol,
             request_bytes,
             response_bytes,
             duration_ms = duration.as_secs_f64() * 1000.0,
             "request"
         );
+    }
+}
+
+/// A rule index, or `-` for none, formatted without an allocation.
+struct OrDash(Option<usize>);
+
+impl fmt::Display for OrDash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(rule) => write!(f, "{rule}"),
+            None => f.write_str("-"),
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! next request of an open connection), then forward it to the pod or answer
 //! it as Envoy would.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use hyper_util::rt::TokioIo;
 
 use super::L7;
 use super::body::{Counted, RequestLog};
+use super::metrics::ConnectionSeries;
 use super::respond::{Body, Local};
 use crate::metrics::TrafficLabels;
 
@@ -79,6 +81,7 @@ impl Headers for HeaderView<'_> {
 pub struct Handler {
     pub l7: Arc<L7>,
     pub facts: Facts,
+    pub series: Arc<ConnectionSeries>,
     pub upstream: Upstream,
     pub h2: bool,
 }
@@ -111,20 +114,19 @@ impl Handler {
             .headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let mut labels = self.facts.labels.clone();
-        labels.request_protocol = if grpc { "grpc" } else { "http" }.to_owned();
         let mut log = RequestLog {
             l7: self.l7.clone(),
-            labels,
+            series: self.series.clone(),
+            protocol: if grpc { "grpc" } else { "http" },
             started: Instant::now(),
-            method: parts.method.as_str().to_owned(),
+            method: parts.method.clone(),
             path: raw_path.to_owned(),
             host: host_of(&parts),
             status: 0,
             decision: "deny",
             policy: None,
             rule: None,
-            reason: String::new(),
+            reason: Cow::Borrowed(""),
             client: self.facts.client,
             request_bytes: Arc::default(),
             response_bytes: Arc::default(),
@@ -170,7 +172,7 @@ impl Handler {
         );
         log.policy.clone_from(&decision.policy);
         log.rule = decision.rule;
-        log.reason = decision.reason.as_str().to_owned();
+        log.reason = Cow::Borrowed(decision.reason.as_str());
         if !decision.allowed {
             let why = log.reason.clone();
             return Ok(local(log, Local::Denied, why, body).await);
@@ -205,7 +207,7 @@ impl Handler {
         let mut rsp = match self.upstream.send(req).await {
             Ok(rsp) => rsp,
             Err(e) => {
-                log.reason = format!("upstream: {e}");
+                log.reason = Cow::Owned(format!("upstream: {e}"));
                 log.status = Local::Upstream.status().as_u16();
                 let mut rsp = Local::Upstream.response();
                 if !self.h2 {
@@ -249,11 +251,16 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, pod: hyper::upgrade::OnUpgrad
 const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// Answers `why` locally, after draining a small request body.
-async fn local(mut log: RequestLog, answer: Local, why: String, body: Incoming) -> Response<Body> {
+async fn local(
+    mut log: RequestLog,
+    answer: Local,
+    why: impl Into<Cow<'static, str>>,
+    body: Incoming,
+) -> Response<Body> {
     let _ = Limited::new(body, DRAIN_LIMIT).collect().await;
     log.status = answer.status().as_u16();
     log.decision = answer.decision();
-    log.reason = why;
+    log.reason = why.into();
     with_log(answer.response(), log)
 }
 
