@@ -15,6 +15,7 @@ mod certificate;
 mod manager;
 pub mod renewal;
 mod rotating_ca_client;
+mod source;
 mod token_file;
 
 pub use bundle_watch::{BundleStatus, BundleWatch, TrustBundleFile};
@@ -26,4 +27,5 @@ pub use manager::{
     CertificateState, IdentityConfig, IdentityError, IdentityManager, IdentityStatus,
 };
 pub use rotating_ca_client::RotatingCaClient;
+pub use source::CertificateSource;
 pub use token_file::{TokenError, TokenFile};

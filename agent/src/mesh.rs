@@ -10,13 +10,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use ambit_ca::SpiffeId;
-use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::authz::watch::ConnectionTracker;
 use crate::hbone::{self, Pool, PoolSettings, ServerSettings, TlsConfigs};
-use crate::identity::{BundleStatus, RotatingCaClient, TrustBundle, WorkloadCertificate};
+use crate::identity::CertificateSource;
+use crate::identity::{BundleStatus, RotatingCaClient, TrustBundle};
 use crate::limits::pending::PendingLimits;
 use crate::metrics::{ConnectionOpen, Metrics, Reporter};
 use crate::proxy::admission::PlaintextAdmission;
@@ -27,20 +27,6 @@ use crate::proxy::outbound::MeshForwarder;
 use crate::proxy::{ConnectionObserver, ConnectionRecord, Direction};
 use crate::socket::SocketFactory;
 use crate::state::{Snapshot, StateStore};
-
-/// Where the data path gets the certificates of the node's workloads.
-pub trait CertificateSource: Send + Sync + 'static {
-    /// A valid certificate for `id`, waiting for an issuance in progress;
-    /// `None` when there is none to be had now.
-    fn certificate<'a>(
-        &'a self,
-        id: &'a SpiffeId,
-    ) -> BoxFuture<'a, Option<Arc<WorkloadCertificate>>>;
-
-    /// The identities the node must hold from now on (the local enrolled
-    /// workloads'); the others may be forgotten.
-    fn track(&self, ids: BTreeSet<SpiffeId>);
-}
 
 /// How the mesh data path is set up.
 #[derive(Clone, Debug)]

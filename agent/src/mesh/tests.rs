@@ -28,12 +28,14 @@ use tokio::task::JoinHandle;
 use super::*;
 use crate::hbone::client::{ClientSettings, Connection};
 use crate::hbone::{ConnectError, Connector};
+use crate::identity::WorkloadCertificate;
 use crate::metrics::tests::{parse_openmetrics, value};
 use crate::proxy::inbound_plain::{Admission, InboundRequest};
 use crate::proxy::outbound::MeshConnection;
 use crate::proxy::{Forwarded, Status};
 use crate::socket::{ClientAddr, OrigDst};
 use crate::state::{LoadOptions, SnapshotBuilder};
+use futures::future::BoxFuture;
 
 const GUESTBOOK: &str = "127.77.0.1";
 const ANALYZER: &str = "127.77.0.2";

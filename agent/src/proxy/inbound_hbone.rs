@@ -27,9 +27,9 @@ use crate::authz::watch::{ConnectionTracker, Registration, TrackedConnection};
 use crate::hbone::{
     ForwardedFor, HBONE_PORT, InboundHandler, InboundRequest, Refusal, Transfer, Upstream,
 };
+use crate::identity::CertificateSource;
 use crate::identity::WorkloadCertificate;
 use crate::l7::{L7, Route, SessionConn};
-use crate::mesh::CertificateSource;
 use crate::metrics::{self, ConnectionOpen, Metrics, Reporter, SecurityPolicy};
 use crate::proxy::{Forwarded, Status, Transferred};
 use crate::socket::SocketFactory;

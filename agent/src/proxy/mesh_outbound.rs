@@ -32,7 +32,7 @@ use super::outbound::{MeshConnection, MeshForwarder};
 use super::{Forwarded, Status, Transferred};
 use crate::hbone::stream::{H2Reader, H2Writer};
 use crate::hbone::{self, Baggage, ConnectError, ConnectRequest, Connector, Pool, Refusal};
-use crate::mesh::CertificateSource;
+use crate::identity::CertificateSource;
 use crate::metrics::{self, ConnectionOpen, Metrics, Reporter, SecurityPolicy};
 use crate::socket::{self, SocketFactory};
 use crate::state::{StateStore, Workload};
