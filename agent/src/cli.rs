@@ -247,6 +247,12 @@ pub struct RunArgs {
     #[arg(long, env = "AMBIT_JWKS_REFRESH_SECS", default_value_t = 300)]
     pub jwks_refresh_secs: u64,
 
+    /// PEM file of CA certificates trusted for `https://` jwksUri, besides
+    /// the system's roots (which `SSL_CERT_FILE`/`SSL_CERT_DIR` override):
+    /// for key servers behind a private CA.
+    #[arg(long, env = "AMBIT_JWKS_CA_FILE")]
+    pub jwks_ca_file: Option<std::path::PathBuf>,
+
     /// Directory shared by the agents of this node (a hostPath in
     /// Kubernetes): a starting agent takes the listening sockets of the
     /// running one over `handover.sock` there. Also holds `control.sock`,

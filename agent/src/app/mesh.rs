@@ -77,6 +77,8 @@ pub async fn start(
         crate::l7::jwt::Verifier::new(crate::l7::jwt::JwksSettings {
             timeout: std::time::Duration::from_millis(args.jwks_timeout_ms),
             refresh: std::time::Duration::from_secs(args.jwks_refresh_secs),
+            tls: crate::l7::jwt::https_client_config(args.jwks_ca_file.as_deref())
+                .context("trust roots for https jwksUri")?,
         }),
         crate::l7::L7Settings {
             sniff_timeout: std::time::Duration::from_millis(args.http_sniff_timeout_ms),

@@ -1,5 +1,6 @@
 //! JSON Web Key Sets for RequestAuthentication: inline `jwks` parsed as
-//! given, `jwksUri` fetched over HTTP with a timeout, cached, and refreshed
+//! given, `jwksUri` fetched over HTTP or HTTPS (the system's roots, plus a
+//! CA file for private key servers) with a timeout, cached, and refreshed
 //! in the background once stale. Keys that could not be had are absent, and
 //! tokens of that issuer then fail: there is never a default key.
 //!
@@ -9,6 +10,7 @@
 //! unnoticed and a longer one fails closed until the server is back.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,12 +19,18 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::JwkSet;
 use parking_lot::Mutex;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How `jwksUri` keys are fetched and kept.
 #[derive(Clone, Debug)]
 pub struct JwksSettings {
     pub timeout: Duration,
     pub refresh: Duration,
+    /// For `https://` URIs; `None` when no trust root is known, and then
+    /// those fetches fail.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 impl Default for JwksSettings {
@@ -30,8 +38,47 @@ impl Default for JwksSettings {
         Self {
             timeout: Duration::from_secs(5),
             refresh: Duration::from_secs(300),
+            tls: https_client_config(None).ok().flatten(),
         }
     }
+}
+
+/// The TLS client for `https://` jwksUri: the system's trust roots (as
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR` or the platform's store give them) and
+/// those in `ca_file`; `None` with no root at all. A `ca_file` that cannot
+/// be read or holds no certificate is an error.
+pub fn https_client_config(ca_file: Option<&Path>) -> Result<Option<Arc<ClientConfig>>, JwksError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::debug!(%error, "system trust roots");
+    }
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| JwksError::Roots(format!("{}: {e}", path.display())))?;
+        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| JwksError::Roots(format!("{}: {e}", path.display())))?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(JwksError::Roots(format!(
+                "{}: no CA certificate in it",
+                path.display()
+            )));
+        }
+    }
+    if roots.is_empty() {
+        return Ok(None);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| JwksError::Roots(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
 }
 
 /// A failed fetch is not retried sooner than this (per URI), so a dead key
@@ -49,8 +96,10 @@ struct Entry {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
-    #[error("jwksUri {0}: only http:// URIs are fetched")]
+    #[error("jwksUri {0}: only http:// and https:// URIs are fetched")]
     Scheme(String),
+    #[error("trust roots for https jwksUri: {0}")]
+    Roots(String),
     #[error("jwksUri {uri}: {reason}")]
     Fetch { uri: String, reason: String },
     #[error("jwksUri {0}: keys unavailable (last fetch failed)")]
@@ -106,10 +155,10 @@ impl JwksCache {
             (cached.map(|(k, _)| k), fetch_now, refresh_later)
         };
         if refresh_later {
-            let (entries, uri, timeout) =
-                (self.entries.clone(), uri.to_owned(), self.settings.timeout);
+            let (entries, uri, settings) =
+                (self.entries.clone(), uri.to_owned(), self.settings.clone());
             tokio::spawn(async move {
-                let got = fetch(&uri, timeout).await;
+                let got = fetch(&uri, &settings).await;
                 store(&entries, &uri, got);
             });
         }
@@ -119,7 +168,7 @@ impl JwksCache {
         if !fetch_now {
             return Err(JwksError::Unavailable(uri.to_owned()).to_string());
         }
-        let got = fetch(uri, self.settings.timeout).await;
+        let got = fetch(uri, &self.settings).await;
         let result = got.as_ref().map(Arc::clone).map_err(ToString::to_string);
         store(&self.entries, uri, got);
         result
@@ -143,51 +192,82 @@ fn store(entries: &Mutex<HashMap<String, Entry>>, uri: &str, got: Result<Arc<Jwk
     }
 }
 
-/// One GET of `uri`, within `timeout`.
-async fn fetch(uri: &str, timeout: Duration) -> Result<Arc<JwkSet>, JwksError> {
+/// One GET of `uri`, within the settings' timeout.
+async fn fetch(uri: &str, settings: &JwksSettings) -> Result<Arc<JwkSet>, JwksError> {
     let fail = |reason: String| JwksError::Fetch {
         uri: uri.to_owned(),
         reason,
     };
     let parsed: http::Uri = uri.parse().map_err(|e| fail(format!("{e}")))?;
-    if parsed.scheme_str() != Some("http") {
-        return Err(JwksError::Scheme(uri.to_owned()));
-    }
+    let https = match parsed.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(JwksError::Scheme(uri.to_owned())),
+    };
     let authority = parsed
         .authority()
         .ok_or_else(|| fail("no host".into()))?
         .clone();
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let path = parsed.path_and_query().map_or("/", |p| p.as_str());
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect((authority.host(), port))
             .await
             .map_err(|e| fail(format!("connect: {e}")))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| fail(format!("handshake: {e}")))?;
-        tokio::spawn(conn);
-        let path = parsed.path_and_query().map_or("/", |p| p.as_str());
-        let req = http::Request::get(path)
-            .header(http::header::HOST, authority.as_str())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| fail(e.to_string()))?;
-        let rsp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| fail(format!("request: {e}")))?;
-        if !rsp.status().is_success() {
-            return Err(fail(format!("status {}", rsp.status())));
+        let body = if https {
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|e| fail(format!("server name {host}: {e}")))?;
+            let config = settings.tls.clone().ok_or_else(|| {
+                fail("no trust roots for https (system store empty, no --jwks-ca-file)".into())
+            })?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| fail(format!("TLS: {e}")))?;
+            get(tls, authority.as_str(), path).await
+        } else {
+            get(tcp, authority.as_str(), path).await
         }
-        let body = Limited::new(rsp.into_body(), MAX_JWKS_BYTES)
-            .collect()
-            .await
-            .map_err(|e| fail(format!("body: {e}")))?
-            .to_bytes();
+        .map_err(fail)?;
         let set: JwkSet =
             serde_json::from_slice(&body).map_err(|e| fail(format!("not a JWKS: {e}")))?;
         Ok(Arc::new(set))
     };
-    tokio::time::timeout(timeout, attempt)
+    tokio::time::timeout(settings.timeout, attempt)
         .await
-        .map_err(|_| fail(format!("timed out after {timeout:?}")))?
+        .map_err(|_| fail(format!("timed out after {:?}", settings.timeout)))?
 }
+
+/// `GET path` with HTTP/1.1 on `io`; the body of a 2xx answer.
+async fn get<S>(io: S, host: &str, path: &str) -> Result<Bytes, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, host)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let rsp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    if !rsp.status().is_success() {
+        return Err(format!("status {}", rsp.status()));
+    }
+    Ok(Limited::new(rsp.into_body(), MAX_JWKS_BYTES)
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes())
+}
+
+#[cfg(test)]
+mod tests;

@@ -18,7 +18,7 @@ use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
 use serde_json::Value;
 
 use super::jwks::JwksCache;
-pub use super::jwks::JwksSettings;
+pub use super::jwks::{JwksSettings, https_client_config};
 
 /// Verifies tokens against the keys of the issuers the policies name.
 #[derive(Debug, Default)]
