@@ -16,9 +16,10 @@
 //! capture rules of enrolled pods always stay: after a handover they are the
 //! successor's; otherwise they switch to closed, so captured connections are
 //! refused until an agent serves again, never let through. Listeners stop
-//! accepting, HBONE connections get a GOAWAY, and every connection the agent
-//! carries may run to its end until the drain deadline, which resets what is
-//! left. Only `ambit-agent capture uninstall` removes the rules.
+//! accepting, HBONE connections get a GOAWAY, plain-path connections move to
+//! the successor if there is one (`proxy::moving`), and every connection the
+//! agent still carries may run to its end until the drain deadline, which
+//! resets what is left. Only `ambit-agent capture uninstall` removes the rules.
 
 mod credentials;
 mod mesh;

@@ -71,11 +71,14 @@ pub async fn carry(
     resume: Resume,
 ) -> Forwarded {
     tokio::pin!(stop);
+    // A token of its own: the copy waits on it every round, and the shared
+    // one would be a lock every connection of the node takes.
+    let pause = handoff.pause.child_token();
     let copied = copy::movable(
         client,
         server,
         stop.as_mut(),
-        &handoff.pause,
+        &pause,
         resume.ended,
         Transferred::default(),
     )
