@@ -62,6 +62,11 @@ struct Cli {
     /// `--agent-arg=--worker-threads=1`.
     #[arg(long = "agent-arg", global = true, allow_hyphen_values = true)]
     agent_args: Vec<String>,
+    /// An extra `KEY=VALUE` in both agents' environment (repeatable), e.g.
+    /// `--agent-env=_RJEM_MALLOC_CONF=dirty_decay_ms:0` to tell the
+    /// allocator's retained pages from live memory.
+    #[arg(long = "agent-env", global = true, value_parser = parse_env)]
+    agent_env: Vec<(String, String)>,
 }
 
 /// What carries the traffic between the two pods.
@@ -113,6 +118,7 @@ fn main() -> anyhow::Result<()> {
                 rounds,
                 &[],
                 &cli.agent_args,
+                &cli.agent_env,
             );
         }
         Mode::Mesh => {
@@ -123,6 +129,7 @@ fn main() -> anyhow::Result<()> {
                 rounds,
                 &cli.idle,
                 &cli.agent_args,
+                &cli.agent_env,
             );
         }
         Mode::Http => return http::run(cli.measure.throughput_seconds, cli.json.as_deref()),
@@ -154,6 +161,14 @@ fn main() -> anyhow::Result<()> {
     }
     drop(scenario);
     Ok(())
+}
+
+/// Parses `KEY=VALUE` for clap.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 /// Parses a duration in seconds (fractions allowed) for clap.

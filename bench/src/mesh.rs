@@ -52,6 +52,7 @@ pub fn run(
     round_count: usize,
     idle_steps: &[usize],
     agent_args: &[String],
+    agent_env: &[(String, String)],
 ) -> anyhow::Result<()> {
     let pod = |name: &str, namespace: &str, node| {
         PodSpec::new(name)
@@ -61,7 +62,10 @@ pub fn run(
             .node(node)
     };
     let args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
-    let mesh = Mesh::builder()
+    let builder = agent_env
+        .iter()
+        .fold(Mesh::builder(), |b, (k, v)| b.agent_env(k, v));
+    let mesh = builder
         .agent_args(0, &args)
         .agent_args(1, &args)
         .nodes(2)

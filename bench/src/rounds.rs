@@ -301,3 +301,30 @@ fn load_avg() -> f64 {
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .map_or(f64::NAN, round2)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Row {
+        a: f64,
+        b: f64,
+    }
+
+    #[test]
+    fn medians_skip_figures_that_are_not_numbers() {
+        let rows = [
+            Row { a: 3.0, b: 1.0 },
+            Row {
+                a: 1.0,
+                b: f64::NAN,
+            },
+            Row { a: 2.0, b: 5.0 },
+        ];
+        let medians = medians_of(rows.iter());
+        assert_eq!(medians["a"], 2.0);
+        // NaN serialises as null and is left out: the median of 1 and 5.
+        assert_eq!(medians["b"], 3.0);
+    }
+}
