@@ -36,6 +36,7 @@
 mod agent;
 mod connection;
 pub mod denials;
+mod series;
 mod traffic;
 
 use std::sync::Arc;
@@ -50,6 +51,7 @@ pub use traffic::{
 };
 
 use connection::ActiveConnections;
+use series::SeriesCache;
 
 /// OpenMetrics text exposition, the format `encode` writes.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -64,6 +66,7 @@ pub struct Metrics {
     pub traffic: TrafficMetrics,
     pub agent: AgentMetrics,
     connections: ActiveConnections,
+    series: SeriesCache,
     denials: RecentDenials,
     cluster_id: String,
     dns_suffix: String,
@@ -84,6 +87,7 @@ impl Metrics {
             traffic,
             agent,
             connections: ActiveConnections::default(),
+            series: SeriesCache::default(),
             denials: RecentDenials::default(),
             cluster_id: cluster_id.to_string(),
             dns_suffix: dns_suffix.to_string(),

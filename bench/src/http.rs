@@ -57,18 +57,6 @@ pub struct HttpRow {
     pub per_agent_cpu_s: Option<f64>,
 }
 
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        Ok(fields.get(i).context("short /proc stat")?.parse::<f64>()?)
-    };
-    // Linux reports in USER_HZ, 100 on every architecture the tests run on.
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
-}
-
 /// One keep-alive exchange: a POST with `body`, the answer read in full.
 fn exchange(conn: &mut BufReader<TcpStream>, request: &[u8]) -> anyhow::Result<()> {
     conn.get_mut().write_all(request)?;
@@ -128,7 +116,7 @@ fn measure(
         exchange(&mut conn, &request).with_context(|| format!("{row}: warm-up"))?;
     }
     let agent = mesh.agent(1).pid();
-    let cpu_before = cpu_seconds(agent)?;
+    let cpu_before = crate::procstat::cpu_seconds(agent)?;
     let start = Instant::now();
     let mut samples = Vec::new();
     while start.elapsed() < seconds {
@@ -137,7 +125,7 @@ fn measure(
         samples.push(t.elapsed());
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let agent_cpu_s = cpu_seconds(agent)? - cpu_before;
+    let agent_cpu_s = crate::procstat::cpu_seconds(agent)? - cpu_before;
     samples.sort_unstable();
     let requests = samples.len();
     Ok(HttpRow {

@@ -7,18 +7,28 @@
 //!   servers started in the server pod.
 //! - `measure`: the three measurements, identical for every mode: they see
 //!   only a client namespace and server addresses.
+//! - `closer`: the connection-rate server (one byte, then the server closes).
 //! - `mesh`: the `plain` and `mesh` modes: a running mesh (CA and agents),
-//!   measured through the agents beside the baseline on the same cluster.
-//! - `report`: the result record, its JSON form and its Markdown table.
+//!   direct and through the agents, interleaved over rounds.
+//! - `rounds`: per-round records, ratios to direct, medians.
+//! - `idle`: agent memory with idle connections held through the mesh, and
+//!   the `hold` server process.
+//! - `procstat`: the agents' CPU time and memory from `/proc`.
+//! - `report`: the `baseline` mode's record, its JSON and Markdown forms.
 //! - `http`: the `http` mode: keep-alive HTTP requests direct, through the
 //!   agents at L4, and through the destination agent's L7 path.
 
+mod closer;
 mod http;
+mod idle;
 mod measure;
 mod mesh;
+mod procstat;
 mod report;
+mod rounds;
 mod scenario;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,6 +45,28 @@ struct Cli {
     /// Also write the JSON result to this file.
     #[arg(long, global = true, env = "AMBIT_BENCH_JSON")]
     json: Option<PathBuf>,
+    /// Rounds of the `plain` and `mesh` modes; each measures every row once.
+    #[arg(long, global = true, env = "AMBIT_BENCH_ROUNDS", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
+    rounds: u16,
+    /// Idle connections held through the mesh when the agents' memory is
+    /// read (`mesh` mode), ascending; empty to skip.
+    #[arg(
+        long,
+        global = true,
+        env = "AMBIT_BENCH_IDLE",
+        value_delimiter = ',',
+        default_value = "1000,10000"
+    )]
+    idle: Vec<usize>,
+    /// An extra argument for both agents' `run` (repeatable), e.g.
+    /// `--agent-arg=--worker-threads=1`.
+    #[arg(long = "agent-arg", global = true, allow_hyphen_values = true)]
+    agent_args: Vec<String>,
+    /// An extra `KEY=VALUE` in both agents' environment (repeatable), e.g.
+    /// `--agent-env=_RJEM_MALLOC_CONF=dirty_decay_ms:0` to tell the
+    /// allocator's retained pages from live memory.
+    #[arg(long = "agent-env", global = true, value_parser = parse_env)]
+    agent_env: Vec<(String, String)>,
 }
 
 /// What carries the traffic between the two pods.
@@ -53,6 +85,13 @@ pub enum Mode {
     /// HTTP/1.1 keep-alive requests of 1 KiB: direct, through two agents at
     /// L4, and through them with the destination deciding each request (L7).
     Http,
+    /// Internal: hold every accepted connection open (run in the server pod
+    /// by the `mesh` mode's idle-connection phase).
+    #[command(hide = true)]
+    Hold {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
 }
 
 impl Mode {
@@ -62,22 +101,39 @@ impl Mode {
             Mode::Plain => "plain",
             Mode::Mesh => "mesh",
             Mode::Http => "http",
+            Mode::Hold { .. } => "hold",
         }
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let rounds = usize::from(cli.rounds);
     match cli.mode {
-        Mode::Plain => return mesh::run(&cli.measure, cli.json.as_deref(), &[Mode::Plain]),
+        Mode::Plain => {
+            return mesh::run(
+                &cli.measure,
+                cli.json.as_deref(),
+                &[Mode::Plain],
+                rounds,
+                &[],
+                &cli.agent_args,
+                &cli.agent_env,
+            );
+        }
         Mode::Mesh => {
             return mesh::run(
                 &cli.measure,
                 cli.json.as_deref(),
                 &[Mode::Plain, Mode::Mesh],
+                rounds,
+                &cli.idle,
+                &cli.agent_args,
+                &cli.agent_env,
             );
         }
         Mode::Http => return http::run(cli.measure.throughput_seconds, cli.json.as_deref()),
+        Mode::Hold { listen } => return idle::hold(listen),
         Mode::Baseline => {}
     }
     let scenario = scenario::Scenario::baseline().context("setting up the cluster")?;
@@ -89,7 +145,12 @@ fn main() -> anyhow::Result<()> {
         scenario.server.name,
         scenario.server.ip
     );
-    let result = measure::run_all(&cli.measure, &scenario)?;
+    let result = measure::run_all(
+        &cli.measure,
+        &scenario.client.netns,
+        &scenario.servers,
+        None,
+    )?;
     let report = report::Report::new(cli.mode, &cli.measure, &scenario, result);
     println!("{}", report.markdown());
     let json = serde_json::to_string_pretty(&report)?;
@@ -100,6 +161,14 @@ fn main() -> anyhow::Result<()> {
     }
     drop(scenario);
     Ok(())
+}
+
+/// Parses `KEY=VALUE` for clap.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 /// Parses a duration in seconds (fractions allowed) for clap.

@@ -13,7 +13,8 @@ use ambit_tests::traffic::{self, Pattern};
 use anyhow::{Context, bail, ensure};
 
 use crate::parse_seconds;
-use crate::scenario::Scenario;
+use crate::procstat::Agents;
+use crate::scenario::Servers;
 
 /// No single socket operation may take longer than this.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,8 +38,10 @@ pub struct Settings {
     /// Seconds of opening connections for the connection-rate figure.
     #[arg(long, global = true, env = "AMBIT_BENCH_CONNECT_SECONDS", default_value = "3", value_parser = parse_seconds)]
     pub connect_seconds: Duration,
-    /// Client threads opening connections in parallel.
-    #[arg(long, global = true, env = "AMBIT_BENCH_CONNECT_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Client threads opening connections in parallel. Each waits a round
+    /// trip per connection, so it takes several to keep even the direct path
+    /// busy (8 reach about 20,000/s on a 2-core VM).
+    #[arg(long, global = true, env = "AMBIT_BENCH_CONNECT_WORKERS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub connect_workers: u16,
 }
 
@@ -47,6 +50,16 @@ pub struct Results {
     pub throughput: Throughput,
     pub latency: Latency,
     pub connections: Connections,
+    /// The agents' CPU seconds during each measurement (zero without agents).
+    pub agent_cpu: PhaseCpu,
+}
+
+/// Agents' CPU seconds (user + system, all agents) per measurement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PhaseCpu {
+    pub throughput: f64,
+    pub latency: f64,
+    pub connections: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -68,27 +81,43 @@ pub struct Connections {
     pub elapsed: Duration,
 }
 
-pub fn run_all(settings: &Settings, scenario: &Scenario) -> anyhow::Result<Results> {
-    let netns = &scenario.client.netns;
+/// Runs the three measurements from `netns` against `servers`, charging each
+/// with the CPU time `agents` spent meanwhile.
+pub fn run_all(
+    settings: &Settings,
+    netns: &Netns,
+    servers: &Servers,
+    agents: Option<&Agents>,
+) -> anyhow::Result<Results> {
+    let cpu = || agents.map_or(Ok(0.0), Agents::cpu_seconds);
+    let cpu_start = cpu()?;
     eprintln!(
         "throughput: {:?}, {} stream(s)",
         settings.throughput_seconds, settings.streams
     );
-    let throughput = throughput(netns, scenario.count, settings)?;
+    let throughput = throughput(netns, servers.count, settings)?;
+    let cpu_throughput = cpu()?;
     eprintln!(
         "latency: {} round trips of {} bytes",
         settings.rtt_samples, settings.message_bytes
     );
-    let latency = latency(netns, scenario.echo, settings)?;
+    let latency = latency(netns, servers.echo, settings)?;
+    let cpu_latency = cpu()?;
     eprintln!(
         "connection rate: {:?}, {} worker(s)",
         settings.connect_seconds, settings.connect_workers
     );
-    let connections = connection_rate(netns, scenario.peer, settings)?;
+    let connections = connection_rate(netns, servers.close, settings)?;
+    let cpu_connections = cpu()?;
     Ok(Results {
         throughput,
         latency,
         connections,
+        agent_cpu: PhaseCpu {
+            throughput: cpu_throughput - cpu_start,
+            latency: cpu_latency - cpu_throughput,
+            connections: cpu_connections - cpu_latency,
+        },
     })
 }
 
@@ -169,9 +198,10 @@ fn latency(netns: &Netns, addr: SocketAddr, settings: &Settings) -> anyhow::Resu
     Ok(Latency { samples })
 }
 
-/// Workers open a connection, read the server's one-line answer to EOF
-/// (the server closes first, so TIME_WAIT lands on the server and the
-/// client's ephemeral ports are not exhausted), and repeat until time is up.
+/// Workers open a connection, read the server's one byte to EOF (the server
+/// closes first, so TIME_WAIT lands on the server and the client's ephemeral
+/// ports are not exhausted), and repeat until time is up. Blocking sockets on
+/// several OS threads: the client must not be what limits the rate.
 fn connection_rate(
     netns: &Netns,
     addr: SocketAddr,
@@ -186,14 +216,12 @@ fn connection_rate(
             .map(|_| {
                 scope.spawn(|| {
                     netns.run(|| {
-                        let mut answer = Vec::with_capacity(64);
+                        let mut answer = [0u8; 16];
                         while Instant::now() < deadline {
-                            let done =
-                                TcpStream::connect_timeout(&addr, IO_TIMEOUT).and_then(|mut s| {
-                                    s.set_read_timeout(Some(IO_TIMEOUT))?;
-                                    answer.clear();
-                                    s.read_to_end(&mut answer)
-                                });
+                            let done = TcpStream::connect(addr).and_then(|mut s| {
+                                s.set_read_timeout(Some(IO_TIMEOUT))?;
+                                read_to_eof(&mut s, &mut answer)
+                            });
                             match done {
                                 Ok(n) if n > 0 => completed.fetch_add(1, Ordering::Relaxed),
                                 _ => failed.fetch_add(1, Ordering::Relaxed),
@@ -219,6 +247,20 @@ fn connection_rate(
         failed,
         elapsed,
     })
+}
+
+/// Reads until EOF into a small fixed buffer (no allocation per
+/// connection); returns the byte count.
+fn read_to_eof(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        match stream.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl Throughput {

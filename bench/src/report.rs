@@ -53,6 +53,7 @@ pub struct LatencyReport {
     pub p50_us: f64,
     pub p90_us: f64,
     pub p99_us: f64,
+    pub p999_us: f64,
     pub mean_us: f64,
     pub max_us: f64,
     pub samples: usize,
@@ -74,6 +75,7 @@ impl Report {
             throughput,
             latency,
             connections,
+            agent_cpu: _,
         } = results;
         Self {
             mode: mode.name(),
@@ -107,6 +109,7 @@ impl Report {
                 p50_us: round2(latency.percentile_us(0.50)),
                 p90_us: round2(latency.percentile_us(0.90)),
                 p99_us: round2(latency.percentile_us(0.99)),
+                p999_us: round2(latency.percentile_us(0.999)),
                 mean_us: round2(latency.mean_us()),
                 max_us: round2(latency.percentile_us(1.0)),
                 samples: latency.samples.len(),
@@ -148,6 +151,6 @@ impl Report {
     }
 }
 
-fn round2(v: f64) -> f64 {
+pub fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }

@@ -448,7 +448,10 @@ impl<H: InboundHandler> Server<H> {
             };
             return self.refuse(&parsed, refusal, respond);
         }
-        let upstream = match self.handler.handle(&parsed).await {
+        // Boxed: the stream's task lives as long as the tunnel, and would
+        // otherwise keep room for the admission's (dial, policy) state all
+        // that time; an idle tunnel should cost only its copy.
+        let upstream = match Box::pin(self.handler.handle(&parsed)).await {
             Ok(upstream) => upstream,
             Err(refusal) => return self.refuse(&parsed, refusal, respond),
         };
@@ -483,7 +486,9 @@ impl<H: InboundHandler> Server<H> {
             }
         };
         let transfer = match l7 {
-            Some(session) => session.serve(tunnel, stream, stop).await.transfer(),
+            Some(session) => Box::pin(session.serve(tunnel, stream, stop))
+                .await
+                .transfer(),
             None => copy_bidirectional(tunnel.into_split(), stream.split(), stop).await,
         };
         debug!(

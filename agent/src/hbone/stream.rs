@@ -270,10 +270,38 @@ pub struct Transfer {
     pub result: io::Result<()>,
 }
 
-/// Buffer sizing: small first so 10k idle connections stay cheap, growing while
-/// reads keep filling the buffer (bulk transfers).
+/// Buffer sizing: small first, growing while reads keep filling the buffer
+/// (bulk transfers). The buffer is only taken once the socket is readable and
+/// given back after a read that did not fill half of it, so an idle
+/// connection holds none.
 const INITIAL_BUFFER: usize = 8 * 1024;
 const MAX_BUFFER: usize = 256 * 1024;
+
+/// A socket read half that can say when it has bytes (or EOF) waiting, so the
+/// copy takes its read buffer only then. Sources that cannot tell (in-memory
+/// streams in tests) use the default: always ready.
+pub trait ReadReady: AsyncRead + Unpin {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl ReadReady for tokio::net::tcp::ReadHalf<'_> {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let stream: &tokio::net::TcpStream = (*self).as_ref();
+        stream.poll_read_ready(cx)
+    }
+}
+
+impl ReadReady for tokio::net::tcp::OwnedReadHalf {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let stream: &tokio::net::TcpStream = (*self).as_ref();
+        stream.poll_read_ready(cx)
+    }
+}
+
+impl<T: AsyncRead> ReadReady for tokio::io::ReadHalf<T> {}
 
 /// Copies both ways between a tunnel and a socket until both directions
 /// reached EOF (each EOF is passed on as a write shutdown, so half-closed
@@ -290,7 +318,7 @@ pub async fn copy_bidirectional<R, W>(
     stop: impl Future<Output = ()>,
 ) -> Transfer
 where
-    R: AsyncRead + Unpin,
+    R: ReadReady,
     W: AsyncWrite + Unpin,
 {
     let (mut tunnel_read, mut tunnel_write) = tunnel;
@@ -334,7 +362,7 @@ async fn socket_to_tunnel<R>(
     copied: &mut u64,
 ) -> io::Result<()>
 where
-    R: AsyncRead + Unpin,
+    R: ReadReady,
 {
     match socket_into_tunnel(reader, writer, copied).await {
         // The peer wants nothing more: what the socket still sends is
@@ -350,11 +378,14 @@ async fn socket_into_tunnel<R>(
     copied: &mut u64,
 ) -> io::Result<()>
 where
-    R: AsyncRead + Unpin,
+    R: ReadReady,
 {
     let mut buf = BytesMut::new();
     let mut size = INITIAL_BUFFER;
     loop {
+        if buf.capacity() == 0 {
+            std::future::poll_fn(|cx| reader.poll_read_ready(cx)).await?;
+        }
         buf.reserve(size);
         let n = reader.read_buf(&mut buf).await?;
         if n == 0 {
@@ -367,6 +398,10 @@ where
         *copied += n as u64;
         if n >= size && size < MAX_BUFFER {
             size *= 2;
+        }
+        if n < size / 2 {
+            // Not a bulk transfer: wait for the next bytes without a buffer.
+            buf = BytesMut::new();
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The per-connection record: counts a connection in the metrics while it is
 //! open and writes its access log line when it closes.
 //!
-//! Labels are resolved once, when the record is created; after that, counting
-//! bytes is two relaxed atomic adds (the shared series and this connection's
-//! total), so the copy loop never hashes labels or takes a lock.
+//! Labels are resolved once per (source, destination) pair (`super::series`)
+//! and shared by the pair's connections; counting bytes is two relaxed atomic
+//! adds (the shared series and this connection's total), so the copy loop never
+//! hashes labels or takes a lock.
 
 use std::collections::HashMap;
 use std::io;
@@ -23,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::Metrics;
 use super::agent::{Decision, DecisionLabels, ReporterLabels};
 use super::denials::Denial;
+use super::series::Series;
 use super::traffic::{
     ConnectionOpen, Reporter, ResponseFlags, SecurityPolicy, TrafficLabels, UNKNOWN,
 };
@@ -34,11 +36,8 @@ pub(super) struct ConnectionInfo {
     id: u64,
     reporter: Reporter,
     security: SecurityPolicy,
-    source_workload: String,
-    source_identity: String,
-    destination_workload: String,
-    destination_identity: String,
-    destination_service: String,
+    /// Labels and workload names, shared with the pair's other connections.
+    series: Arc<Series>,
     client_addr: SocketAddr,
     destination_addr: SocketAddr,
     opened_at: SystemTime,
@@ -67,19 +66,20 @@ struct Verdict {
 impl ConnectionInfo {
     fn to_json(&self) -> serde_json::Value {
         let decision = self.decision.lock().clone();
+        let series = &self.series;
         json!({
             "id": self.id,
             "reporter": self.reporter.as_str(),
             "security": self.security.as_str(),
             "source": {
-                "workload": self.source_workload,
-                "identity": self.source_identity,
+                "workload": series.source_workload,
+                "identity": series.labels.source_principal,
                 "address": self.client_addr.to_string(),
             },
             "destination": {
-                "workload": self.destination_workload,
-                "identity": self.destination_identity,
-                "service": self.destination_service,
+                "workload": series.destination_workload,
+                "identity": series.labels.destination_principal,
+                "service": series.labels.destination_service,
                 "address": self.destination_addr.to_string(),
             },
             "opened_unix_seconds": self.opened_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
@@ -112,10 +112,6 @@ impl ActiveConnections {
     }
 }
 
-fn workload_name(w: Option<&crate::state::Workload>) -> String {
-    w.map_or_else(|| UNKNOWN.to_string(), |w| w.qualified_name())
-}
-
 /// Counts the bytes of one connection. Cheap to clone: give one to each copy direction.
 #[derive(Clone, Debug)]
 pub struct ByteRecorder {
@@ -144,19 +140,19 @@ impl ByteRecorder {
 #[derive(Debug)]
 pub struct ConnectionRecord {
     metrics: Arc<Metrics>,
-    labels: TrafficLabels,
     bytes: ByteRecorder,
     active: Gauge,
 }
 
 impl ConnectionRecord {
     pub(super) fn open(metrics: Arc<Metrics>, conn: &ConnectionOpen<'_>) -> Self {
-        let labels = TrafficLabels::new(conn, &metrics.cluster_id, &metrics.dns_suffix);
-        metrics
-            .traffic
-            .connections_opened
-            .get_or_create(&labels)
-            .inc();
+        let series = metrics.series.get(
+            conn,
+            &metrics.traffic,
+            &metrics.cluster_id,
+            &metrics.dns_suffix,
+        );
+        series.opened.inc();
         let active = metrics
             .agent
             .connections_active
@@ -168,11 +164,7 @@ impl ConnectionRecord {
             id: metrics.connections.next_id.fetch_add(1, Ordering::Relaxed),
             reporter: conn.reporter,
             security: conn.security,
-            source_workload: workload_name(conn.source_workload),
-            source_identity: labels.source_principal.clone(),
-            destination_workload: workload_name(conn.destination_workload),
-            destination_identity: labels.destination_principal.clone(),
-            destination_service: labels.destination_service.clone(),
+            series: series.clone(),
             client_addr: conn.client_addr,
             destination_addr: conn.destination_addr,
             opened_at: SystemTime::now(),
@@ -188,13 +180,12 @@ impl ConnectionRecord {
             .lock()
             .insert(info.id, info.clone());
         let bytes = ByteRecorder {
-            received_total: metrics.traffic.received_bytes.get_or_create_owned(&labels),
-            sent_total: metrics.traffic.sent_bytes.get_or_create_owned(&labels),
+            received_total: series.received.clone(),
+            sent_total: series.sent.clone(),
             info,
         };
         Self {
             metrics,
-            labels,
             bytes,
             active,
         }
@@ -225,9 +216,12 @@ impl ConnectionRecord {
             .get_or_create(&DecisionLabels {
                 decision: decision.as_str(),
                 reason,
-                reporter: self.labels.reporter,
-                destination_workload_namespace: self.labels.destination_workload_namespace.clone(),
-                destination_workload: self.labels.destination_workload.clone(),
+                reporter: self.labels().reporter,
+                destination_workload_namespace: self
+                    .labels()
+                    .destination_workload_namespace
+                    .clone(),
+                destination_workload: self.labels().destination_workload.clone(),
             })
             .inc();
         *self.bytes.info.decision.lock() = Some(Verdict {
@@ -257,7 +251,7 @@ impl ConnectionRecord {
 
     /// The labels this connection is counted under.
     pub fn labels(&self) -> &TrafficLabels {
-        &self.labels
+        &self.bytes.info.series.labels
     }
 
     pub fn duration(&self) -> Duration {
@@ -280,12 +274,17 @@ impl ConnectionRecord {
     /// agent stands on.
     fn remember_denial(&self, reason: &str, policy: Option<&str>, detail: Option<&str>) {
         let info = &self.bytes.info;
-        let (workload, direction, peer) = match self.labels.reporter {
-            Reporter::Destination => (&info.destination_workload, "inbound", &info.source_workload),
+        let series = &info.series;
+        let (workload, direction, peer) = match series.labels.reporter {
+            Reporter::Destination => (
+                &series.destination_workload,
+                "inbound",
+                &series.source_workload,
+            ),
             Reporter::Source => (
-                &info.source_workload,
+                &series.source_workload,
                 "outbound",
-                &info.destination_workload,
+                &series.destination_workload,
             ),
         };
         if workload == UNKNOWN {
@@ -300,7 +299,7 @@ impl ConnectionRecord {
                 at_unix_ms,
                 direction: direction.to_owned(),
                 client: info.client_addr,
-                client_identity: info.source_identity.clone(),
+                client_identity: series.labels.source_principal.clone(),
                 peer_workload: peer.clone(),
                 destination: info.destination_addr,
                 reason: reason.to_owned(),
@@ -330,16 +329,19 @@ impl Drop for ConnectionRecord {
         };
         let error = outcome.as_ref().and_then(|o| o.error.as_deref());
         let flags = response_flags(decision, status);
-        let closed = &self.metrics.traffic.connections_closed;
         if flags == ResponseFlags::None {
-            closed.get_or_create(&self.labels).inc();
+            info.series.closed.inc();
         } else {
             // Only refused and failed connections pay for a second label set.
             let labels = TrafficLabels {
                 response_flags: flags,
-                ..self.labels.clone()
+                ..self.labels().clone()
             };
-            closed.get_or_create(&labels).inc();
+            self.metrics
+                .traffic
+                .connections_closed
+                .get_or_create(&labels)
+                .inc();
         }
         if flags == ResponseFlags::Deny {
             // Admitted first and stopped later: the admitting reason no longer explains it.
@@ -351,15 +353,16 @@ impl Drop for ConnectionRecord {
             self.remember_denial(reason, policy, error);
         }
         let info = &self.bytes.info;
+        let series = &info.series;
         tracing::info!(
             target: ACCESS_LOG_TARGET,
-            reporter = self.labels.reporter.as_str(),
-            src.workload = %info.source_workload,
-            src.identity = %info.source_identity,
+            reporter = series.labels.reporter.as_str(),
+            src.workload = series.source_workload.as_str(),
+            src.identity = series.labels.source_principal.as_str(),
             src.addr = %info.client_addr,
-            dst.workload = %info.destination_workload,
-            dst.identity = %info.destination_identity,
-            dst.service = %info.destination_service,
+            dst.workload = series.destination_workload.as_str(),
+            dst.identity = series.labels.destination_principal.as_str(),
+            dst.service = series.labels.destination_service.as_str(),
             dst.addr = %info.destination_addr,
             security = info.security.as_str(),
             bytes_received = info.received.load(Ordering::Relaxed),

@@ -583,3 +583,35 @@ fn refusals_and_failures_close_with_istio_response_flags() {
     );
     assert!(f.metrics.recent_denials("default/guestbook").is_empty());
 }
+
+#[test]
+fn a_pair_resolves_its_series_once_and_a_relabelled_workload_gets_its_own() {
+    let f = fixture();
+    let get = |conn: &ConnectionOpen<'_>| {
+        f.metrics.series.get(
+            conn,
+            &f.metrics.traffic,
+            DEFAULT_CLUSTER_ID,
+            "cluster.local",
+        )
+    };
+    let first = get(&f.inbound_mtls());
+    assert!(Arc::ptr_eq(&first, &get(&f.inbound_mtls())));
+
+    let mut relabelled = f.analyzer.clone();
+    relabelled.labels.insert("version".into(), "v3".into());
+    let other = get(&ConnectionOpen {
+        destination_workload: Some(&relabelled),
+        ..f.inbound_mtls()
+    });
+    assert!(!Arc::ptr_eq(&first, &other));
+    assert_eq!(other.labels.destination_version, "v3");
+    assert_eq!(first.labels.destination_version, "v2");
+
+    let outbound = get(&ConnectionOpen {
+        reporter: Reporter::Source,
+        ..f.inbound_mtls()
+    });
+    assert_eq!(outbound.labels.reporter, Reporter::Source);
+    assert_eq!(outbound.destination_workload, "default/analyzer");
+}

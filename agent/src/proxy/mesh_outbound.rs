@@ -131,7 +131,7 @@ impl<C: Connector> Shared<C> {
             security: SecurityPolicy::MutualTls,
             ..ConnectionOpen::new(Reporter::Source, client_addr.0, orig_dst.0)
         });
-        let forwarded = match self.certs.certificate(&src_id).await {
+        let forwarded = match Box::pin(self.certs.certificate(&src_id)).await {
             None => {
                 socket::reset(client);
                 Forwarded::refused(
@@ -183,7 +183,10 @@ impl<C: Connector> Shared<C> {
     ) -> Forwarded {
         let hbone_addr = request.hbone_addr;
         let peer = request.destination.clone();
-        let tunnel = match self.pool.connect(request).await {
+        // Boxed, as the other set-up steps: the connection's future lives as
+        // long as the connection, and would otherwise keep room for a TLS
+        // and HTTP/2 handshake all that time.
+        let tunnel = match Box::pin(self.pool.connect(request)).await {
             Ok(tunnel) => tunnel,
             Err(error) => {
                 socket::reset(client);
@@ -230,7 +233,7 @@ impl<C: Connector> Shared<C> {
             target,
             presented: None,
         };
-        let upstream = match self.local.admit(&admit).await {
+        let upstream = match Box::pin(self.local.admit(&admit)).await {
             Ok(upstream) => upstream,
             Err(refusal) => {
                 socket::reset(client);
