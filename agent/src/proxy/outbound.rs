@@ -200,7 +200,9 @@ impl OutboundProxy {
                 ) => {
                     record.target = Some(target);
                     record.destination = Some(destination);
-                    self.plain(client, peer, target, cut.clone()).await
+                    // Boxed, as the other arms: the task lives as long as the
+                    // connection and is sized for its largest arm.
+                    Box::pin(self.plain(client, peer, target, cut.clone())).await
                 }
                 (
                     Route::Plain {
@@ -212,7 +214,7 @@ impl OutboundProxy {
                 ) => {
                     record.target = Some(target);
                     record.destination = destination;
-                    self.plain(client, peer, target, cut.clone()).await
+                    Box::pin(self.plain(client, peer, target, cut.clone())).await
                 }
             }
         };
