@@ -330,7 +330,7 @@ impl Drop for ConnectionRecord {
         let error = outcome.as_ref().and_then(|o| o.error.as_deref());
         let flags = response_flags(decision, status);
         if flags == ResponseFlags::None {
-            info.series.closed.inc();
+            info.series.closed(&self.metrics.traffic).inc();
         } else {
             // Only refused and failed connections pay for a second label set.
             let labels = TrafficLabels {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
@@ -27,12 +27,24 @@ const MAX_PAIRS: usize = 4096;
 pub(super) struct Series {
     pub labels: TrafficLabels,
     pub opened: Counter,
-    pub closed: Counter,
+    /// Taken at the pair's first close, so no closed series shows 0 before.
+    closed: OnceLock<Counter>,
     pub received: Counter,
     pub sent: Counter,
     /// `namespace/name` of each end, or `unknown`, for the access log.
     pub source_workload: String,
     pub destination_workload: String,
+}
+
+impl Series {
+    /// The closed counter of the pair's label set.
+    pub fn closed(&self, families: &TrafficMetrics) -> &Counter {
+        self.closed.get_or_init(|| {
+            families
+                .connections_closed
+                .get_or_create_owned(&self.labels)
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -62,7 +74,7 @@ impl SeriesCache {
         let labels = TrafficLabels::new(conn, cluster, dns_suffix);
         let series = Arc::new(Series {
             opened: families.connections_opened.get_or_create_owned(&labels),
-            closed: families.connections_closed.get_or_create_owned(&labels),
+            closed: OnceLock::new(),
             received: families.received_bytes.get_or_create_owned(&labels),
             sent: families.sent_bytes.get_or_create_owned(&labels),
             source_workload: qualified(conn.source_workload),

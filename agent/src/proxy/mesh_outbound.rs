@@ -146,7 +146,7 @@ impl<C: Connector> Shared<C> {
                     target,
                     service_host: service_host.as_deref(),
                 };
-                self.carry_local(client, &local, &record, cut).await
+                Box::pin(self.carry_local(client, &local, &record, cut)).await
             }
             Some(cert) => {
                 let request = ConnectRequest {

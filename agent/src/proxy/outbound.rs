@@ -243,8 +243,9 @@ impl OutboundProxy {
                 ) => {
                     record.target = Some(target);
                     record.destination = Some(destination);
-                    self.plain(client, orig_dst, peer, target, started, cut.clone())
-                        .await
+                    // Boxed, as the other arms: the task lives as long as the
+                    // connection and is sized for its largest arm.
+                    Box::pin(self.plain(client, orig_dst, peer, target, started, cut.clone())).await
                 }
                 (
                     Route::Plain {
@@ -256,8 +257,7 @@ impl OutboundProxy {
                 ) => {
                     record.target = Some(target);
                     record.destination = destination;
-                    self.plain(client, orig_dst, peer, target, started, cut.clone())
-                        .await
+                    Box::pin(self.plain(client, orig_dst, peer, target, started, cut.clone())).await
                 }
             }
         };
