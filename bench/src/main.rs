@@ -12,12 +12,21 @@
 //! - `report`: the result record, its JSON form and its Markdown table.
 //! - `http`: the `http` mode: keep-alive HTTP requests direct, through the
 //!   agents at L4, and through the destination agent's L7 path.
+//! - `scale`: the `scale` mode: the agent's Kubernetes state against a fake
+//!   API server serving a generated cluster of up to 150,000 pods (memory,
+//!   CPU, policy propagation, API-server bytes and events per agent).
 
 mod http;
 mod measure;
 mod mesh;
 mod report;
+mod scale;
 mod scenario;
+
+/// The agent's allocator: the scale mode's agent children run in this
+/// binary, and their resident size should be the agent's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,7 +38,7 @@ use clap::{Parser, Subcommand};
 #[command(version, about = "Ambit benchmarks on a network-namespace cluster")]
 struct Cli {
     #[command(subcommand)]
-    mode: Mode,
+    command: Command,
     #[command(flatten)]
     measure: measure::Settings,
     /// Also write the JSON result to this file.
@@ -55,6 +64,20 @@ pub enum Mode {
     Http,
 }
 
+/// Every command: the pod-to-pod modes above, and the state-scale ones.
+#[derive(Subcommand, Debug, Clone)]
+enum Command {
+    #[command(flatten)]
+    Traffic(Mode),
+    /// The agent's Kubernetes state at cluster scale (no namespaces, no
+    /// root needed): memory, CPU, policy propagation and API-server traffic
+    /// per agent, for generated clusters of each `--pods` size.
+    Scale(scale::Settings),
+    /// One agent under test of the scale mode (started by it).
+    #[command(hide = true)]
+    ScaleAgent(scale::ChildArgs),
+}
+
 impl Mode {
     pub fn name(self) -> &'static str {
         match self {
@@ -68,7 +91,12 @@ impl Mode {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.mode {
+    let mode = match cli.command {
+        Command::Scale(settings) => return scale::run(&settings, cli.json.as_deref()),
+        Command::ScaleAgent(args) => return scale::run_child(args),
+        Command::Traffic(mode) => mode,
+    };
+    match mode {
         Mode::Plain => return mesh::run(&cli.measure, cli.json.as_deref(), &[Mode::Plain]),
         Mode::Mesh => {
             return mesh::run(
@@ -83,14 +111,14 @@ fn main() -> anyhow::Result<()> {
     let scenario = scenario::Scenario::baseline().context("setting up the cluster")?;
     eprintln!(
         "mode={} client={} ({}) server={} ({})",
-        cli.mode.name(),
+        mode.name(),
         scenario.client.name,
         scenario.client.ip,
         scenario.server.name,
         scenario.server.ip
     );
     let result = measure::run_all(&cli.measure, &scenario)?;
-    let report = report::Report::new(cli.mode, &cli.measure, &scenario, result);
+    let report = report::Report::new(mode, &cli.measure, &scenario, result);
     println!("{}", report.markdown());
     let json = serde_json::to_string_pretty(&report)?;
     println!("{json}");

@@ -11,8 +11,14 @@ use super::{PolicyIssue, Service, ServiceTarget, Workload};
 /// Everything the data path looks up, indexed so no lookup scans.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// The pods known in full: every pod, or with a node-scoped source
+    /// only that node's.
     workloads: Vec<Arc<Workload>>,
+    /// Full and remote pods: a remote pod's entry is the `Workload` its
+    /// identity group shares (see `state::remote`).
     workloads_by_ip: HashMap<IpAddr, Arc<Workload>>,
+    /// Pods of other nodes held in compact form.
+    remote_pods: usize,
     /// Enrolled workloads per node: what capture and identity act on.
     enrolled_by_node: HashMap<String, Vec<Arc<Workload>>>,
     services: Vec<Arc<Service>>,
@@ -69,6 +75,7 @@ impl Snapshot {
         Self {
             workloads,
             workloads_by_ip,
+            remote_pods: 0,
             enrolled_by_node,
             services,
             services_by_vip,
@@ -79,6 +86,20 @@ impl Snapshot {
             generation: 0,
             synced: true,
         }
+    }
+
+    /// Adds the addresses of `pods` pods of other nodes, each with its
+    /// identity group's workload. The builder has validated them.
+    pub(super) fn add_remote(&mut self, addresses: Vec<(IpAddr, Arc<Workload>)>, pods: usize) {
+        self.workloads_by_ip.reserve(addresses.len());
+        self.workloads_by_ip.extend(addresses);
+        self.remote_pods += pods;
+    }
+
+    /// How many pods of other nodes the snapshot holds in compact form;
+    /// they answer `workload_by_ip` but are not in `workloads`.
+    pub fn remote_pod_count(&self) -> usize {
+        self.remote_pods
     }
 
     pub fn is_synced(&self) -> bool {
