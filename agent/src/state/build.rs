@@ -347,8 +347,14 @@ impl SnapshotBuilder {
         // only the errors the engine still enforces.
         let mut policy_errors = self.policy_errors;
         policy_errors.retain(|issue| policies.errors().contains(&issue.error));
-        let mut snapshot = Snapshot::new(workloads, services, self.namespaces, policies);
-        snapshot.add_remote(remote, published);
+        let mut snapshot = Snapshot::with_remote(
+            workloads,
+            remote,
+            published,
+            services,
+            self.namespaces,
+            policies,
+        );
         snapshot.set_policy_errors(policy_errors);
         Ok(snapshot)
     }

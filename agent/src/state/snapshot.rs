@@ -44,8 +44,24 @@ impl Snapshot {
         namespaces: HashMap<String, BTreeMap<String, String>>,
         policies: PolicySet,
     ) -> Self {
+        Self::with_remote(workloads, Vec::new(), 0, services, namespaces, policies)
+    }
+
+    /// `new`, plus the addresses of `remote_pods` pods of other nodes, each
+    /// with its identity group's workload. Services are not indexed by
+    /// those addresses: only a destination on this node is reported under
+    /// its Service.
+    pub(super) fn with_remote(
+        workloads: Vec<Workload>,
+        remote: Vec<(IpAddr, Arc<Workload>)>,
+        remote_pods: usize,
+        services: Vec<Service>,
+        namespaces: HashMap<String, BTreeMap<String, String>>,
+        policies: PolicySet,
+    ) -> Self {
         let workloads: Vec<Arc<Workload>> = workloads.into_iter().map(Arc::new).collect();
-        let mut workloads_by_ip = HashMap::new();
+        let mut workloads_by_ip = HashMap::with_capacity(workloads.len() + remote.len());
+        workloads_by_ip.extend(remote);
         let mut enrolled_by_node: HashMap<String, Vec<Arc<Workload>>> = HashMap::new();
         for w in &workloads {
             for ip in &w.ips {
@@ -66,6 +82,12 @@ impl Snapshot {
                 services_by_vip.insert(*vip, s.clone());
             }
             for e in &s.endpoints {
+                let remote = workloads_by_ip
+                    .get(&e.ip)
+                    .is_some_and(|w: &Arc<Workload>| w.is_remote());
+                if remote {
+                    continue;
+                }
                 let listed = services_by_endpoint.entry(e.ip).or_default();
                 if !listed.iter().any(|l| Arc::ptr_eq(l, s)) {
                     listed.push(s.clone());
@@ -75,7 +97,7 @@ impl Snapshot {
         Self {
             workloads,
             workloads_by_ip,
-            remote_pods: 0,
+            remote_pods,
             enrolled_by_node,
             services,
             services_by_vip,
@@ -86,14 +108,6 @@ impl Snapshot {
             generation: 0,
             synced: true,
         }
-    }
-
-    /// Adds the addresses of `pods` pods of other nodes, each with its
-    /// identity group's workload. The builder has validated them.
-    pub(super) fn add_remote(&mut self, addresses: Vec<(IpAddr, Arc<Workload>)>, pods: usize) {
-        self.workloads_by_ip.reserve(addresses.len());
-        self.workloads_by_ip.extend(addresses);
-        self.remote_pods += pods;
     }
 
     /// How many pods of other nodes the snapshot holds in compact form;

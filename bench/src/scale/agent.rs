@@ -91,6 +91,8 @@ async fn child(args: ChildArgs) -> anyhow::Result<()> {
             let report = json!({
                 "rss_kib": proc_status_kib("VmRSS:"),
                 "hwm_kib": proc_status_kib("VmHWM:"),
+                // Heap and stacks, without the binary's mapped pages.
+                "anon_kib": proc_status_kib("RssAnon:"),
                 "cpu_ms": cpu_ms(),
                 "generation": status.generation,
                 "workloads": current.workloads().count(),
