@@ -108,7 +108,7 @@ async fn child(args: ChildArgs) -> anyhow::Result<()> {
 /// Whether the snapshot's decision for principal `k` is the probe policy's
 /// DENY: what the data path would answer a connection from that peer.
 fn denies_probe(snapshot: &Snapshot, args: &ChildArgs, k: u64) -> bool {
-    let Ok(peer) = SpiffeId::new("cluster.local", PROBE_NAMESPACE, &probe_account(k)) else {
+    let Ok(peer) = SpiffeId::new("cluster.local", PROBE_NAMESPACE, probe_account(k)) else {
         return false;
     };
     let inbound = Inbound {

@@ -204,7 +204,7 @@ pub fn policy(shape: &Shape, i: usize, version: usize) -> Value {
     let spec = if i % 10 == 9 {
         json!({ "action": "DENY", "selector": { "matchLabels": { "app": app(d) } },
                 "rules": [{ "from": [{ "source": { "ipBlocks": [format!("192.168.{}.0/24", version % 256)] } }] }] })
-    } else if i % 3 == 0 {
+    } else if i.is_multiple_of(3) {
         json!({ "action": "ALLOW",
                 "rules": [{ "from": [{ "source": { "namespaces": [ns, peer_ns] } }] }] })
     } else {
