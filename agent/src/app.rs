@@ -470,6 +470,7 @@ async fn start_state(args: &RunArgs, store: &StateStore) -> anyhow::Result<State
         let watch = KubeSource::infer(options)
             .await
             .context("connecting to the Kubernetes API")?
+            .with_node(&args.node)
             .start(store.clone());
         tracing::info!("waiting for the first Kubernetes sync");
         watch.synced().await;

@@ -9,10 +9,12 @@
 //!
 //! - `k8s`: decoding the Kubernetes objects the state is made of.
 //! - `build`: validation and indexing into a `Snapshot`.
-//! - `source`: where snapshots come from (`source::file`).
+//! - `source`: where snapshots come from (`source::file`, `source::kube`).
+//! - `remote`: pods of other nodes in compact form, for a node-scoped source.
 
 mod build;
 mod k8s;
+mod remote;
 mod service;
 mod snapshot;
 pub mod source;

@@ -17,6 +17,9 @@
 //! - `report`: the `baseline` mode's record, its JSON and Markdown forms.
 //! - `http`: the `http` mode: keep-alive HTTP requests direct, through the
 //!   agents at L4, and through the destination agent's L7 path.
+//! - `scale`: the `scale` mode: the agent's Kubernetes state against a fake
+//!   API server serving a generated cluster of up to 150,000 pods (memory,
+//!   CPU, policy propagation, API-server bytes and events per agent).
 
 mod closer;
 mod http;
@@ -26,7 +29,13 @@ mod mesh;
 mod procstat;
 mod report;
 mod rounds;
+mod scale;
 mod scenario;
+
+/// The agent's allocator: the scale mode's agent children run in this
+/// binary, and their resident size should be the agent's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,7 +48,7 @@ use clap::{Parser, Subcommand};
 #[command(version, about = "Ambit benchmarks on a network-namespace cluster")]
 struct Cli {
     #[command(subcommand)]
-    mode: Mode,
+    command: Command,
     #[command(flatten)]
     measure: measure::Settings,
     /// Also write the JSON result to this file.
@@ -94,6 +103,20 @@ pub enum Mode {
     },
 }
 
+/// Every command: the pod-to-pod modes above, and the state-scale ones.
+#[derive(Subcommand, Debug, Clone)]
+enum Command {
+    #[command(flatten)]
+    Traffic(Mode),
+    /// The agent's Kubernetes state at cluster scale (no namespaces, no
+    /// root needed): memory, CPU, policy propagation and API-server traffic
+    /// per agent, for generated clusters of each `--pods` size.
+    Scale(scale::Settings),
+    /// One agent under test of the scale mode (started by it).
+    #[command(hide = true)]
+    ScaleAgent(scale::ChildArgs),
+}
+
 impl Mode {
     pub fn name(self) -> &'static str {
         match self {
@@ -109,7 +132,12 @@ impl Mode {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rounds = usize::from(cli.rounds);
-    match cli.mode {
+    let mode = match cli.command {
+        Command::Scale(settings) => return scale::run(&settings, cli.json.as_deref()),
+        Command::ScaleAgent(args) => return scale::run_child(args),
+        Command::Traffic(mode) => mode,
+    };
+    match mode {
         Mode::Plain => {
             return mesh::run(
                 &cli.measure,
@@ -139,7 +167,7 @@ fn main() -> anyhow::Result<()> {
     let scenario = scenario::Scenario::baseline().context("setting up the cluster")?;
     eprintln!(
         "mode={} client={} ({}) server={} ({})",
-        cli.mode.name(),
+        mode.name(),
         scenario.client.name,
         scenario.client.ip,
         scenario.server.name,
@@ -151,7 +179,7 @@ fn main() -> anyhow::Result<()> {
         &scenario.servers,
         None,
     )?;
-    let report = report::Report::new(cli.mode, &cli.measure, &scenario, result);
+    let report = report::Report::new(mode, &cli.measure, &scenario, result);
     println!("{}", report.markdown());
     let json = serde_json::to_string_pretty(&report)?;
     println!("{json}");

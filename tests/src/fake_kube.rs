@@ -11,7 +11,8 @@
 //! [`FakeKube::delete`], drop every open watch with [`FakeKube::drop_watches`],
 //! forbid a resource (403) with [`FakeKube::forbid`], stop serving it (404)
 //! with [`FakeKube::unserve`] or fail it (500) with [`FakeKube::fail`], and
-//! count the list and watch requests each resource received.
+//! count the list and watch requests each resource received, and the bytes
+//! and events it sent in answer ([`Traffic`], what the scale bench reads).
 
 mod http;
 mod store;
@@ -187,6 +188,45 @@ pub struct RequestCounts {
     pub token_reviews: usize,
     /// Requests answered with the status set by `unserve` or `fail`.
     pub broken: BTreeMap<&'static str, usize>,
+    /// What list and watch answers carried, per resource (plural).
+    pub traffic: BTreeMap<&'static str, Traffic>,
+}
+
+/// What the server sent for one resource: the cost an API server pays per
+/// watching client.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    /// Body bytes of list answers.
+    pub list_bytes: u64,
+    /// Objects in list answers.
+    pub list_items: u64,
+    /// Body bytes of watch streams, bookmarks included.
+    pub watch_bytes: u64,
+    /// ADDED, MODIFIED and DELETED events sent on watch streams.
+    pub watch_events: u64,
+    /// BOOKMARK events sent.
+    pub bookmarks: u64,
+}
+
+impl Traffic {
+    pub fn bytes(&self) -> u64 {
+        self.list_bytes + self.watch_bytes
+    }
+}
+
+impl RequestCounts {
+    /// Every resource's traffic added up.
+    pub fn total_traffic(&self) -> Traffic {
+        self.traffic
+            .values()
+            .fold(Traffic::default(), |a, t| Traffic {
+                list_bytes: a.list_bytes + t.list_bytes,
+                list_items: a.list_items + t.list_items,
+                watch_bytes: a.watch_bytes + t.watch_bytes,
+                watch_events: a.watch_events + t.watch_events,
+                bookmarks: a.bookmarks + t.bookmarks,
+            })
+    }
 }
 
 #[derive(Debug)]

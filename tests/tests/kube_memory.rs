@@ -1,10 +1,13 @@
-//! Memory of the agent's Kubernetes state per 1,000 pods.
+//! Memory of the agent's Kubernetes state per 1,000 pods, with every pod in
+//! full (an unscoped source) and as an agent keeps them (scoped to its node,
+//! other nodes' pods compact).
 //!
 //! The fake API server runs in this process; the agent's source runs in a
 //! child process (this test binary again, in its child role) so its resident
 //! memory is measured alone, transient list buffers and allocator slack
 //! included, as an operator would see it. Two cluster sizes give the cost per
-//! pod without the fixed cost of the process.
+//! pod without the fixed cost of the process. `ambit-bench scale` measures
+//! the same up to 150,000 pods, with churn.
 
 // Helpers here are test code too; clippy only sees `#[test]` functions as such.
 #![allow(clippy::unwrap_used)]
@@ -18,6 +21,8 @@ use serde_json::{Value, json};
 
 /// Set in the child: the fake server's URL.
 const CHILD_ENV: &str = "AMBIT_KUBE_MEMORY_CHILD";
+/// Set in the child when its source is scoped to a node.
+const NODE_ENV: &str = "AMBIT_KUBE_MEMORY_NODE";
 const CHILD_TEST: &str = "child_syncs_and_reports_its_memory";
 
 /// A pod as a Deployment's ReplicaSet creates it, with the fields the API
@@ -30,6 +35,7 @@ fn pod(i: usize) -> Value {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "name": format!("{app}-7d9f8c6b5-{i:05}"), "namespace": ns,
+            "generateName": format!("{app}-7d9f8c6b5-"),
             "labels": { "app": app, "pod-template-hash": "7d9f8c6b5", "version": "v1" },
             "annotations": { "kubectl.kubernetes.io/restartedAt": "2026-01-01T00:00:00Z" },
             "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "ReplicaSet",
@@ -88,14 +94,18 @@ async fn child_syncs_and_reports_its_memory() {
     let store = StateStore::new(Snapshot::default());
     let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
     let started = Instant::now();
-    let watch = KubeSource::new(client, LoadOptions::default())
-        .with_settle(Duration::from_millis(10))
-        .start(store.clone());
+    let mut source =
+        KubeSource::new(client, LoadOptions::default()).with_settle(Duration::from_millis(10));
+    if let Ok(node) = std::env::var(NODE_ENV) {
+        source = source.with_node(node);
+    }
+    let watch = source.start(store.clone());
     tokio::time::timeout(Duration::from_secs(120), watch.synced())
         .await
         .unwrap();
     let sync_ms = started.elapsed().as_millis();
-    let workloads = store.current().workloads().count();
+    let snapshot = store.current();
+    let workloads = snapshot.workloads().count() + snapshot.remote_pod_count();
     let cache_bytes = watch.cache_bytes();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss = rss_kib("VmRSS:");
@@ -106,7 +116,7 @@ async fn child_syncs_and_reports_its_memory() {
     );
 }
 
-async fn measure(pods: usize) -> Value {
+async fn measure(pods: usize, node: Option<&str>) -> Value {
     let fake = FakeKube::start().await.unwrap();
     for n in 0..20 {
         let ns = json!({ "apiVersion": "v1", "kind": "Namespace",
@@ -118,12 +128,14 @@ async fn measure(pods: usize) -> Value {
     }
     let exe = std::env::current_exe().unwrap();
     let url = fake.url();
-    let output = tokio::process::Command::new(exe)
+    let mut child = tokio::process::Command::new(exe);
+    child
         .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, url)
-        .output()
-        .await
-        .unwrap();
+        .env(CHILD_ENV, url);
+    if let Some(node) = node {
+        child.env(NODE_ENV, node);
+    }
+    let output = child.output().await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -141,8 +153,8 @@ async fn measure(pods: usize) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_memory_per_thousand_pods() {
-    let small = measure(1_000).await;
-    let large = measure(10_000).await;
+    let small = measure(1_000, None).await;
+    let large = measure(10_000, None).await;
     let num = |r: &Value, f: &str| r[f].as_f64().unwrap();
     let per_1k = |f: &str| (num(&large, f) - num(&small, f)) / 9.0;
     let rss_kib = per_1k("rss_kib");
@@ -165,4 +177,27 @@ async fn state_memory_per_thousand_pods() {
         rss_kib < 3.0 * api_kib,
         "{rss_kib:.0} KiB RSS per 1,000 pods"
     );
+}
+
+/// Scoped to one of the 100 nodes, the agent keeps 99% of the pods as an
+/// address, a shared identity and an enrolment: a fraction of the full cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_state_memory_per_thousand_pods() {
+    let small = measure(1_000, Some("node-0")).await;
+    let large = measure(10_000, Some("node-0")).await;
+    let num = |r: &Value, f: &str| r[f].as_f64().unwrap();
+    let per_1k = |f: &str| (num(&large, f) - num(&small, f)) / 9.0;
+    let rss_kib = per_1k("rss_kib");
+    let cache_kib = per_1k("cache_bytes") / 1024.0;
+    println!(
+        "compact kube state per 1,000 pods: {rss_kib:.0} KiB RSS (peak {:.0} KiB), of which the \
+         watch cache holds {cache_kib:.0} KiB. 1k pods: {small}; 10k pods: {large}",
+        per_1k("hwm_kib"),
+    );
+    // Measured 423 KiB (160 KiB of it cached pods, the rest two snapshots'
+    // address maps and the rebuild's transient claims, which jemalloc keeps)
+    // against 3.9 MiB in full. Issue 15's 64 MiB at 150,000 pods needs about
+    // 300: this guards what is reached, not the target.
+    assert!(cache_kib < 200.0, "cache {cache_kib:.0} KiB per 1,000 pods");
+    assert!(rss_kib < 700.0, "{rss_kib:.0} KiB RSS per 1,000 pods");
 }

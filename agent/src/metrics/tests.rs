@@ -161,7 +161,7 @@ fn fixture() -> Fixture {
             vec![Endpoint {
                 ip: "10.0.2.7".parse().unwrap(),
                 ready: true,
-                ports: vec![],
+                ports: Arc::new([]),
             }],
         ),
     }

@@ -19,6 +19,7 @@ use serde_json::Value;
 mod endpoints;
 
 use super::k8s::{self, FieldError, PortRef};
+use super::remote::{RemoteGroups, RemotePod};
 use super::{Service, ServicePort, Snapshot, TargetPort, Workload};
 use endpoints::{selected_endpoints, slice_endpoints};
 
@@ -115,6 +116,8 @@ impl fmt::Display for PolicyIssue {
 pub struct SnapshotBuilder {
     namespaces: HashMap<String, BTreeMap<String, String>>,
     pods: Vec<(Origin, k8s::Pod)>,
+    /// Pods on other nodes, in compact form (see `state::remote`).
+    remote_pods: Vec<RemotePod>,
     services: Vec<(Origin, k8s::Service)>,
     slices: Vec<k8s::EndpointSlice>,
     policies: PolicySetBuilder,
@@ -127,6 +130,7 @@ impl SnapshotBuilder {
         Self {
             namespaces: HashMap::new(),
             pods: Vec::new(),
+            remote_pods: Vec::new(),
             services: Vec::new(),
             slices: Vec::new(),
             policies: PolicySet::builder(&options.root_namespace),
@@ -199,6 +203,14 @@ impl SnapshotBuilder {
         Ok(())
     }
 
+    /// Adds a pod of another node, already reduced to what the agent needs
+    /// of it. It is validated and published as a full pod would be, but
+    /// shares one `Workload` with every pod of the same identity.
+    pub fn add_remote_pod(&mut self, pod: RemotePod) {
+        self.objects += 1;
+        self.remote_pods.push(pod);
+    }
+
     /// Number of objects seen so far, of any kind.
     pub fn object_count(&self) -> usize {
         self.objects
@@ -206,20 +218,10 @@ impl SnapshotBuilder {
 
     /// Validates the whole input and builds the indexed snapshot.
     pub fn build(self) -> Result<Snapshot, LoadError> {
-        let mut owners: HashMap<IpAddr, (String, Origin)> = HashMap::new();
-        let mut claim = |ip: IpAddr, object: &str, origin: &Origin| match owners.entry(ip) {
-            Entry::Vacant(slot) => {
-                slot.insert((object.to_owned(), origin.clone()));
-                Ok(())
-            }
-            Entry::Occupied(slot) => Err(LoadError::DuplicateIp {
-                origin: origin.clone(),
-                object: object.to_owned(),
-                ip,
-                owner: slot.get().0.clone(),
-                owner_origin: slot.get().1.clone(),
-            }),
-        };
+        // Who holds each address. A remote pod is only named when it is in
+        // a conflict: naming 150,000 of them up front would cost a string each.
+        let mut owners: HashMap<IpAddr, Owner<'_>> =
+            HashMap::with_capacity(self.pods.len() + self.remote_pods.len());
 
         let mut workloads = Vec::new();
         let mut pods_by_ns: HashMap<&str, Vec<&k8s::Pod>> = HashMap::new();
@@ -247,7 +249,7 @@ impl SnapshotBuilder {
                 },
             })?;
             for ip in &pod.ips {
-                claim(*ip, &object, origin)?;
+                claim(&mut owners, *ip, Owner::Object(object.clone(), origin))?;
             }
             pods_by_ns.entry(&pod.meta.namespace).or_default().push(pod);
             workloads.push(Workload {
@@ -267,6 +269,31 @@ impl SnapshotBuilder {
             });
         }
 
+        let mut groups = RemoteGroups::default();
+        let mut remote = Vec::with_capacity(self.remote_pods.len());
+        let mut published = 0;
+        for pod in &self.remote_pods {
+            let identity = &pod.identity;
+            let Some(ns_labels) = self.namespaces.get(&*identity.namespace) else {
+                let (object, origin) = Owner::Remote(pod).describe();
+                return Err(LoadError::MissingNamespace {
+                    origin,
+                    object,
+                    namespace: identity.namespace.to_string(),
+                });
+            };
+            let Some(ips) = pod.ips.as_ref().filter(|_| pod.captured) else {
+                continue;
+            };
+            let workload = groups.workload(identity, ns_labels);
+            published += 1;
+            for ip in ips.as_slice() {
+                claim(&mut owners, *ip, Owner::Remote(pod))?;
+                remote.push((*ip, workload.clone()));
+            }
+        }
+        drop(groups);
+
         let mut slices: HashMap<(&str, &str), Vec<&k8s::EndpointSlice>> = HashMap::new();
         for slice in &self.slices {
             if let Some(svc) = &slice.service {
@@ -281,7 +308,7 @@ impl SnapshotBuilder {
         for (origin, svc) in &self.services {
             let object = format!("Service {}/{}", svc.meta.namespace, svc.meta.name);
             for vip in &svc.vips {
-                claim(*vip, &object, origin)?;
+                claim(&mut owners, *vip, Owner::Object(object.clone(), origin))?;
             }
             let key = (svc.meta.namespace.as_str(), svc.meta.name.as_str());
             let endpoints = match (slices.get(&key), &svc.selector) {
@@ -320,9 +347,66 @@ impl SnapshotBuilder {
         // only the errors the engine still enforces.
         let mut policy_errors = self.policy_errors;
         policy_errors.retain(|issue| policies.errors().contains(&issue.error));
-        let mut snapshot = Snapshot::new(workloads, services, self.namespaces, policies);
+        let mut snapshot = Snapshot::with_remote(
+            workloads,
+            remote,
+            published,
+            services,
+            self.namespaces,
+            policies,
+        );
         snapshot.set_policy_errors(policy_errors);
         Ok(snapshot)
+    }
+}
+
+/// Records `claimant` as the holder of `ip`, or names both if another holds it.
+fn claim<'a>(
+    owners: &mut HashMap<IpAddr, Owner<'a>>,
+    ip: IpAddr,
+    claimant: Owner<'a>,
+) -> Result<(), LoadError> {
+    match owners.entry(ip) {
+        Entry::Vacant(slot) => {
+            slot.insert(claimant);
+            Ok(())
+        }
+        Entry::Occupied(slot) => {
+            let (object, origin) = claimant.describe();
+            let (owner, owner_origin) = slot.get().describe();
+            Err(LoadError::DuplicateIp {
+                origin,
+                object,
+                ip,
+                owner,
+                owner_origin,
+            })
+        }
+    }
+}
+
+/// What holds an address while a snapshot is validated.
+enum Owner<'a> {
+    /// An object of the input: its description and where it was read.
+    Object(String, &'a Origin),
+    Remote(&'a RemotePod),
+}
+
+impl Owner<'_> {
+    fn describe(&self) -> (String, Origin) {
+        match self {
+            Owner::Object(object, origin) => (object.clone(), (*origin).clone()),
+            Owner::Remote(pod) => (
+                format!(
+                    "a Pod of {}/{} on another node",
+                    pod.identity.namespace, pod.identity.workload
+                ),
+                Origin {
+                    file: Arc::from(Path::new("kubernetes")),
+                    line: 0,
+                },
+            ),
+        }
     }
 }
 
@@ -332,7 +416,18 @@ pub fn is_enrolled(
     namespace_labels: &BTreeMap<String, String>,
     pod_labels: &BTreeMap<String, String>,
 ) -> bool {
-    match pod_labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) {
+    enrolment(
+        namespace_labels,
+        pod_labels.get(DATAPLANE_MODE_LABEL).map(String::as_str),
+    )
+}
+
+/// `is_enrolled` for a pod whose own `istio.io/dataplane-mode` is `pod_mode`.
+pub(super) fn enrolment(
+    namespace_labels: &BTreeMap<String, String>,
+    pod_mode: Option<&str>,
+) -> bool {
+    match pod_mode {
         Some(MODE_NONE) => false,
         Some(MODE_AMBIENT) => true,
         _ => {

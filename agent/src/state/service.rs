@@ -30,8 +30,10 @@ pub struct ServicePort {
 pub struct Endpoint {
     pub ip: IpAddr,
     pub ready: bool,
-    /// Service port name -> target port number, as an EndpointSlice lists them.
-    pub ports: Vec<(Option<String>, u16)>,
+    /// Service port name -> target port number, as an EndpointSlice lists
+    /// them; shared by the endpoints of one slice (150,000 endpoints hold a
+    /// few thousand lists).
+    pub ports: Arc<[(Option<String>, u16)]>,
 }
 
 #[derive(Debug)]

@@ -11,8 +11,14 @@ use super::{PolicyIssue, Service, ServiceTarget, Workload};
 /// Everything the data path looks up, indexed so no lookup scans.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// The pods known in full: every pod, or with a node-scoped source
+    /// only that node's.
     workloads: Vec<Arc<Workload>>,
+    /// Full and remote pods: a remote pod's entry is the `Workload` its
+    /// identity group shares (see `state::remote`).
     workloads_by_ip: HashMap<IpAddr, Arc<Workload>>,
+    /// Pods of other nodes held in compact form.
+    remote_pods: usize,
     /// Enrolled workloads per node: what capture and identity act on.
     enrolled_by_node: HashMap<String, Vec<Arc<Workload>>>,
     services: Vec<Arc<Service>>,
@@ -38,8 +44,24 @@ impl Snapshot {
         namespaces: HashMap<String, BTreeMap<String, String>>,
         policies: PolicySet,
     ) -> Self {
+        Self::with_remote(workloads, Vec::new(), 0, services, namespaces, policies)
+    }
+
+    /// `new`, plus the addresses of `remote_pods` pods of other nodes, each
+    /// with its identity group's workload. Services are not indexed by
+    /// those addresses: only a destination on this node is reported under
+    /// its Service.
+    pub(super) fn with_remote(
+        workloads: Vec<Workload>,
+        remote: Vec<(IpAddr, Arc<Workload>)>,
+        remote_pods: usize,
+        services: Vec<Service>,
+        namespaces: HashMap<String, BTreeMap<String, String>>,
+        policies: PolicySet,
+    ) -> Self {
         let workloads: Vec<Arc<Workload>> = workloads.into_iter().map(Arc::new).collect();
-        let mut workloads_by_ip = HashMap::new();
+        let mut workloads_by_ip = HashMap::with_capacity(workloads.len() + remote.len());
+        workloads_by_ip.extend(remote);
         let mut enrolled_by_node: HashMap<String, Vec<Arc<Workload>>> = HashMap::new();
         for w in &workloads {
             for ip in &w.ips {
@@ -60,6 +82,12 @@ impl Snapshot {
                 services_by_vip.insert(*vip, s.clone());
             }
             for e in &s.endpoints {
+                let remote = workloads_by_ip
+                    .get(&e.ip)
+                    .is_some_and(|w: &Arc<Workload>| w.is_remote());
+                if remote {
+                    continue;
+                }
                 let listed = services_by_endpoint.entry(e.ip).or_default();
                 if !listed.iter().any(|l| Arc::ptr_eq(l, s)) {
                     listed.push(s.clone());
@@ -69,6 +97,7 @@ impl Snapshot {
         Self {
             workloads,
             workloads_by_ip,
+            remote_pods,
             enrolled_by_node,
             services,
             services_by_vip,
@@ -79,6 +108,12 @@ impl Snapshot {
             generation: 0,
             synced: true,
         }
+    }
+
+    /// How many pods of other nodes the snapshot holds in compact form;
+    /// they answer `workload_by_ip` but are not in `workloads`.
+    pub fn remote_pod_count(&self) -> usize {
+        self.remote_pods
     }
 
     pub fn is_synced(&self) -> bool {

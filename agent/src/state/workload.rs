@@ -23,6 +23,13 @@ impl Workload {
         SpiffeId::new(trust_domain, &self.namespace, &self.service_account)
     }
 
+    /// Whether this stands for pods of other nodes held in compact form
+    /// (`state::remote`): such a group has no node, name or addresses of
+    /// one pod. A pod known in full always has its node.
+    pub fn is_remote(&self) -> bool {
+        self.node.is_empty()
+    }
+
     /// `namespace/name`, the form logs and metrics use.
     pub fn qualified_name(&self) -> String {
         format!("{}/{}", self.namespace, self.name)

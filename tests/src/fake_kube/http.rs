@@ -215,38 +215,54 @@ fn list(
         .filter(|l| *l > 0);
     let key = |o: &Value| {
         let m = &o["metadata"];
-        format!(
-            "{}/{}",
-            m["namespace"].as_str().unwrap_or_default(),
-            m["name"].as_str().unwrap_or_default()
+        (
+            m["namespace"].as_str().unwrap_or_default().to_owned(),
+            m["name"].as_str().unwrap_or_default().to_owned(),
         )
     };
+    let after = after.and_then(|a| {
+        a.split_once('/')
+            .map(|(ns, name)| (ns.to_owned(), name.to_owned()))
+    });
     let mut items = Vec::new();
     let mut next = None;
-    for object in store.list(target.kind, target.namespace.as_deref()) {
-        if after.as_ref().is_some_and(|a| key(&object) <= *a) || !selected(&object, labels, fields)
-        {
+    for object in store.list_after(target.kind, after) {
+        let in_namespace = target
+            .namespace
+            .as_deref()
+            .is_none_or(|want| object["metadata"]["namespace"].as_str() == Some(want));
+        if !in_namespace || !selected(object, labels, fields) {
             continue;
         }
         if limit.is_some_and(|l| items.len() == l) {
-            next = items
-                .last()
-                .map(|last: &Value| format!("{version}:{}", key(last)));
+            next = items.last().map(|last: &Value| {
+                let (ns, name) = key(last);
+                format!("{version}:{ns}/{name}")
+            });
             break;
         }
-        items.push(served(&object, target));
+        items.push(served(object, target));
     }
     let mut metadata = json!({ "resourceVersion": version.to_string() });
     if let Some(next) = next {
         metadata["continue"] = Value::String(next);
     }
+    drop(store);
+    let count = items.len() as u64;
     let body = json!({
         "apiVersion": target.kind.api_version(&target.version),
         "kind": format!("{}List", target.kind.kind),
         "metadata": metadata,
         "items": items,
     });
-    json_response(StatusCode::OK, &body)
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    {
+        let mut counts = shared.counts.lock();
+        let traffic = counts.traffic.entry(target.kind.plural).or_default();
+        traffic.list_bytes += bytes.len() as u64;
+        traffic.list_items += count;
+    }
+    bytes_response(StatusCode::OK, bytes)
 }
 
 fn token_review(shared: &Shared, body: &[u8]) -> Response<Body> {
@@ -323,7 +339,10 @@ pub(super) fn status(code: StatusCode, reason: &str, message: &str) -> Response<
 }
 
 fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    bytes_response(code, serde_json::to_vec(body).unwrap_or_default())
+}
+
+fn bytes_response(code: StatusCode, bytes: Vec<u8>) -> Response<Body> {
     Response::builder()
         .status(code)
         .header(http::header::CONTENT_TYPE, "application/json")

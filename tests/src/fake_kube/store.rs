@@ -146,6 +146,25 @@ impl Store {
             .collect()
     }
 
+    /// Objects of `kind` after `after` (namespace, name) in key order, for
+    /// one page of a paged list: found by range, so paging through a large
+    /// kind costs each page its own size, not the kind's.
+    pub fn list_after<'a>(
+        &'a self,
+        kind: &'static Kind,
+        after: Option<(String, String)>,
+    ) -> impl Iterator<Item = &'a Arc<Value>> + 'a {
+        use std::ops::Bound;
+        let lo = match after {
+            Some((ns, name)) => Bound::Excluded((kind.plural, ns, name)),
+            None => Bound::Included((kind.plural, String::new(), String::new())),
+        };
+        self.objects
+            .range((lo, Bound::Unbounded))
+            .take_while(|((plural, _, _), _)| *plural == kind.plural)
+            .map(|(_, o)| o)
+    }
+
     /// Forgets the event log: a watch from any version before now gets 410.
     pub fn compact(&mut self) {
         self.compacted = self.rv;

@@ -169,6 +169,16 @@ impl Watch {
         let mut line =
             serde_json::to_vec(&json!({ "type": event, "object": object })).unwrap_or_default();
         line.push(b'\n');
+        {
+            let mut counts = self.shared.counts.lock();
+            let traffic = counts.traffic.entry(self.target.kind.plural).or_default();
+            traffic.watch_bytes += line.len() as u64;
+            match event {
+                "BOOKMARK" => traffic.bookmarks += 1,
+                "ERROR" => {}
+                _ => traffic.watch_events += 1,
+            }
+        }
         self.tx.send(Bytes::from(line)).await.is_ok()
     }
 }

@@ -37,7 +37,7 @@ fn snapshot() -> Snapshot {
     let ep = |ip: &str, ready| Endpoint {
         ip: ip.parse().unwrap(),
         ready,
-        ports: vec![],
+        ports: std::sync::Arc::new([]),
     };
     Snapshot::new(
         vec![

@@ -4,6 +4,7 @@
 //! leave slices out.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::state::Endpoint;
 use crate::state::k8s::{self, PortRef};
@@ -12,11 +13,13 @@ pub(super) fn slice_endpoints(slices: &[&k8s::EndpointSlice]) -> Vec<Endpoint> {
     slices
         .iter()
         .flat_map(|slice| {
+            let ports: Arc<[(Option<String>, u16)]> = slice.ports.as_slice().into();
             slice.endpoints.iter().flat_map(move |ep| {
+                let ports = ports.clone();
                 ep.ips.iter().map(move |ip| Endpoint {
                     ip: *ip,
                     ready: ep.ready,
-                    ports: slice.ports.clone(),
+                    ports: ports.clone(),
                 })
             })
         })
@@ -39,7 +42,7 @@ pub(super) fn selected_endpoints(
     });
     selected
         .flat_map(|pod| {
-            let ports: Vec<(Option<String>, u16)> = ports
+            let ports: Arc<[(Option<String>, u16)]> = ports
                 .iter()
                 .filter_map(|p| {
                     let number = match &p.target {

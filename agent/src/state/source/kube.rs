@@ -4,7 +4,10 @@
 //! so the data path cannot tell the two apart.
 //!
 //! Each kind has a kube-rs watcher. Objects are cut down to the fields the
-//! agent reads (`slim`) and cached by kind (`cache`); every change wakes a
+//! agent reads (`slim`) and cached by kind (`cache`); given its node
+//! (`with_node`), the source keeps pods of other nodes only in compact form
+//! (`state::remote`), which is what bounds the agent's memory on a large
+//! cluster. Every change wakes a
 //! builder task that, after a short settle time so a burst of events costs
 //! one rebuild, publishes a new snapshot. Nothing is published until every
 //! kind has been listed once, so until then the state is unsynced and the
@@ -58,6 +61,7 @@ pub struct KubeSource {
     client: Client,
     options: LoadOptions,
     settle: Duration,
+    node: Option<String>,
 }
 
 impl std::fmt::Debug for KubeSource {
@@ -65,6 +69,7 @@ impl std::fmt::Debug for KubeSource {
         f.debug_struct("KubeSource")
             .field("options", &self.options)
             .field("settle", &self.settle)
+            .field("node", &self.node)
             .finish_non_exhaustive()
     }
 }
@@ -176,7 +181,16 @@ impl KubeSource {
             client,
             options,
             settle: Duration::from_millis(100),
+            node: None,
         }
+    }
+
+    /// The node this agent serves: pods of other nodes are then kept only
+    /// as an address, an identity and an enrolment. Without it every pod is
+    /// kept in full (tools that look at the whole cluster).
+    pub fn with_node(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
     }
 
     /// A client from the in-cluster service account, or else from the
@@ -196,7 +210,7 @@ impl KubeSource {
     /// Starts the watches and the builder; snapshots go to `store`.
     pub fn start(self, store: StateStore) -> KubeWatch {
         let shared = Arc::new(Shared {
-            caches: Mutex::new(Caches::default()),
+            caches: Mutex::new(Caches::for_node(self.node)),
             changed: Notify::new(),
             store,
         });
@@ -330,6 +344,12 @@ fn apply_event(
     event: Event<DynamicObject>,
 ) {
     let mut caches = shared.caches.lock();
+    if watched.kind == "Pod" {
+        apply_pod_event(watched, &mut caches, resource, event);
+        drop(caches);
+        shared.changed.notify_one();
+        return;
+    }
     let cache = (watched.slot)(&mut caches);
     match event {
         Event::Init => cache.begin_list(),
@@ -352,6 +372,38 @@ fn apply_event(
     drop(caches);
     // While a list is streaming in, nothing changes until it ends.
     shared.changed.notify_one();
+}
+
+/// Pods go to the object cache or, on another node, the compact one.
+fn apply_pod_event(
+    pods: &'static Watched,
+    caches: &mut Caches,
+    resource: &ApiResource,
+    event: Event<DynamicObject>,
+) {
+    match event {
+        Event::Init => caches.begin_pod_list(),
+        Event::InitApply(object) => {
+            let (key, value) = slim_object(pods, resource, object);
+            caches.put_pod(key, &value, true);
+        }
+        Event::InitDone => {
+            caches.end_pod_list();
+            tracing::info!(
+                kind = pods.kind,
+                objects = caches.pod_count(),
+                remote = caches.remote_pods.len(),
+                "listed"
+            );
+        }
+        Event::Apply(object) => {
+            let (key, value) = slim_object(pods, resource, object);
+            caches.put_pod(key, &value, false);
+        }
+        Event::Delete(object) => {
+            caches.delete_pod(&(object.namespace().unwrap_or_default(), object.name_any()));
+        }
+    }
 }
 
 /// The object as the builder reads it, keeping only `watched.mask`'s fields.
@@ -377,6 +429,9 @@ fn slim_object(
     }
     if let Some(uid) = &meta.uid {
         metadata["uid"] = Value::String(uid.clone());
+    }
+    if let Some(generate_name) = &meta.generate_name {
+        metadata["generateName"] = Value::String(generate_name.clone());
     }
     if let Some(labels) = meta.labels.as_ref().filter(|l| !l.is_empty()) {
         metadata["labels"] = json!(labels);

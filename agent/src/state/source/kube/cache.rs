@@ -1,6 +1,12 @@
 //! The watched objects, slimmed, by kind; and turning them into a snapshot
 //! through the same `SnapshotBuilder` the file source uses.
 //!
+//! With a node set, pods scheduled on other nodes are kept in compact form
+//! (`RemotePods`, see `state::remote`) from the moment their event arrives;
+//! only this node's pods, and pods on no node yet, are kept as objects. A
+//! remote pod that does not decode is kept as an object too, so the builder
+//! rejects it with the same error either way.
+//!
 //! The API server's view is eventually consistent across kinds (a pod can be
 //! seen before its namespace, a deleted pod's IP can reappear on a new pod
 //! before the old pod's deletion is seen), which a file never is. So the
@@ -15,6 +21,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::state::k8s;
+use crate::state::remote::{Interner, RemotePod, timestamp_key};
 use crate::state::{LoadError, LoadOptions, Origin, Snapshot, SnapshotBuilder};
 
 /// An object's place in its kind: (namespace, name).
@@ -70,6 +78,15 @@ impl KindCache {
         self.objects.remove(key);
     }
 
+    /// Removes an object from the list in progress too: a pod that moved to
+    /// the compact cache while being listed.
+    fn forget(&mut self, key: &ObjectKey) {
+        self.objects.remove(key);
+        if let Some(list) = &mut self.relisting {
+            list.remove(key);
+        }
+    }
+
     /// A kind that does not exist in the cluster (a CRD not installed) is
     /// synced and empty.
     pub fn mark_absent(&mut self) {
@@ -102,11 +119,83 @@ impl KindCache {
     }
 }
 
+type ByNamespace = HashMap<Arc<str>, HashMap<Box<str>, RemotePod>>;
+
+/// Pods of other nodes, compact, by namespace and name.
+#[derive(Debug, Default)]
+pub(super) struct RemotePods {
+    pods: ByNamespace,
+    relisting: Option<ByNamespace>,
+    interner: Interner,
+}
+
+impl RemotePods {
+    fn begin_list(&mut self) {
+        self.relisting = Some(HashMap::new());
+    }
+
+    fn end_list(&mut self) {
+        if let Some(list) = self.relisting.take() {
+            self.pods = list;
+        }
+        self.interner.sweep();
+    }
+
+    fn put(&mut self, (namespace, name): ObjectKey, pod: RemotePod, listing: bool) {
+        let namespace = self.interner.string(&namespace);
+        let pods = match (&mut self.relisting, listing) {
+            (Some(list), true) => list,
+            _ => &mut self.pods,
+        };
+        pods.entry(namespace)
+            .or_default()
+            .insert(name.into_boxed_str(), pod);
+    }
+
+    fn remove(&mut self, (namespace, name): &ObjectKey) -> bool {
+        let Some(in_namespace) = self.pods.get_mut(namespace.as_str()) else {
+            return false;
+        };
+        let removed = in_namespace.remove(name.as_str()).is_some();
+        if in_namespace.is_empty() {
+            self.pods.remove(namespace.as_str());
+        }
+        removed
+    }
+
+    pub fn len(&self) -> usize {
+        self.pods.values().map(HashMap::len).sum()
+    }
+
+    /// Every pod with its namespace and name.
+    fn iter(&self) -> impl Iterator<Item = (&str, &str, &RemotePod)> {
+        self.pods.iter().flat_map(|(namespace, pods)| {
+            pods.iter()
+                .map(move |(name, pod)| (&**namespace, &**name, pod))
+        })
+    }
+
+    /// Bytes the compact pods take, map slots and names included (the
+    /// shared identities are few and left out).
+    fn heap_bytes(&self) -> usize {
+        let slot = std::mem::size_of::<(Box<str>, RemotePod)>() + 1;
+        self.pods
+            .values()
+            .map(|pods| pods.capacity() * slot + pods.keys().map(|name| name.len()).sum::<usize>())
+            .sum()
+    }
+}
+
 /// Every watched kind.
 #[derive(Debug, Default)]
 pub(super) struct Caches {
+    /// This agent's node; with it, pods elsewhere go to `remote_pods`.
+    pub node: Option<String>,
     pub namespaces: KindCache,
+    /// Pods kept as objects: this node's, unscheduled ones, or all of them
+    /// when no node is set.
     pub pods: KindCache,
+    pub remote_pods: RemotePods,
     pub services: KindCache,
     pub endpoint_slices: KindCache,
     pub authorization_policies: KindCache,
@@ -115,6 +204,14 @@ pub(super) struct Caches {
 }
 
 impl Caches {
+    /// Caches for the agent of `node` (None: every pod in full).
+    pub fn for_node(node: Option<String>) -> Self {
+        Self {
+            node,
+            ..Self::default()
+        }
+    }
+
     pub fn all_synced(&self) -> bool {
         self.kinds().iter().all(|k| k.is_synced())
     }
@@ -122,10 +219,70 @@ impl Caches {
     /// Bytes the cached objects hold, map overhead included.
     pub fn heap_bytes(&self) -> usize {
         let entry = std::mem::size_of::<(ObjectKey, Stored)>() + 1;
-        self.kinds()
+        let objects: usize = self
+            .kinds()
             .iter()
             .map(|k| k.heap_bytes() + k.objects.capacity() * entry)
-            .sum()
+            .sum();
+        objects + self.remote_pods.heap_bytes()
+    }
+
+    /// A pod list starts: both pod caches are replaced at its end.
+    pub fn begin_pod_list(&mut self) {
+        self.pods.begin_list();
+        self.remote_pods.begin_list();
+    }
+
+    pub fn end_pod_list(&mut self) {
+        self.pods.end_list();
+        self.remote_pods.end_list();
+    }
+
+    /// Caches a (slimmed) pod from a list (`listing`) or a watch event, in
+    /// compact form when it runs on another node.
+    pub fn put_pod(&mut self, key: ObjectKey, pod: &Value, listing: bool) {
+        match self.remote_form(pod) {
+            Some(remote) => {
+                self.pods.forget(&key);
+                self.remote_pods.put(key, remote, listing);
+            }
+            None => {
+                self.remote_pods.remove(&key);
+                if listing {
+                    self.pods.listed(key, pod);
+                } else {
+                    self.pods.apply(key, pod);
+                }
+            }
+        }
+    }
+
+    pub fn delete_pod(&mut self, key: &ObjectKey) {
+        if !self.remote_pods.remove(key) {
+            self.pods.delete(key);
+        }
+    }
+
+    /// Pods in either form.
+    pub fn pod_count(&self) -> usize {
+        self.pods.len() + self.remote_pods.len()
+    }
+
+    /// The compact form of `pod` if it is scheduled on a node other than
+    /// this agent's and decodes; None keeps it as an object.
+    fn remote_form(&mut self, pod: &Value) -> Option<RemotePod> {
+        let node = self.node.as_deref()?;
+        let scheduled = pod["spec"]["nodeName"].as_str()?;
+        if scheduled == node {
+            return None;
+        }
+        let decoded = k8s::pod(pod).ok()?;
+        let meta = &pod["metadata"];
+        let interner = &mut self.remote_pods.interner;
+        let mut remote = interner.remote_pod(&decoded, meta["generateName"].as_str());
+        remote.created = meta["creationTimestamp"].as_str().and_then(timestamp_key);
+        remote.deleting = !meta["deletionTimestamp"].is_null();
+        Some(remote)
     }
 
     fn kinds(&self) -> [&KindCache; 7] {
@@ -154,10 +311,14 @@ impl Caches {
             }
             builder.add_object(origin.clone(), &object)?;
         }
-        for text in routable_pods(&self.pods, &namespaces) {
+        let (local, remote) = routable_pods(&self.pods, &self.remote_pods, &namespaces);
+        for text in local {
             if let Ok(pod) = serde_json::from_str::<Value>(text) {
                 builder.add_object(origin.clone(), &pod)?;
             }
+        }
+        for pod in remote {
+            builder.add_remote_pod(pod.clone());
         }
         let rest = [
             &self.services,
@@ -235,14 +396,38 @@ impl PodFacts {
     fn captured(&self) -> bool {
         !self.spec.host_network && self.status.phase.as_deref().is_none_or(|p| p == "Running")
     }
+}
+
+/// A pod in either form, with what decides which pod keeps a contested IP.
+enum Candidate<'a> {
+    Object { text: &'a str, ips: Vec<IpAddr> },
+    Remote(&'a RemotePod),
+}
+
+struct Claim<'a> {
+    pod: Candidate<'a>,
+    /// Namespace and name: the last tie-break, so which of two pods keeps
+    /// an IP does not depend on the order a map yields them in.
+    key: (&'a str, &'a str),
+    captured: bool,
+    deleting: bool,
+    created: Option<u64>,
+}
+
+impl Claim<'_> {
+    fn ips(&self) -> &[IpAddr] {
+        match &self.pod {
+            Candidate::Object { ips, .. } => ips,
+            Candidate::Remote(pod) => pod.ips.as_ref().map_or(&[], |ips| ips.as_slice()),
+        }
+    }
 
     /// Whether this pod should keep an IP `other` also claims.
-    fn preferred_over(&self, other: &PodFacts) -> bool {
-        let deleting = |p: &PodFacts| p.metadata.deletion_timestamp.is_some();
-        match (deleting(self), deleting(other)) {
+    fn preferred_over(&self, other: &Claim<'_>) -> bool {
+        match (self.deleting, other.deleting) {
             (false, true) => true,
             (true, false) => false,
-            _ => self.metadata.creation_timestamp >= other.metadata.creation_timestamp,
+            _ => (self.created, self.key) >= (other.created, other.key),
         }
     }
 }
@@ -250,36 +435,66 @@ impl PodFacts {
 /// The pods to build from: those whose namespace has been seen, and for an
 /// IP two pods claim (a terminating pod's address already given to a new
 /// one), only the pod that is not being deleted, else the newest.
-fn routable_pods<'a>(pods: &'a KindCache, namespaces: &HashSet<String>) -> Vec<&'a str> {
-    let facts: Vec<(&str, PodFacts)> = pods
-        .objects
-        .values()
-        .filter_map(|text| Some((&**text, serde_json::from_str::<PodFacts>(text).ok()?)))
-        .filter(|(_, f)| namespaces.contains(f.metadata.namespace.as_deref().unwrap_or("default")))
-        .collect();
-    let mut owner: HashMap<IpAddr, usize> = HashMap::new();
-    for (i, (_, pod)) in facts.iter().enumerate() {
-        if !pod.captured() {
+fn routable_pods<'a>(
+    pods: &'a KindCache,
+    remote: &'a RemotePods,
+    namespaces: &HashSet<String>,
+) -> (Vec<&'a str>, Vec<&'a RemotePod>) {
+    let objects = pods.objects.iter().filter_map(|((ns, name), text)| {
+        let facts = serde_json::from_str::<PodFacts>(text).ok()?;
+        let namespace = facts.metadata.namespace.as_deref().unwrap_or("default");
+        namespaces.contains(namespace).then(|| Claim {
+            key: (ns.as_str(), name.as_str()),
+            captured: facts.captured(),
+            deleting: facts.metadata.deletion_timestamp.is_some(),
+            created: facts
+                .metadata
+                .creation_timestamp
+                .as_deref()
+                .and_then(timestamp_key),
+            pod: Candidate::Object {
+                text,
+                ips: facts.ips(),
+            },
+        })
+    });
+    let remote = remote
+        .iter()
+        .filter(|(namespace, _, _)| namespaces.contains(*namespace))
+        .map(|(namespace, name, pod)| Claim {
+            key: (namespace, name),
+            captured: pod.captured,
+            deleting: pod.deleting,
+            created: pod.created,
+            pod: Candidate::Remote(pod),
+        });
+    let claims: Vec<Claim<'a>> = objects.chain(remote).collect();
+    let mut owner: HashMap<IpAddr, usize> = HashMap::with_capacity(claims.len());
+    for (i, pod) in claims.iter().enumerate() {
+        if !pod.captured {
             continue;
         }
         for ip in pod.ips() {
-            match owner.get(&ip) {
-                Some(&other) if facts[other].1.preferred_over(pod) => {
+            match owner.get(ip) {
+                Some(&other) if claims[other].preferred_over(pod) => {
                     tracing::debug!(%ip, "two pods claim one IP; keeping the live one");
                 }
                 _ => {
-                    owner.insert(ip, i);
+                    owner.insert(*ip, i);
                 }
             }
         }
     }
     // A pod that lost any of its IPs (dual stack) is left out whole.
-    facts
-        .iter()
-        .enumerate()
-        .filter(|(i, (_, pod))| {
-            !pod.captured() || pod.ips().iter().all(|ip| owner.get(ip) == Some(i))
-        })
-        .map(|(_, (text, _))| *text)
-        .collect()
+    let (mut local, mut remote) = (Vec::new(), Vec::new());
+    for (i, claim) in claims.iter().enumerate() {
+        if claim.captured && !claim.ips().iter().all(|ip| owner.get(ip) == Some(&i)) {
+            continue;
+        }
+        match claim.pod {
+            Candidate::Object { text, .. } => local.push(text),
+            Candidate::Remote(pod) => remote.push(pod),
+        }
+    }
+    (local, remote)
 }

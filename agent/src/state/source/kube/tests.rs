@@ -2,6 +2,8 @@
 //! what the builder reads, relists replace the cache, and the transients of
 //! an eventually consistent API do not reject the cluster's state.
 
+mod compact;
+
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
