@@ -231,22 +231,10 @@ pub async fn serve(
         })?;
     tracing::info!(path = %path.display(), "handover socket ready");
     let listeners = std::sync::Arc::new(listeners);
-    loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "handover accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some(stream) = next_peer(&listener, "handover", &stop).await {
         let listeners = listeners.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let stream = stream.into_std()?;
-            stream.set_nonblocking(false)?;
+            let stream = blocking(stream)?;
             give(&stream, &listeners)
         })
         .await;
@@ -262,6 +250,36 @@ pub async fn serve(
             Err(error) => tracing::warn!(%error, "handover task failed; still serving"),
         }
     }
+    Ok(())
+}
+
+/// The next peer on `listener`, or `None` once `stop` is cancelled. A
+/// failed accept (descriptors short) is retried after a pause.
+async fn next_peer(
+    listener: &tokio::net::UnixListener,
+    what: &'static str,
+    stop: &CancellationToken,
+) -> Option<tokio::net::UnixStream> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => return Some(stream),
+                Err(error) => {
+                    tracing::warn!(%error, socket = what, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// `stream` for the blocking pool: the exchanges on these sockets are a few
+/// short messages, with timeouts set per read.
+fn blocking(stream: tokio::net::UnixStream) -> io::Result<UnixStream> {
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
 }
 
 /// Answers one connection; true once the successor confirmed.

@@ -162,6 +162,24 @@ pub struct ConnectionRecord {
     pub duration: Duration,
 }
 
+impl ConnectionRecord {
+    /// A connection just taken from `client` to `orig_dst`, before anything
+    /// about it is known or decided.
+    pub fn new(direction: Direction, client: ClientAddr, orig_dst: OrigDst) -> Self {
+        Self {
+            direction,
+            client,
+            orig_dst,
+            target: None,
+            source: None,
+            destination: None,
+            mesh: false,
+            result: Forwarded::refused(Status::Denied, "not handled"),
+            duration: Duration::ZERO,
+        }
+    }
+}
+
 /// Told about every connection when it ends: the seam for metrics.
 pub trait ConnectionObserver: Send + Sync + 'static {
     fn connection_closed(&self, record: &ConnectionRecord);

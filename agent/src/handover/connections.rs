@@ -162,25 +162,12 @@ impl AdoptListener {
                 return;
             }
         };
-        loop {
-            let stream = tokio::select! {
-                () = stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        tracing::warn!(%error, "adopt accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
+        while let Some(stream) = super::next_peer(&listener, "adopt", &stop).await {
             let adopted = adopted.clone();
             // One task per pair: a slow or broken predecessor holds up only itself.
             tokio::spawn(async move {
                 let received = tokio::task::spawn_blocking(move || {
-                    let stream = stream.into_std()?;
-                    stream.set_nonblocking(false)?;
-                    receive(&stream, &adopted)
+                    receive(&super::blocking(stream)?, &adopted)
                 })
                 .await;
                 match received {

@@ -116,17 +116,27 @@ pub async fn bidirectional_until(
     server: TcpStream,
     stop: impl std::future::Future<Output = ()>,
 ) -> CopyOutcome {
-    let never = CancellationToken::new();
-    match movable(
+    resume_to_end(
         client,
         server,
         stop,
-        &never,
         Ended::default(),
         Transferred::default(),
     )
     .await
-    {
+}
+
+/// As [`bidirectional_until`], carrying on from where a paused copy stood
+/// (`ended`, `bytes`); it does not pause again.
+pub async fn resume_to_end(
+    client: TcpStream,
+    server: TcpStream,
+    stop: impl std::future::Future<Output = ()>,
+    ended: Ended,
+    bytes: Transferred,
+) -> CopyOutcome {
+    let never = CancellationToken::new();
+    match movable(client, server, stop, &never, ended, bytes).await {
         Copied::Finished(outcome) => outcome,
         // `never` is never cancelled.
         Copied::Paused(paused) => CopyOutcome {

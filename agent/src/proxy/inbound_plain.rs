@@ -158,15 +158,10 @@ impl InboundPlainProxy {
             .workload_by_ip(moved.orig_dst.ip())
             .filter(|w| w.node == self.node);
         let mut record = ConnectionRecord {
-            direction: Direction::InboundPlain,
-            client: client_addr,
-            orig_dst,
-            target: Some(moved.orig_dst),
+            target: Some(orig_dst.0),
             source: source.cloned(),
             destination: destination.cloned(),
-            mesh: false,
-            result: Forwarded::refused(Status::Denied, "not handled"),
-            duration: Duration::ZERO,
+            ..ConnectionRecord::new(Direction::InboundPlain, client_addr, orig_dst)
         };
         let admission = match destination {
             Some(destination) if snapshot.is_synced() => self.policy.admit(&InboundRequest {
@@ -247,15 +242,10 @@ impl InboundPlainProxy {
             .workload_by_ip(orig_dst.0.ip())
             .filter(|w| w.node == self.node);
         let mut record = ConnectionRecord {
-            direction: Direction::InboundPlain,
-            client: client_addr,
-            orig_dst,
             target: Some(orig_dst.0),
             source: source.cloned(),
             destination: destination.cloned(),
-            mesh: false,
-            result: Forwarded::refused(Status::Denied, "not handled"),
-            duration: Duration::ZERO,
+            ..ConnectionRecord::new(Direction::InboundPlain, client_addr, orig_dst)
         };
         let admission = match destination {
             _ if !snapshot.is_synced() => Admission::Deny {

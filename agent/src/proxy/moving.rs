@@ -109,25 +109,15 @@ pub async fn carry(
         }
         Err(error) => {
             tracing::warn!(%error, src = %info.client, dst = %info.orig_dst, "connection not moved; carrying it here");
-            let never = CancellationToken::new();
-            let rest = copy::movable(
+            copy::resume_to_end(
                 paused.client,
                 paused.server,
                 stop,
-                &never,
                 paused.ended,
                 paused.bytes,
             )
-            .await;
-            match rest {
-                Copied::Finished(outcome) => outcome.into(),
-                // `never` is never cancelled.
-                Copied::Paused(p) => Forwarded {
-                    bytes: p.bytes,
-                    status: Status::Closed,
-                    reason: None,
-                },
-            }
+            .await
+            .into()
         }
     }
 }

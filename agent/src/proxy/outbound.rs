@@ -142,15 +142,14 @@ impl OutboundProxy {
         let info = PairInfo::of(moved, Direction::Outbound);
         let snapshot = self.state.current();
         let mut record = ConnectionRecord {
-            direction: Direction::Outbound,
-            client: ClientAddr(moved.client),
-            orig_dst: OrigDst(moved.orig_dst),
             target: Some(moved.target),
             source: snapshot.workload_by_ip(moved.client.ip()).cloned(),
             destination: snapshot.workload_by_ip(moved.target.ip()).cloned(),
-            mesh: false,
-            result: Forwarded::refused(Status::Denied, "not handled"),
-            duration: Default::default(),
+            ..ConnectionRecord::new(
+                Direction::Outbound,
+                ClientAddr(moved.client),
+                OrigDst(moved.orig_dst),
+            )
         };
         tracing::debug!(src = %moved.client, dst = %moved.orig_dst, "carrying a connection moved from the previous agent");
         let resume = Resume::of(moved);
@@ -186,15 +185,8 @@ impl OutboundProxy {
         let snapshot = self.state.current();
         let source = snapshot.workload_by_ip(peer.ip()).cloned();
         let mut record = ConnectionRecord {
-            direction: Direction::Outbound,
-            client: client_addr,
-            orig_dst,
-            target: None,
             source: source.clone(),
-            destination: None,
-            mesh: false,
-            result: Forwarded::refused(Status::Denied, "not handled"),
-            duration: Default::default(),
+            ..ConnectionRecord::new(Direction::Outbound, client_addr, orig_dst)
         };
         record.result = if !snapshot.is_synced() {
             socket::reset(client);
