@@ -528,8 +528,12 @@ fn edge_cases(client: &Pod, server: &Pod, port: u16) -> EdgeCases {
 
     // Nothing listens on port+1: without the agent connect() is refused;
     // through it the connection is accepted by the agent and then reset.
+    // A blocking connect(), which returns once the handshake is done: the
+    // timed connect polls and then reads SO_ERROR, so an agent that resets
+    // within a millisecond showed its reset as a failed connect instead.
+    let closed = addr(server, port + 1);
     let start = Instant::now();
-    let refused = match client.netns.connect(addr(server, port + 1)).unwrap() {
+    let refused = match client.netns.run(|| TcpStream::connect(closed)).unwrap() {
         Err(e) => e.kind() == ErrorKind::ConnectionRefused,
         Ok(mut c) => {
             c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
