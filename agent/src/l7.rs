@@ -5,8 +5,10 @@
 //! bad token), on the connection the agent already terminates.
 //!
 //! - `detect`: whether a port is HTTP (Service declaration, first bytes).
-//! - `serve`: hyper on the client side, one hyper client to the pod.
-//! - `request`: one request: path, token, decision, forwarding, upgrades.
+//! - `h1`: HTTP/1, heads parsed and decided, bytes forwarded as they came.
+//! - `serve`: HTTP/2 cleartext, hyper on both sides.
+//! - `request`: the checks of one request both share (path, token,
+//!   decision), and hyper's handler for HTTP/2.
 //! - `jwt`: RequestAuthentication tokens and keys.
 //! - `respond`: the local answers; `body`: counted bodies and the request
 //!   record; `metrics`: Istio's HTTP series.
@@ -20,6 +22,7 @@
 
 mod body;
 mod detect;
+mod h1;
 mod jwks;
 pub mod jwt;
 mod metrics;
@@ -236,9 +239,8 @@ impl Session {
             (read.load(Relaxed), written.load(Relaxed))
         };
         let result = match protocol {
-            Sniffed::Http1 | Sniffed::H2c => {
-                serve::connection(self.l7, self.facts, protocol, client, pod, stop).await
-            }
+            Sniffed::Http1 => h1::connection(self.l7, self.facts, client, pod, stop).await,
+            Sniffed::H2c => serve::connection(self.l7, self.facts, client, pod, stop).await,
             Sniffed::Other if self.l4_allowed => {
                 tracing::debug!(dst = %self.facts.dst, "not HTTP: carried at L4");
                 tokio::select! {

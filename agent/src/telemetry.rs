@@ -5,6 +5,7 @@ use std::io::{self, IsTerminal};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
@@ -77,6 +78,10 @@ fn parse_filter(directives: &str) -> Result<EnvFilter, TelemetryError> {
         })
 }
 
+fn is_access(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.target() == ACCESS_LOG_TARGET
+}
+
 /// A subscriber writing to `writer` (no colours), and the handle that changes
 /// its filter. `init` installs one globally; tests install one per thread.
 pub fn subscriber<W>(
@@ -85,7 +90,7 @@ pub fn subscriber<W>(
     writer: W,
 ) -> Result<(impl tracing::Subscriber + Send + Sync + 'static, LogHandle), TelemetryError>
 where
-    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Clone + Send + Sync + 'static,
 {
     build(format, directives, writer, false)
 }
@@ -97,7 +102,7 @@ fn build<W>(
     ansi: bool,
 ) -> Result<(impl tracing::Subscriber + Send + Sync + 'static, LogHandle), TelemetryError>
 where
-    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Clone + Send + Sync + 'static,
 {
     let (filter, reload) = reload::Layer::new(parse_filter(directives)?);
     let output = match format {
@@ -105,11 +110,24 @@ where
             .with_ansi(ansi)
             .with_writer(writer)
             .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_writer(writer)
-            .boxed(),
+        LogFormat::Json => {
+            // An access line carries every field it needs. Without this
+            // split the JSON formatter would re-parse the fields of the
+            // enclosing tunnel span for each request the L7 path logs.
+            let access = tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_writer(writer.clone())
+                .with_filter(filter_fn(is_access));
+            let rest = tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_writer(writer)
+                .with_filter(filter_fn(|m| !is_access(m)));
+            access.and_then(rest).boxed()
+        }
     };
     let subscriber = Registry::default().with(filter).with(output);
     let handle = LogHandle {
@@ -148,6 +166,28 @@ mod tests {
             "{text}"
         );
         assert_eq!(handle.current(), "warn,access=info");
+    }
+
+    #[test]
+    fn json_access_lines_carry_no_span_context_and_other_lines_do() {
+        let out = Captured::default();
+        let (subscriber, _) = subscriber(LogFormat::Json, "info", out.clone()).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("hbone_inbound", peer = "spiffe://a");
+            let _entered = span.enter();
+            tracing::info!(target: ACCESS_LOG_TARGET, status = 200u16, "request");
+            tracing::info!("tunnel closed");
+        });
+        let text = String::from_utf8(out.0.lock().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["target"], "access", "{text}");
+        assert_eq!(lines[0]["status"], 200, "{text}");
+        assert!(lines[0].get("span").is_none(), "{text}");
+        assert_eq!(lines[1]["span"]["peer"], "spiffe://a", "{text}");
     }
 
     #[test]

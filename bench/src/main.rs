@@ -67,6 +67,16 @@ struct Cli {
         default_value = "1000,10000"
     )]
     idle: Vec<usize>,
+    /// Keep-alive connections sending requests at once in the `http`
+    /// mode's loaded phase (its requests per agent CPU-second); its latency
+    /// figures come from one connection.
+    #[arg(
+        long,
+        global = true,
+        env = "AMBIT_BENCH_HTTP_CONNECTIONS",
+        default_value_t = 8
+    )]
+    http_connections: usize,
     /// An extra argument for both agents' `run` (repeatable), e.g.
     /// `--agent-arg=--worker-threads=1`.
     #[arg(long = "agent-arg", global = true, allow_hyphen_values = true)]
@@ -160,7 +170,16 @@ fn main() -> anyhow::Result<()> {
                 &cli.agent_env,
             );
         }
-        Mode::Http => return http::run(cli.measure.throughput_seconds, cli.json.as_deref()),
+        Mode::Http => {
+            let settings = http::Settings {
+                seconds: cli.measure.throughput_seconds,
+                rounds,
+                connections: cli.http_connections,
+                agent_args: cli.agent_args,
+                agent_env: cli.agent_env,
+            };
+            return http::run(&settings, cli.json.as_deref());
+        }
         Mode::Hold { listen } => return idle::hold(listen),
         Mode::Baseline => {}
     }

@@ -268,7 +268,9 @@ impl Summary {
 }
 
 /// The median of each numeric field over `items`, rounded to 3 places.
-fn medians_of<'a, T: Serialize + 'a>(items: impl Iterator<Item = &'a T>) -> BTreeMap<String, f64> {
+pub(crate) fn medians_of<'a, T: Serialize + 'a>(
+    items: impl Iterator<Item = &'a T>,
+) -> BTreeMap<String, f64> {
     let mut columns: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for item in items {
         let Ok(serde_json::Value::Object(map)) = serde_json::to_value(item) else {
@@ -295,7 +297,7 @@ fn medians_of<'a, T: Serialize + 'a>(items: impl Iterator<Item = &'a T>) -> BTre
         .collect()
 }
 
-fn load_avg() -> f64 {
+pub(crate) fn load_avg() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())

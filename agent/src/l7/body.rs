@@ -82,6 +82,43 @@ pub struct RequestLog {
     pub response_bytes: Arc<AtomicU64>,
 }
 
+impl RequestLog {
+    /// The record of a request just read; the checks fill in the rest.
+    pub fn new(
+        l7: Arc<L7>,
+        series: Arc<ConnectionSeries>,
+        protocol: &'static str,
+        method: http::Method,
+        host: String,
+        client: std::net::SocketAddr,
+    ) -> Self {
+        Self {
+            l7,
+            series,
+            protocol,
+            started: Instant::now(),
+            method,
+            path: String::new(),
+            host,
+            status: 0,
+            decision: "deny",
+            policy: None,
+            rule: None,
+            reason: Cow::Borrowed(""),
+            client,
+            request_bytes: Arc::default(),
+            response_bytes: Arc::default(),
+        }
+    }
+
+    /// Records that the agent answered the request itself.
+    pub fn refused(&mut self, refusal: &super::request::Refusal) {
+        self.status = refusal.answer.status().as_u16();
+        self.decision = refusal.answer.decision();
+        self.reason = refusal.why.clone();
+    }
+}
+
 impl Drop for RequestLog {
     fn drop(&mut self) {
         let duration = self.started.elapsed();

@@ -2,27 +2,29 @@
 //! decide it with the policies in force *now* (a policy change applies to the
 //! next request of an open connection), then forward it to the pod or answer
 //! it as Envoy would.
+//!
+//! [`Deciding`] holds the steps both protocols share; [`Handler`] is hyper's
+//! service for HTTP/2 (h2c), and `h1` drives the same steps for HTTP/1.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use ambit_ca::SpiffeId;
-use ambit_policy::http::{Headers, HttpRequest, normalize_path};
-use ambit_policy::{Connection, Target};
-use http::{HeaderMap, Request, Response, StatusCode, Uri, header};
+use ambit_policy::http::{Headers, HttpRequest, RequestAuth, normalize_path};
+use ambit_policy::{Connection, JwtPolicy, Target};
+use http::{HeaderMap, Request, Response, Uri, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
 
 use super::L7;
 use super::body::{Counted, RequestLog};
 use super::metrics::ConnectionSeries;
 use super::respond::{Body, Local};
 use crate::metrics::TrafficLabels;
+use crate::state::{Snapshot, Workload};
 
 /// The request body as forwarded to the pod.
 pub type UpBody = Counted<Incoming>;
@@ -37,33 +39,8 @@ pub struct Facts {
     pub labels: TrafficLabels,
 }
 
-/// The connection to the pod that requests are forwarded on.
-pub enum Upstream {
-    /// HTTP/1.1 carries one exchange at a time; the server side calls the
-    /// handler one request at a time too, so the lock is never contended.
-    H1(tokio::sync::Mutex<http1::SendRequest<UpBody>>),
-    H2(http2::SendRequest<UpBody>),
-}
-
-impl Upstream {
-    async fn send(&self, req: Request<UpBody>) -> hyper::Result<Response<Incoming>> {
-        match self {
-            Self::H1(m) => {
-                let mut sender = m.lock().await;
-                sender.ready().await?;
-                sender.send_request(req).await
-            }
-            Self::H2(sender) => {
-                let mut sender = sender.clone();
-                sender.ready().await?;
-                sender.send_request(req).await
-            }
-        }
-    }
-}
-
 /// The request headers as the policy engine reads them.
-struct HeaderView<'a>(&'a HeaderMap);
+pub struct HeaderView<'a>(pub &'a HeaderMap);
 
 impl Headers for HeaderView<'_> {
     fn joined(&self, name: &str) -> Option<String> {
@@ -82,13 +59,8 @@ pub struct Handler {
     pub l7: Arc<L7>,
     pub facts: Facts,
     pub series: Arc<ConnectionSeries>,
-    pub upstream: Upstream,
-    pub h2: bool,
-}
-
-/// A request asks to switch protocols (WebSocket and the like).
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    /// The pod's HTTP/2 connection; each request is a stream of it.
+    pub upstream: http2::SendRequest<UpBody>,
 }
 
 fn host_of(parts: &http::request::Parts) -> String {
@@ -103,6 +75,108 @@ fn host_of(parts: &http::request::Parts) -> String {
         .unwrap_or_default()
 }
 
+/// Why a request is answered by the agent instead of the pod.
+pub struct Refusal {
+    pub answer: Local,
+    pub why: Cow<'static, str>,
+}
+
+impl Refusal {
+    fn new(answer: Local, why: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            answer,
+            why: why.into(),
+        }
+    }
+}
+
+/// One request on its way through the checks, shared by the HTTP/1 path
+/// and hyper's HTTP/2 path: [`start`](Self::start), then RequestAuthentication
+/// with [`jwt`](Self::jwt), then [`decide`](Self::decide).
+pub struct Deciding {
+    snapshot: Arc<Snapshot>,
+    dst: Arc<Workload>,
+}
+
+impl Deciding {
+    /// Normalizes `raw_target` into `log.path` and finds the destination in
+    /// the state in force now.
+    pub fn start(
+        l7: &L7,
+        facts: &Facts,
+        log: &mut RequestLog,
+        raw_target: &str,
+    ) -> Result<Self, Refusal> {
+        match normalize_path(raw_target) {
+            Ok(p) => log.path = p,
+            Err(e) => {
+                log.path = raw_target.to_owned();
+                return Err(Refusal::new(Local::BadPath, e.to_string()));
+            }
+        }
+        let snapshot = l7.state.current();
+        let Some(dst) = snapshot.workload_by_ip(facts.dst.ip()).cloned() else {
+            return Err(Refusal::new(
+                Local::Denied,
+                "destination is no longer in the state",
+            ));
+        };
+        Ok(Self { snapshot, dst })
+    }
+
+    fn target(&self) -> Target<'_> {
+        Target {
+            namespace: &self.dst.namespace,
+            labels: &self.dst.labels,
+        }
+    }
+
+    /// The RequestAuthentication rules that apply to the destination.
+    pub fn jwt(&self) -> JwtPolicy<'_> {
+        self.snapshot
+            .policies()
+            .request_authentication(&self.target())
+    }
+
+    /// Decides the request; fills the log's policy, rule and reason.
+    pub fn decide(
+        &self,
+        facts: &Facts,
+        log: &mut RequestLog,
+        headers: &dyn Headers,
+        auth: Option<&RequestAuth>,
+    ) -> Result<(), Refusal> {
+        let principal = facts.peer.as_ref().map(SpiffeId::principal);
+        let decision = self.snapshot.policies().evaluate_http(
+            &self.target(),
+            &Connection {
+                src_ip: facts.client.ip(),
+                src_principal: principal.as_deref(),
+                src_namespace: facts.peer.as_ref().map(SpiffeId::namespace),
+                dst_ip: facts.dst.ip(),
+                dst_port: facts.dst.port(),
+                mtls: facts.peer.is_some(),
+            },
+            &HttpRequest {
+                method: log.method.as_str(),
+                path: &log.path,
+                host: &log.host,
+                headers,
+                auth,
+            },
+        );
+        log.policy.clone_from(&decision.policy);
+        log.rule = decision.rule;
+        log.reason = Cow::Borrowed(decision.reason.as_str());
+        if decision.allowed {
+            log.decision = "allow";
+            Ok(())
+        } else {
+            Err(Refusal::new(Local::Denied, log.reason.clone()))
+        }
+    }
+}
+
 impl Handler {
     pub async fn handle(
         self: Arc<Self>,
@@ -114,135 +188,64 @@ impl Handler {
             .headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let mut log = RequestLog {
-            l7: self.l7.clone(),
-            series: self.series.clone(),
-            protocol: if grpc { "grpc" } else { "http" },
-            started: Instant::now(),
-            method: parts.method.clone(),
-            path: raw_path.to_owned(),
-            host: host_of(&parts),
-            status: 0,
-            decision: "deny",
-            policy: None,
-            rule: None,
-            reason: Cow::Borrowed(""),
-            client: self.facts.client,
-            request_bytes: Arc::default(),
-            response_bytes: Arc::default(),
+        let mut log = RequestLog::new(
+            self.l7.clone(),
+            self.series.clone(),
+            if grpc { "grpc" } else { "http" },
+            parts.method.clone(),
+            host_of(&parts),
+            self.facts.client,
+        );
+        let deciding = match Deciding::start(&self.l7, &self.facts, &mut log, raw_path) {
+            Ok(d) => d,
+            Err(r) => return Ok(local(log, r, body).await),
         };
-        let path = match normalize_path(raw_path) {
-            Ok(p) => p,
-            Err(e) => return Ok(local(log, Local::BadPath, e.to_string(), body).await),
-        };
-        log.path.clone_from(&path);
-
-        let snapshot = self.l7.state.current();
-        let Some(dst) = snapshot.workload_by_ip(self.facts.dst.ip()).cloned() else {
-            let why = "destination is no longer in the state".to_owned();
-            return Ok(local(log, Local::Denied, why, body).await);
-        };
-        let target = Target {
-            namespace: &dst.namespace,
-            labels: &dst.labels,
-        };
-        let jwt = snapshot.policies().request_authentication(&target);
+        let jwt = deciding.jwt();
         let auth = match self.l7.jwt.authenticate(&jwt, &mut parts).await {
             Ok(auth) => auth,
-            Err(why) => return Ok(local(log, Local::BadToken, why, body).await),
+            Err(why) => return Ok(local(log, Refusal::new(Local::BadToken, why), body).await),
         };
-        let principal = self.facts.peer.as_ref().map(SpiffeId::principal);
-        let decision = snapshot.policies().evaluate_http(
-            &target,
-            &Connection {
-                src_ip: self.facts.client.ip(),
-                src_principal: principal.as_deref(),
-                src_namespace: self.facts.peer.as_ref().map(SpiffeId::namespace),
-                dst_ip: self.facts.dst.ip(),
-                dst_port: self.facts.dst.port(),
-                mtls: self.facts.peer.is_some(),
-            },
-            &HttpRequest {
-                method: parts.method.as_str(),
-                path: &path,
-                host: &log.host,
-                headers: &HeaderView(&parts.headers),
-                auth: auth.as_ref(),
-            },
+        let decided = deciding.decide(
+            &self.facts,
+            &mut log,
+            &HeaderView(&parts.headers),
+            auth.as_ref(),
         );
-        log.policy.clone_from(&decision.policy);
-        log.rule = decision.rule;
-        log.reason = Cow::Borrowed(decision.reason.as_str());
-        if !decision.allowed {
-            let why = log.reason.clone();
-            return Ok(local(log, Local::Denied, why, body).await);
+        if let Err(r) = decided {
+            return Ok(local(log, r, body).await);
         }
-        log.decision = "allow";
         drop(jwt);
-        drop(snapshot);
+        drop(deciding);
 
         // The pod sees the path that was authorized.
-        let uri = if self.h2 {
-            let authority = if log.host.is_empty() {
-                self.facts.dst.to_string()
-            } else {
-                log.host.clone()
-            };
-            Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query(path.as_str())
-                .build()
+        let authority = if log.host.is_empty() {
+            self.facts.dst.to_string()
         } else {
-            Uri::builder().path_and_query(path.as_str()).build()
+            log.host.clone()
         };
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(log.path.as_str())
+            .build();
         match uri {
             Ok(uri) => parts.uri = uri,
-            Err(e) => return Ok(local(log, Local::BadPath, e.to_string(), body).await),
+            Err(e) => {
+                return Ok(local(log, Refusal::new(Local::BadPath, e.to_string()), body).await);
+            }
         }
-        let upgrade = !self.h2 && is_upgrade(&parts.headers);
-        let mut req =
-            Request::from_parts(parts, Counted::new(body, log.request_bytes.clone(), None));
-        let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let mut rsp = match self.upstream.send(req).await {
+        let req = Request::from_parts(parts, Counted::new(body, log.request_bytes.clone(), None));
+        let rsp = match self.upstream.clone().send_request(req).await {
             Ok(rsp) => rsp,
             Err(e) => {
                 log.reason = Cow::Owned(format!("upstream: {e}"));
                 log.status = Local::Upstream.status().as_u16();
-                let mut rsp = Local::Upstream.response();
-                if !self.h2 {
-                    // The pod's connection is gone (it is this client's only
-                    // one): close the client's too, so it reconnects.
-                    rsp.headers_mut()
-                        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-                }
-                return Ok(with_log(rsp, log));
+                return Ok(with_log(Local::Upstream.response(), log));
             }
         };
-        if rsp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_side) = client_side
-        {
-            let pod_side = hyper::upgrade::on(&mut rsp);
-            tokio::spawn(tunnel(client_side, pod_side));
-        }
         log.status = rsp.status().as_u16();
         let bytes = log.response_bytes.clone();
         Ok(rsp.map(|b| Counted::new(b, bytes, Some(log)).boxed_unsync()))
-    }
-}
-
-/// Carries an upgraded exchange (WebSocket) as bytes once both sides agreed.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, pod: hyper::upgrade::OnUpgrade) {
-    let (client, pod) = match tokio::try_join!(client, pod) {
-        Ok(both) => both,
-        Err(error) => {
-            tracing::debug!(%error, "upgrade did not complete");
-            return;
-        }
-    };
-    let (mut client, mut pod) = (TokioIo::new(client), TokioIo::new(pod));
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut pod).await {
-        tracing::debug!(%error, "upgraded connection ended");
     }
 }
 
@@ -251,17 +254,10 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, pod: hyper::upgrade::OnUpgrad
 const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// Answers `why` locally, after draining a small request body.
-async fn local(
-    mut log: RequestLog,
-    answer: Local,
-    why: impl Into<Cow<'static, str>>,
-    body: Incoming,
-) -> Response<Body> {
+async fn local(mut log: RequestLog, refusal: Refusal, body: Incoming) -> Response<Body> {
     let _ = Limited::new(body, DRAIN_LIMIT).collect().await;
-    log.status = answer.status().as_u16();
-    log.decision = answer.decision();
-    log.reason = why.into();
-    with_log(answer.response(), log)
+    log.refused(&refusal);
+    with_log(refusal.answer.response(), log)
 }
 
 fn with_log(rsp: Response<Body>, log: RequestLog) -> Response<Body> {

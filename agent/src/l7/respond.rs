@@ -8,6 +8,8 @@ use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 /// Every response body the L7 path returns: the pod's, or one of these.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
+const WWW_AUTHENTICATE: &str = "Bearer realm=\"ambit\", error=\"invalid_token\"";
+
 /// Why the agent answered itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Local {
@@ -19,6 +21,10 @@ pub enum Local {
     BadPath,
     /// The pod could not be reached or broke the exchange.
     Upstream,
+    /// The pod's answer could not be read as HTTP.
+    BadGateway,
+    /// The request's head could not be read safely (400, 431 or 501).
+    Unreadable(u16),
 }
 
 impl Local {
@@ -28,6 +34,8 @@ impl Local {
             Self::BadToken => StatusCode::UNAUTHORIZED,
             Self::BadPath => StatusCode::BAD_REQUEST,
             Self::Upstream => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::Unreadable(code) => StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
         }
     }
 
@@ -37,6 +45,8 @@ impl Local {
             Self::BadToken => "Jwt verification fails",
             Self::BadPath => "Bad Request",
             Self::Upstream => "upstream connect error or disconnect/reset before headers",
+            Self::BadGateway => "upstream sent an invalid response",
+            Self::Unreadable(_) => "Bad Request",
         }
     }
 
@@ -45,9 +55,32 @@ impl Local {
         match self {
             Self::Denied => "deny",
             Self::BadToken => "unauthenticated",
-            Self::BadPath => "rejected",
-            Self::Upstream => "allow",
+            Self::BadPath | Self::Unreadable(_) => "rejected",
+            Self::Upstream | Self::BadGateway => "allow",
         }
+    }
+
+    /// The answer as HTTP/1.1 bytes; `close` adds `connection: close`.
+    pub fn h1(self, close: bool) -> Vec<u8> {
+        let status = self.status();
+        let body = self.body();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if self == Self::BadToken {
+            out.push_str("www-authenticate: ");
+            out.push_str(WWW_AUTHENTICATE);
+            out.push_str("\r\n");
+        }
+        if close {
+            out.push_str("connection: close\r\n");
+        }
+        out.push_str("\r\n");
+        out.push_str(body);
+        out.into_bytes()
     }
 
     pub fn response(self) -> Response<Body> {
@@ -64,7 +97,7 @@ impl Local {
         if self == Self::BadToken {
             headers.insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"ambit\", error=\"invalid_token\""),
+                HeaderValue::from_static(WWW_AUTHENTICATE),
             );
         }
         rsp

@@ -17,7 +17,7 @@ use crate::metrics::{ConnectionOpen, Reporter};
 use crate::state::{Snapshot, StateStore, Workload};
 
 /// A pod answering every request with its path.
-async fn pod() -> SocketAddr {
+pub(super) async fn pod() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -49,7 +49,7 @@ spec:
   - to: [{operation: {paths: [\"/admin\"]}}]
 ";
 
-fn store(pod: SocketAddr) -> StateStore {
+pub(super) fn store(pod: SocketAddr) -> StateStore {
     let mut b = PolicySet::builder("istio-system");
     for doc in ambit_policy::k8s::documents(DENY_ADMIN).unwrap() {
         b.add(&doc.value).unwrap();
@@ -69,7 +69,7 @@ fn store(pod: SocketAddr) -> StateStore {
 }
 
 /// Serves one client connection through a session; returns where to dial.
-async fn agent(pod: SocketAddr) -> SocketAddr {
+pub(super) async fn agent(pod: SocketAddr) -> SocketAddr {
     let l7 = L7::new(
         store(pod),
         &mut Registry::default(),
