@@ -94,11 +94,16 @@ fn run(args: ambit_agent::cli::RunArgs, logs: LogHandle) -> anyhow::Result<()> {
         tracing::warn!(%error, "reading the open-file limit");
     }
     limits::keep_spare();
-    tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(args.worker_threads))
         .enable_all()
+        // Workers' log lines wait for a worker with nothing else to do.
+        .on_thread_start(telemetry::batch_this_thread)
+        .on_thread_park(telemetry::flush)
         .build()?
-        .block_on(app::run(args, Some(logs)))
+        .block_on(app::run(args, Some(logs)));
+    telemetry::flush();
+    result
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

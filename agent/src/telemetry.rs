@@ -1,5 +1,8 @@
 //! Logging: the tracing subscriber (text or JSON lines), its level filter
 //! reloadable at runtime from the admin server, and the target access logs use.
+//! The agent's lines go out in batches (`batch`).
+
+mod batch;
 
 use std::io::{self, IsTerminal};
 use std::sync::Arc;
@@ -137,12 +140,29 @@ where
     Ok((subscriber, handle))
 }
 
-/// Installs the process-wide subscriber, writing to stderr (coloured on a terminal).
+pub use batch::batch_this_thread;
+
+/// The process-wide subscriber's writer, for [`flush`].
+static STDERR: std::sync::OnceLock<batch::Batched<io::Stderr>> = std::sync::OnceLock::new();
+
+/// Installs the process-wide subscriber, writing to stderr (coloured on a
+/// terminal) in batches: a runtime worker's lines wait until a worker is
+/// about to park, so the runtime must call [`batch_this_thread`] on its
+/// workers and [`flush`] before they park, and the process [`flush`] before
+/// it exits.
 pub fn init(format: LogFormat, directives: &str) -> Result<LogHandle, TelemetryError> {
     let ansi = io::stderr().is_terminal();
-    let (subscriber, handle) = build(format, directives, io::stderr, ansi)?;
+    let writer = STDERR.get_or_init(|| batch::Batched::new(io::stderr()));
+    let (subscriber, handle) = build(format, directives, writer.clone(), ansi)?;
     subscriber.try_init()?;
     Ok(handle)
+}
+
+/// Writes the log lines that wait.
+pub fn flush() {
+    if let Some(writer) = STDERR.get() {
+        writer.flush();
+    }
 }
 
 #[cfg(test)]

@@ -135,19 +135,21 @@ impl Drop for RequestLog {
             },
         );
         let labels = &self.series.labels;
+        // Text fields are recorded as strings, not through `Display`: the
+        // JSON formatter would format each into a String of its own first.
         tracing::info!(
             target: "access",
-            method = %self.method,
-            path = %self.path,
-            host = %self.host,
+            method = self.method.as_str(),
+            path = self.path.as_str(),
+            host = self.host.as_str(),
             status = self.status,
             decision = self.decision,
             policy = self.policy.as_deref().unwrap_or("-"),
             rule = %OrDash(self.rule),
-            reason = %self.reason,
+            reason = &*self.reason,
             client = %self.client,
-            src_principal = %labels.source_principal,
-            dst_workload = %labels.destination_workload,
+            src_principal = labels.source_principal.as_str(),
+            dst_workload = labels.destination_workload.as_str(),
             protocol = self.protocol,
             request_bytes,
             response_bytes,
