@@ -324,14 +324,7 @@ impl RequestHead {
     /// fields without those `skip` names. Only heads that change are built.
     pub fn rewritten(&self, path: &str, skip: &[&str]) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.fields.bytes.len() + 16);
-        out.extend_from_slice(self.method().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(path.as_bytes());
-        out.extend_from_slice(if self.minor == 0 {
-            b" HTTP/1.0\r\n"
-        } else {
-            b" HTTP/1.1\r\n"
-        });
+        request_line(&mut out, self.method(), path, self.minor);
         self.fields.write_to(&mut out, skip);
         out.extend_from_slice(b"\r\n");
         out
@@ -358,11 +351,8 @@ impl RequestHead {
     }
 }
 
-/// Writes a request head from `parts` (after RequestAuthentication edited
-/// its fields) with request target `path`.
-pub fn head_from_parts(parts: &http::request::Parts, path: &str, minor: u8) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+fn request_line(out: &mut Vec<u8>, method: &str, path: &str, minor: u8) {
+    out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(if minor == 0 {
@@ -370,6 +360,13 @@ pub fn head_from_parts(parts: &http::request::Parts, path: &str, minor: u8) -> V
     } else {
         b" HTTP/1.1\r\n"
     });
+}
+
+/// Writes a request head from `parts` (after RequestAuthentication edited
+/// its fields) with request target `path`.
+pub fn head_from_parts(parts: &http::request::Parts, path: &str, minor: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    request_line(&mut out, parts.method.as_str(), path, minor);
     for (name, value) in &parts.headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
