@@ -239,6 +239,14 @@ pub struct RunArgs {
     #[arg(long, env = "AMBIT_HTTP_SNIFF_TIMEOUT_MS", default_value_t = 100)]
     pub http_sniff_timeout_ms: u64,
 
+    /// On the L7 path: once the first byte of an HTTP/1 request head has
+    /// arrived, how long the rest may take before the client gets a 408 and
+    /// the connection is closed (a client trickling a head byte by byte
+    /// would otherwise hold it open forever). An idle keep-alive connection
+    /// between requests is not limited.
+    #[arg(long, env = "AMBIT_HTTP_HEAD_TIMEOUT_MS", default_value_t = 30_000)]
+    pub http_head_timeout_ms: u64,
+
     /// How long fetching a RequestAuthentication `jwksUri` may take.
     #[arg(long, env = "AMBIT_JWKS_TIMEOUT_MS", default_value_t = 5_000)]
     pub jwks_timeout_ms: u64,

@@ -59,6 +59,9 @@ pub struct L7Settings {
     /// On a port declared HTTP: how long a client may stay silent before
     /// the connection is closed (it never falls back to L4).
     pub first_request_timeout: Duration,
+    /// How long the rest of an HTTP/1 request head may take once its first
+    /// byte arrived (408 after).
+    pub head_timeout: Duration,
 }
 
 impl Default for L7Settings {
@@ -66,6 +69,7 @@ impl Default for L7Settings {
         Self {
             sniff_timeout: Duration::from_millis(100),
             first_request_timeout: Duration::from_secs(60),
+            head_timeout: Duration::from_secs(30),
         }
     }
 }

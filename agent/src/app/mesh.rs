@@ -82,6 +82,7 @@ pub async fn start(
         }),
         crate::l7::L7Settings {
             sniff_timeout: std::time::Duration::from_millis(args.http_sniff_timeout_ms),
+            head_timeout: std::time::Duration::from_millis(args.http_head_timeout_ms),
             ..crate::l7::L7Settings::default()
         },
     );

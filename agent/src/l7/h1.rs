@@ -266,7 +266,7 @@ impl Conn {
         D: AsyncRead + AsyncWrite + Unpin + Send,
     {
         loop {
-            let head = match read_head(&mut io.cr, &mut io.from_client, RequestHead::parse).await {
+            let head = match self.read_request_head(io).await {
                 Ok(Some(head)) => head,
                 Ok(None) => return Ok(()),
                 Err(ReadError::Io(e)) => return Err(e),
@@ -291,6 +291,37 @@ impl Conn {
                 Next::Tunnel => return tunnel(io).await,
             }
         }
+    }
+
+    /// The next request's head: an idle keep-alive connection may wait for
+    /// its first byte as long as it likes, the rest must come within the
+    /// head timeout.
+    async fn read_request_head<D>(
+        &self,
+        io: &mut Io<'_, D>,
+    ) -> Result<Option<RequestHead>, ReadError>
+    where
+        D: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        if io.from_client.is_empty() {
+            io.from_client.reserve(READ_CHUNK);
+            if io
+                .cr
+                .read_buf(&mut io.from_client)
+                .await
+                .map_err(ReadError::Io)?
+                == 0
+            {
+                return Ok(None);
+            }
+        }
+        let limit = self.l7.settings.head_timeout;
+        tokio::time::timeout(
+            limit,
+            read_head(&mut io.cr, &mut io.from_client, RequestHead::parse),
+        )
+        .await
+        .unwrap_or(Err(ReadError::Head(HeadError::TimedOut)))
     }
 
     fn log(&self, method: Option<http::Method>, host: &str) -> RequestLog {

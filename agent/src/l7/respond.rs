@@ -23,7 +23,8 @@ pub enum Local {
     Upstream,
     /// The pod's answer could not be read as HTTP.
     BadGateway,
-    /// The request's head could not be read safely (400, 431 or 501).
+    /// The request's head could not be read safely (400, 431 or 501), or
+    /// not in time (408).
     Unreadable(u16),
 }
 
@@ -46,7 +47,7 @@ impl Local {
             Self::BadPath => "Bad Request",
             Self::Upstream => "upstream connect error or disconnect/reset before headers",
             Self::BadGateway => "upstream sent an invalid response",
-            Self::Unreadable(_) => "Bad Request",
+            Self::Unreadable(_) => self.status().canonical_reason().unwrap_or("Bad Request"),
         }
     }
 

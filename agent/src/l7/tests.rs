@@ -70,11 +70,16 @@ pub(super) fn store(pod: SocketAddr) -> StateStore {
 
 /// Serves one client connection through a session; returns where to dial.
 pub(super) async fn agent(pod: SocketAddr) -> SocketAddr {
+    agent_with(pod, L7Settings::default()).await
+}
+
+/// [`agent`] with other settings.
+pub(super) async fn agent_with(pod: SocketAddr, settings: L7Settings) -> SocketAddr {
     let l7 = L7::new(
         store(pod),
         &mut Registry::default(),
         jwt::Verifier::default(),
-        L7Settings::default(),
+        settings,
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

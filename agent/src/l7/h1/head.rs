@@ -40,6 +40,8 @@ pub enum HeadError {
     BadLength,
     #[error("Transfer-Encoding other than chunked")]
     UnsupportedCoding,
+    #[error("the head did not arrive in time")]
+    TimedOut,
 }
 
 impl HeadError {
@@ -48,6 +50,7 @@ impl HeadError {
         match self {
             Self::TooLarge | Self::TooManyHeaders => 431,
             Self::UnsupportedCoding => 501,
+            Self::TimedOut => 408,
             _ => 400,
         }
     }

@@ -14,7 +14,8 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::l7::tests::{agent, pod};
+use crate::l7::L7Settings;
+use crate::l7::tests::{agent, agent_with, pod};
 
 /// A pod answering `<method> <path> body=<n> te=<transfer-encoding>`.
 async fn echo_pod() -> SocketAddr {
@@ -244,4 +245,30 @@ async fn a_pod_that_answers_until_close_or_not_at_all() {
     });
     let out = exchange(agent(silent).await, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+}
+
+#[tokio::test]
+async fn a_head_that_trickles_in_gets_408_but_an_idle_connection_stays() {
+    let settings = L7Settings {
+        head_timeout: Duration::from_millis(300),
+        ..L7Settings::default()
+    };
+    let mut tcp = TcpStream::connect(agent_with(pod().await, settings).await)
+        .await
+        .unwrap();
+    // Idle between requests for longer than the head timeout: still served.
+    tcp.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut tcp, "\r\n\r\n/a").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A head started and never finished is answered 408 and closed.
+    tcp.write_all(b"GET /b HTTP/1.1\r\nHost:").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out))
+        .await
+        .expect("the agent kept the connection")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
 }
