@@ -97,8 +97,9 @@ pub struct Upstream<C> {
     pub connection: C,
     pub close: Option<CancellationToken>,
     /// Set when the tunnel's requests are decided one by one (`crate::l7`):
-    /// the session serves the tunnel instead of the byte copy.
-    pub l7: Option<crate::l7::Session>,
+    /// the session serves the tunnel instead of the byte copy. Boxed: the
+    /// stream's task keeps room for it for as long as any tunnel lasts.
+    pub l7: Option<Box<crate::l7::Session>>,
 }
 
 /// What the proxy implements to sit behind the HBONE server.

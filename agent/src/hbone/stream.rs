@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt;
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -281,6 +282,10 @@ const MAX_BUFFER: usize = 256 * 1024;
 /// copy takes its read buffer only then. Sources that cannot tell (in-memory
 /// streams in tests) use the default: always ready.
 pub trait ReadReady: AsyncRead + Unpin {
+    /// Whether [`poll_read_ready`](Self::poll_read_ready) waits for the
+    /// socket; if not, a read is awaited holding its buffer.
+    const TELLS: bool = false;
+
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let _ = cx;
         Poll::Ready(Ok(()))
@@ -288,6 +293,8 @@ pub trait ReadReady: AsyncRead + Unpin {
 }
 
 impl ReadReady for tokio::net::tcp::ReadHalf<'_> {
+    const TELLS: bool = true;
+
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let stream: &tokio::net::TcpStream = (*self).as_ref();
         stream.poll_read_ready(cx)
@@ -295,6 +302,8 @@ impl ReadReady for tokio::net::tcp::ReadHalf<'_> {
 }
 
 impl ReadReady for tokio::net::tcp::OwnedReadHalf {
+    const TELLS: bool = true;
+
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let stream: &tokio::net::TcpStream = (*self).as_ref();
         stream.poll_read_ready(cx)
@@ -387,7 +396,19 @@ where
             std::future::poll_fn(|cx| reader.poll_read_ready(cx)).await?;
         }
         buf.reserve(size);
-        let n = reader.read_buf(&mut buf).await?;
+        // One attempt, not a wait: readiness can be stale (a socket just
+        // accepted reads as ready before any byte came), and waiting in the
+        // read would hold the buffer for as long as the connection idles.
+        // The attempt's `WouldBlock` clears the stale readiness.
+        let n = if R::TELLS {
+            let Some(read) = reader.read_buf(&mut buf).now_or_never() else {
+                buf = BytesMut::new();
+                continue;
+            };
+            read?
+        } else {
+            reader.read_buf(&mut buf).await?
+        };
         if n == 0 {
             return writer.shutdown().await;
         }

@@ -302,7 +302,7 @@ impl InboundHbone {
                 _registration: registration,
             },
             close,
-            l7: session,
+            l7: session.map(Box::new),
         })
     }
 }

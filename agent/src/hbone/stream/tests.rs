@@ -84,3 +84,55 @@ async fn other_resets_are_failures() {
         .expect_err("an INTERNAL_ERROR reset fails the copy");
     assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
 }
+
+/// A socket that stays silent at first reads as ready before any byte came;
+/// the copy gives its buffer back then, and must still wake for the bytes
+/// that come later.
+#[tokio::test]
+async fn bytes_sent_after_an_idle_start_still_cross() {
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let mut conn = h2::server::handshake(server_io).await.unwrap();
+        let (request, mut respond) = conn.accept().await.unwrap().unwrap();
+        tokio::spawn(async move {
+            // Echoes the request's bytes.
+            let mut body = request.into_body();
+            let mut send = respond.send_response(Response::new(()), false).unwrap();
+            while let Some(Ok(data)) = body.data().await {
+                let _ = body.flow_control().release_capacity(data.len());
+                send.send_data(data, false).unwrap();
+            }
+        });
+        while conn.accept().await.is_some() {}
+    });
+    let (h2, connection) = h2::client::handshake(client_io).await.unwrap();
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.unwrap();
+    let request = Request::builder()
+        .method(Method::CONNECT)
+        .uri("10.0.0.1:80")
+        .body(())
+        .unwrap();
+    let (response, send) = h2.send_request(request, false).unwrap();
+    let response = response.await.unwrap();
+    let tunnel = H2Stream::from_parts(send, response.into_body()).into_split();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut app = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (socket, _) = listener.accept().await.unwrap();
+    tokio::spawn(copy_bidirectional(
+        tunnel,
+        socket.into_split(),
+        std::future::pending(),
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.write_all(b"late").await.unwrap();
+    let mut echoed = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), app.read_exact(&mut echoed))
+        .await
+        .expect("the late bytes never crossed")
+        .unwrap();
+    assert_eq!(&echoed, b"late");
+}
