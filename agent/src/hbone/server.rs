@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use ambit_ca::SpiffeId;
 use bytes::Bytes;
+use futures::FutureExt;
 use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
@@ -100,6 +101,59 @@ pub struct Upstream<C> {
     /// the session serves the tunnel instead of the byte copy. Boxed: the
     /// stream's task keeps room for it for as long as any tunnel lasts.
     pub l7: Option<Box<crate::l7::Session>>,
+}
+
+/// An admitted tunnel, ready to carry.
+struct Opened<H: InboundHandler> {
+    server: Server<H>,
+    tunnel: H2Stream,
+    parsed: InboundRequest,
+    upstream: Upstream<H::Connection>,
+}
+
+/// Carries an opened tunnel until it ends, then reports it; `busy` counts
+/// the connection's open streams.
+async fn carry<H: InboundHandler>(opened: Option<Box<Opened<H>>>, busy: Arc<()>) {
+    if let Some(opened) = opened {
+        opened.carry().await;
+    }
+    drop(busy);
+}
+
+impl<H: InboundHandler> Opened<H> {
+    async fn carry(self: Box<Self>) {
+        let Self {
+            server,
+            tunnel,
+            parsed,
+            upstream,
+        } = *self;
+        let Upstream {
+            mut stream,
+            connection,
+            close,
+            l7,
+        } = upstream;
+        let stop = async move {
+            match close {
+                Some(token) => token.cancelled_owned().await,
+                None => std::future::pending().await,
+            }
+        };
+        let transfer = match l7 {
+            Some(session) => Box::pin(session.serve(tunnel, stream, stop))
+                .await
+                .transfer(),
+            None => copy_bidirectional(tunnel.into_split(), stream.split(), stop).await,
+        };
+        debug!(
+            target = %parsed.target,
+            sent = transfer.backward,
+            received = transfer.forward,
+            "hbone tunnel closed"
+        );
+        server.handler.closed(parsed, connection, transfer);
+    }
 }
 
 /// What the proxy implements to sit behind the HBONE server.
@@ -418,28 +472,31 @@ impl<H: InboundHandler> Server<H> {
             let peer = peer.clone();
             let busy = streams.clone();
             last_busy = Instant::now();
-            tokio::spawn(
-                async move {
-                    server.serve_stream(&peer, request, respond).await;
-                    drop(busy);
-                }
-                .in_current_span(),
-            );
+            // Opening (parse, admission, dial) runs boxed and is freed before
+            // the carrying starts: the task lives as long as the tunnel and
+            // holds only what the copy needs (what it is handed is boxed too:
+            // a future keeps room for its arguments as long as it runs).
+            let task = Box::pin(async move { server.open_stream(&peer, request, respond).await })
+                .then(move |opened| carry(opened, busy))
+                .in_current_span();
+            tokio::spawn(task);
         }
     }
 
-    async fn serve_stream(
-        &self,
+    /// Checks and admits one CONNECT and answers it; what the tunnel then
+    /// needs, or `None` if it was refused or the client went away.
+    async fn open_stream(
+        self,
         peer: &Peer,
         request: Request<h2::RecvStream>,
         mut respond: SendResponse<Bytes>,
-    ) {
+    ) -> Option<Box<Opened<H>>> {
         let parsed = match parse_connect(peer, &request) {
             Ok(parsed) => parsed,
             Err(refusal) => {
                 debug!(%refusal, "hbone request refused");
                 let _ = respond.send_response(status_only(refusal.status()), true);
-                return;
+                return None;
             }
         };
         if parsed.target.ip() != peer.dialled.ip() {
@@ -447,14 +504,15 @@ impl<H: InboundHandler> Server<H> {
                 target: parsed.target,
                 dialled: peer.dialled,
             };
-            return self.refuse(&parsed, refusal, respond);
+            self.refuse(&parsed, refusal, respond);
+            return None;
         }
-        // Boxed: the stream's task lives as long as the tunnel, and would
-        // otherwise keep room for the admission's (dial, policy) state all
-        // that time; an idle tunnel should cost only its copy.
-        let upstream = match Box::pin(self.handler.handle(&parsed)).await {
+        let upstream = match self.handler.handle(&parsed).await {
             Ok(upstream) => upstream,
-            Err(refusal) => return self.refuse(&parsed, refusal, respond),
+            Err(refusal) => {
+                self.refuse(&parsed, refusal, respond);
+                return None;
+            }
         };
         let send = match respond.send_response(status_only(StatusCode::OK), false) {
             Ok(send) => send,
@@ -468,37 +526,18 @@ impl<H: InboundHandler> Server<H> {
                         error,
                     )),
                 };
-                return self.handler.closed(parsed, upstream.connection, transfer);
+                self.handler.closed(parsed, upstream.connection, transfer);
+                return None;
             }
         };
-        let Upstream {
-            mut stream,
-            connection,
-            close,
-            l7,
-        } = upstream;
-        let _ = stream.set_nodelay(true);
+        let _ = upstream.stream.set_nodelay(true);
         let (_, recv) = request.into_parts();
-        let tunnel = H2Stream::new(send, recv, None);
-        let stop = async move {
-            match close {
-                Some(token) => token.cancelled_owned().await,
-                None => std::future::pending().await,
-            }
-        };
-        let transfer = match l7 {
-            Some(session) => Box::pin(session.serve(tunnel, stream, stop))
-                .await
-                .transfer(),
-            None => copy_bidirectional(tunnel.into_split(), stream.split(), stop).await,
-        };
-        debug!(
-            target = %parsed.target,
-            sent = transfer.backward,
-            received = transfer.forward,
-            "hbone tunnel closed"
-        );
-        self.handler.closed(parsed, connection, transfer);
+        Some(Box::new(Opened {
+            server: self,
+            tunnel: H2Stream::new(send, recv, None),
+            parsed,
+            upstream,
+        }))
     }
 
     fn refuse(&self, request: &InboundRequest, refusal: Refusal, mut respond: SendResponse<Bytes>) {
