@@ -16,6 +16,7 @@ mod build;
 mod k8s;
 mod remote;
 mod service;
+mod shared_map;
 mod snapshot;
 pub mod source;
 mod workload;
@@ -29,6 +30,7 @@ use std::time::SystemTime;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+pub(crate) use build::describe_object;
 pub use build::{
     DATAPLANE_MODE_LABEL, LoadError, LoadOptions, Origin, PolicyIssue, SnapshotBuilder, is_enrolled,
 };
