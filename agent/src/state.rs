@@ -25,7 +25,7 @@ mod workload;
 mod tests;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -44,6 +44,11 @@ pub use workload::Workload;
 pub struct StateStore {
     tx: Arc<watch::Sender<Arc<Snapshot>>>,
     status: Arc<Mutex<SourceStatus>>,
+    /// Since when the source may have been missing changes (a watch that
+    /// cannot reach the API server); None while it follows its input.
+    /// Kept apart from `status`: a new snapshot does not make a down watch
+    /// current.
+    behind_since: Arc<Mutex<Option<SystemTime>>>,
 }
 
 /// How the state source is doing, for the admin page, metrics and readiness.
@@ -78,6 +83,7 @@ impl StateStore {
         Self {
             tx: Arc::new(tx),
             status: Arc::default(),
+            behind_since: Arc::default(),
         }
     }
 
@@ -125,5 +131,20 @@ impl StateStore {
 
     pub fn status(&self) -> SourceStatus {
         self.status.lock().clone()
+    }
+
+    /// Records since when the source may have missed changes (None: it is
+    /// following its input again).
+    pub fn set_behind_since(&self, since: Option<SystemTime>) {
+        *self.behind_since.lock() = since;
+    }
+
+    /// How old the newest state the source can vouch for is: zero while it
+    /// follows its input, else the time since it may have missed changes.
+    pub fn staleness(&self, now: SystemTime) -> Duration {
+        self.behind_since
+            .lock()
+            .and_then(|since| now.duration_since(since).ok())
+            .unwrap_or_default()
     }
 }

@@ -33,7 +33,7 @@ mod slim;
 mod tests;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
@@ -178,6 +178,20 @@ struct Shared {
     caches: Mutex<Caches>,
     changed: Notify,
     store: StateStore,
+    /// Per watched kind (by `Kind`): since when its watch has been failing.
+    behind: Mutex<[Option<SystemTime>; WATCHED.len()]>,
+}
+
+impl Shared {
+    /// Records whether the watch of `kind` follows the API server, and
+    /// tells the store since when the state may be missing changes: the
+    /// earliest of the failing watches.
+    fn set_behind(&self, kind: Kind, since: Option<SystemTime>) {
+        let mut behind = self.behind.lock();
+        behind[kind as usize] = since;
+        self.store
+            .set_behind_since(behind.iter().flatten().min().copied());
+    }
 }
 
 impl KubeSource {
@@ -218,6 +232,7 @@ impl KubeSource {
             caches: Mutex::new(Caches::for_node(self.node)),
             changed: Notify::new(),
             store,
+            behind: Mutex::new([None; WATCHED.len()]),
         });
         let (synced_tx, synced) = watch::channel(false);
         let mut tasks: Vec<JoinHandle<()>> = WATCHED
@@ -280,6 +295,8 @@ async fn watch_kind(client: Client, watched: &'static Watched, shared: Arc<Share
                 "kind not served by this cluster (CRD not installed?); treating it as empty"
             );
             shared.caches.lock().mark_absent(watched.cached_as);
+            // Absent is a state the cluster is in, not a failure to follow it.
+            shared.set_behind(watched.cached_as, None);
             shared.changed.notify_one();
             tokio::time::sleep(ABSENT_RECHECK).await;
             continue;
@@ -290,15 +307,28 @@ async fn watch_kind(client: Client, watched: &'static Watched, shared: Arc<Share
         // No kube-runtime backoff: ours resets on every event (see `backoff`).
         let mut events = watcher::watcher(api, config).boxed();
         let mut backoff = Backoff::default();
+        // Since when this watch has been failing: the state may lack its
+        // changes from then on. An expired version is relisted at once, which
+        // is routine.
+        let mut behind = None;
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => {
                     backoff.reset();
+                    // `Init` is yielded as a list starts, before the server
+                    // answers: only what the server sent proves it reachable.
+                    if !matches!(event, Event::Init) && behind.take().is_some() {
+                        shared.set_behind(watched.cached_as, None);
+                    }
                     apply_event(watched, &resource, &shared, event);
                 }
                 Err(error) => {
                     report(watched, &resource, &shared, &error);
                     if !is_expired(&error) {
+                        if behind.is_none() {
+                            behind = Some(SystemTime::now());
+                            shared.set_behind(watched.cached_as, behind);
+                        }
                         tokio::time::sleep(backoff.next_delay()).await;
                     }
                 }
