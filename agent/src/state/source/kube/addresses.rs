@@ -124,10 +124,10 @@ impl AddressBook {
         }
     }
 
-    /// Forgets every claim (a pod list replaced the pods); the pods are
-    /// claimed again after.
-    pub fn clear_claims(&mut self) {
-        self.claimants.clear();
+    /// Forgets every claim (a pod list replaced the pods); the `pods` pods
+    /// are claimed again after, into a table sized for them at once.
+    pub fn clear_claims(&mut self, pods: usize) {
+        self.claimants = HashMap::with_capacity(pods);
         self.all_dirty = true;
     }
 
@@ -174,13 +174,15 @@ impl AddressBook {
 
     /// Brings the published addresses up to date with the claims.
     pub fn resolve(&mut self, pods: &impl Pods) {
-        let touched: HashSet<IpAddr> = if std::mem::take(&mut self.all_dirty) {
+        let touched: Vec<IpAddr> = if std::mem::take(&mut self.all_dirty) {
             self.dirty.clear();
-            self.claimants
-                .keys()
-                .chain(self.published.iter().map(|(ip, _)| ip))
-                .copied()
-                .collect()
+            // Every address once: a list, not a set (150,000 of them).
+            let unclaimed = self
+                .published
+                .iter()
+                .map(|(ip, _)| ip)
+                .filter(|ip| !self.claimants.contains_key(*ip));
+            self.claimants.keys().chain(unclaimed).copied().collect()
         } else {
             // A pod's other addresses too: whether it keeps them all
             // decides whether it is published at all.
@@ -193,7 +195,7 @@ impl AddressBook {
                     }
                 }
             }
-            touched
+            touched.into_iter().collect()
         };
         for ip in touched {
             let published = self.owner(&ip, pods).and_then(|pod| {

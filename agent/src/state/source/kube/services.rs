@@ -33,6 +33,34 @@ pub(super) struct Invalid {
     source: FieldError,
 }
 
+/// A Service object as it is kept: decoded, with its selector (a map in
+/// `k8s::Service`, several allocations) held as a list until a build needs
+/// it, which is only while no slice names the Service.
+#[derive(Debug)]
+pub(super) struct ServiceObject {
+    /// The decoded Service, `selector` taken out.
+    service: k8s::Service,
+    selector: Option<Selector>,
+}
+
+/// A selector's label pairs.
+type Selector = Box<[(Box<str>, Box<str>)]>;
+
+impl ServiceObject {
+    /// The decoded Service as the snapshot builder takes it.
+    fn decoded(&self) -> k8s::Service {
+        k8s::Service {
+            selector: self.selector.as_ref().map(|pairs| {
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            }),
+            ..self.service.clone()
+        }
+    }
+}
+
 /// An EndpointSlice as a Service is built from it.
 #[derive(Debug)]
 pub(super) struct CompactSlice {
@@ -44,10 +72,10 @@ pub(super) struct CompactSlice {
 
 #[derive(Debug, Default)]
 pub(super) struct ServiceCatalog {
-    pub services: KindCache<Decoded<k8s::Service>>,
+    pub services: KindCache<Decoded<ServiceObject>>,
     pub slices: KindCache<Decoded<CompactSlice>>,
-    /// Slice keys per Service key: the slices naming it.
-    slices_of: HashMap<ObjectKey, HashSet<ObjectKey>>,
+    /// Slice keys per Service key: the slices naming it (a few at most).
+    slices_of: HashMap<ObjectKey, Vec<ObjectKey>>,
     built: HashMap<ObjectKey, Arc<Service>>,
     /// Services whose object or slices changed since the last build.
     dirty: HashSet<ObjectKey>,
@@ -55,15 +83,21 @@ pub(super) struct ServiceCatalog {
 }
 
 impl ServiceCatalog {
-    pub fn decode_service(value: &Value) -> Decoded<k8s::Service> {
+    pub fn decode_service(value: &Value) -> Decoded<ServiceObject> {
         let mut service = k8s::service(value).map_err(|source| Invalid {
             object: describe_object("Service", value),
             source,
         })?;
         // Only what a `Service` is built from is kept.
-        service.meta.labels.clear();
+        service.meta.labels = Default::default();
         service.meta.uid = None;
-        Ok(service)
+        let selector = service.selector.take().map(|selector| {
+            selector
+                .into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .collect()
+        });
+        Ok(ServiceObject { service, selector })
     }
 
     pub fn decode_slice(value: &Value) -> Decoded<CompactSlice> {
@@ -92,7 +126,7 @@ impl ServiceCatalog {
     pub fn slice_changed(&mut self, key: &ObjectKey, old: Option<&Decoded<CompactSlice>>) {
         if let Some(service) = old.and_then(|s| service_key(key, s)) {
             if let Some(slices) = self.slices_of.get_mut(&service) {
-                slices.remove(key);
+                slices.retain(|slice| slice != key);
                 if slices.is_empty() {
                     self.slices_of.remove(&service);
                 }
@@ -101,10 +135,10 @@ impl ServiceCatalog {
         }
         let new = self.slices.get(key).and_then(|s| service_key(key, s));
         if let Some(service) = new {
-            self.slices_of
-                .entry(service.clone())
-                .or_default()
-                .insert(key.clone());
+            let slices = self.slices_of.entry(service.clone()).or_default();
+            if !slices.contains(key) {
+                slices.push(key.clone());
+            }
             self.dirty.insert(service);
         }
     }
@@ -114,10 +148,7 @@ impl ServiceCatalog {
         self.slices_of.clear();
         for (key, slice) in self.slices.iter() {
             if let Some(service) = service_key(key, slice) {
-                self.slices_of
-                    .entry(service)
-                    .or_default()
-                    .insert(key.clone());
+                self.slices_of.entry(service).or_default().push(key.clone());
             }
         }
         self.all_dirty = true;
@@ -149,7 +180,7 @@ impl ServiceCatalog {
             let Ok(service) = service else { continue };
             match self.built.get(key) {
                 Some(built) => builder.add_built_service(origin.clone(), built.clone()),
-                None => builder.add_service(origin.clone(), service.clone()),
+                None => builder.add_service(origin.clone(), service.decoded()),
             }
         }
         Ok(())
@@ -176,11 +207,12 @@ impl ServiceCatalog {
     }
 
     /// The `Service` for `key`, unless it is the builder's to select pods for.
-    fn build(&self, key: &ObjectKey, service: &k8s::Service) -> Option<Service> {
+    fn build(&self, key: &ObjectKey, object: &ServiceObject) -> Option<Service> {
         let slices = self.slices_of.get(key);
-        if slices.is_none() && service.selector.is_some() {
+        if slices.is_none() && object.selector.is_some() {
             return None;
         }
+        let service = &object.service;
         let endpoints = slices
             .into_iter()
             .flatten()
