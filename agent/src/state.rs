@@ -11,6 +11,7 @@
 //! - `build`: validation and indexing into a `Snapshot`.
 //! - `source`: where snapshots come from (`source::file`, `source::kube`).
 //! - `remote`: pods of other nodes in compact form, for a node-scoped source.
+//! - `shared_map`: the address map successive snapshots share, shard by shard.
 
 mod build;
 mod k8s;
