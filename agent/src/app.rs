@@ -22,6 +22,7 @@
 //! resets what is left. Only `ambit-agent capture uninstall` removes the rules.
 
 mod credentials;
+mod freshness;
 mod mesh;
 
 use std::collections::BTreeSet;

@@ -208,6 +208,13 @@ pub struct RunArgs {
     #[arg(long, env = "AMBIT_KUBE", default_value_t = false)]
     pub kube: bool,
 
+    /// How long the state source may be unable to confirm the state (a
+    /// Kubernetes watch that cannot reach the API server or is refused)
+    /// before the agent reports not ready; it keeps enforcing the last
+    /// state meanwhile.
+    #[arg(long, env = "AMBIT_STATE_STALENESS_BOUND", default_value = "30s", value_parser = ambit_ca::cli::parse_duration)]
+    pub state_staleness_bound: Duration,
+
     /// SPIFFE trust domain of workload identities.
     #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,

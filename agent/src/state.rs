@@ -11,11 +11,13 @@
 //! - `build`: validation and indexing into a `Snapshot`.
 //! - `source`: where snapshots come from (`source::file`, `source::kube`).
 //! - `remote`: pods of other nodes in compact form, for a node-scoped source.
+//! - `shared_map`: the address map successive snapshots share, shard by shard.
 
 mod build;
 mod k8s;
 mod remote;
 mod service;
+mod shared_map;
 mod snapshot;
 pub mod source;
 mod workload;
@@ -24,11 +26,12 @@ mod workload;
 mod tests;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+pub(crate) use build::describe_object;
 pub use build::{
     DATAPLANE_MODE_LABEL, LoadError, LoadOptions, Origin, PolicyIssue, SnapshotBuilder, is_enrolled,
 };
@@ -42,6 +45,11 @@ pub use workload::Workload;
 pub struct StateStore {
     tx: Arc<watch::Sender<Arc<Snapshot>>>,
     status: Arc<Mutex<SourceStatus>>,
+    /// Since when the source may have been missing changes (a watch that
+    /// cannot reach the API server); None while it follows its input.
+    /// Kept apart from `status`: a new snapshot does not make a down watch
+    /// current.
+    behind_since: Arc<Mutex<Option<SystemTime>>>,
 }
 
 /// How the state source is doing, for the admin page, metrics and readiness.
@@ -76,6 +84,7 @@ impl StateStore {
         Self {
             tx: Arc::new(tx),
             status: Arc::default(),
+            behind_since: Arc::default(),
         }
     }
 
@@ -123,5 +132,20 @@ impl StateStore {
 
     pub fn status(&self) -> SourceStatus {
         self.status.lock().clone()
+    }
+
+    /// Records since when the source may have missed changes (None: it is
+    /// following its input again).
+    pub fn set_behind_since(&self, since: Option<SystemTime>) {
+        *self.behind_since.lock() = since;
+    }
+
+    /// How old the newest state the source can vouch for is: zero while it
+    /// follows its input, else the time since it may have missed changes.
+    pub fn staleness(&self, now: SystemTime) -> Duration {
+        self.behind_since
+            .lock()
+            .and_then(|since| now.duration_since(since).ok())
+            .unwrap_or_default()
     }
 }

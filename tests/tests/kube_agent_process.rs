@@ -161,12 +161,23 @@ async fn an_unserved_api_is_named_on_the_probe_and_config_dump_before_the_first_
     let scrape = tokio::task::block_in_place(|| get(&netns, addr(METRICS), "/metrics")).unwrap();
     assert_eq!(scrape.status, 200, "{scrape:?}");
 
+    // The EndpointSlice watch cannot follow the API server: the state's
+    // possible staleness is counted.
+    tokio::task::block_in_place(|| {
+        until(&netns, ADMIN, "/config_dump", "staleness counted", |r| {
+            serde_json::from_str::<Value>(&r.body)
+                .is_ok_and(|d| d["state"]["staleness_s"].as_u64() >= Some(1))
+        });
+    });
+
     // The cluster upgraded: the agent syncs, and the probe stops naming the API.
     fake.restore(&fake_kube::ENDPOINT_SLICES);
     tokio::task::block_in_place(|| {
         until(&netns, ADMIN, "/config_dump", "synced once served", |r| {
             serde_json::from_str::<Value>(&r.body).is_ok_and(|d| {
-                d["state"]["synced"] == json!(true) && d["state"]["last_error"].is_null()
+                d["state"]["synced"] == json!(true)
+                    && d["state"]["last_error"].is_null()
+                    && d["state"]["staleness_s"] == json!(0)
             })
         });
         until(

@@ -141,6 +141,13 @@ pub async fn start(
         store.subscribe(),
         shutdown.clone(),
     ));
+    tasks.spawn(super::freshness::follow(
+        store.clone(),
+        readiness.clone(),
+        metrics.clone(),
+        args.state_staleness_bound,
+        shutdown.clone(),
+    ));
     {
         let (identities, store) = (identities.clone(), store.clone());
         let (node, trust_domain) = (args.node.clone(), args.trust_domain.clone());
@@ -334,6 +341,8 @@ pub(super) fn state_json(store: StateStore) -> impl Fn() -> Value + Send + Sync 
             "generation": status.generation,
             "synced": store.current().is_synced(),
             "last_error": status.last_error.map(|e| e.message),
+            // How long the source may have been missing changes (0: current).
+            "staleness_s": store.staleness(std::time::SystemTime::now()).as_secs(),
         })
     }
 }

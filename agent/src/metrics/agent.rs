@@ -1,6 +1,7 @@
 //! Ambit's own metrics (`ambit_*`): what an operator of the agent needs beyond
 //! Istio's traffic series.
 
+use std::sync::atomic::AtomicU64;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ambit_ca::SpiffeId;
@@ -61,6 +62,8 @@ pub struct AgentMetrics {
     pub cert_expiry: Family<IdentityLabels, Gauge>,
     pub state_reloads: Counter,
     pub state_reload_errors: Counter,
+    /// Seconds since the state source may have missed changes; 0 while current.
+    pub state_staleness: Gauge<f64, AtomicU64>,
     pub trust_bundle_roots: Gauge,
     pub trust_bundle_reloads: Counter,
     pub trust_bundle_reload_errors: Counter,
@@ -94,6 +97,12 @@ impl AgentMetrics {
             "state_reload_errors",
             "Cluster state updates rejected (the last good state was kept)",
             m.state_reload_errors.clone(),
+        );
+        registry.register(
+            "state_staleness_seconds",
+            "How old the newest state the source can vouch for is: 0 while its watches \
+             follow the API server, else the time since one stopped",
+            m.state_staleness.clone(),
         );
         registry.register(
             "trust_bundle_roots",

@@ -19,7 +19,7 @@ use serde_json::Value;
 mod endpoints;
 
 use super::k8s::{self, FieldError, PortRef};
-use super::remote::{RemoteGroups, RemotePod};
+use super::shared_map::SharedMap;
 use super::{Service, ServicePort, Snapshot, TargetPort, Workload};
 use endpoints::{selected_endpoints, slice_endpoints};
 
@@ -116,9 +116,16 @@ impl fmt::Display for PolicyIssue {
 pub struct SnapshotBuilder {
     namespaces: HashMap<String, BTreeMap<String, String>>,
     pods: Vec<(Origin, k8s::Pod)>,
-    /// Pods on other nodes, in compact form (see `state::remote`).
-    remote_pods: Vec<RemotePod>,
+    /// Addresses of pods on other nodes, already resolved to their
+    /// identity group's workload (see `state::remote`), and how many pods
+    /// they are.
+    remote: SharedMap<IpAddr, Arc<Workload>>,
+    remote_pods: usize,
     services: Vec<(Origin, k8s::Service)>,
+    /// Services a source built (and keeps) itself, from their objects.
+    built_services: Vec<(Origin, Arc<Service>)>,
+    /// Policies a source indexed itself, with the errors to report.
+    indexed_policies: Option<(Arc<PolicySet>, Vec<PolicyIssue>)>,
     slices: Vec<k8s::EndpointSlice>,
     policies: PolicySetBuilder,
     policy_errors: Vec<PolicyIssue>,
@@ -130,8 +137,11 @@ impl SnapshotBuilder {
         Self {
             namespaces: HashMap::new(),
             pods: Vec::new(),
-            remote_pods: Vec::new(),
+            remote: SharedMap::default(),
+            remote_pods: 0,
             services: Vec::new(),
+            built_services: Vec::new(),
+            indexed_policies: None,
             slices: Vec::new(),
             policies: PolicySet::builder(&options.root_namespace),
             policy_errors: Vec::new(),
@@ -168,7 +178,7 @@ impl SnapshotBuilder {
             .unwrap_or("");
         let invalid = |source: FieldError| LoadError::Invalid {
             origin: origin.clone(),
-            object: describe(kind, value),
+            object: describe_object(kind, value),
             source,
         };
         if kind.is_empty() {
@@ -203,12 +213,34 @@ impl SnapshotBuilder {
         Ok(())
     }
 
-    /// Adds a pod of another node, already reduced to what the agent needs
-    /// of it. It is validated and published as a full pod would be, but
-    /// shares one `Workload` with every pod of the same identity.
-    pub fn add_remote_pod(&mut self, pod: RemotePod) {
+    /// Sets the addresses of `pods` pods of other nodes, each with the
+    /// workload of its identity group. The source has resolved addresses
+    /// among them (no two hold one); they are checked against this node's
+    /// pods and the Services' VIPs as any address is.
+    pub fn set_remote_addresses(&mut self, by_ip: SharedMap<IpAddr, Arc<Workload>>, pods: usize) {
+        self.objects += pods;
+        self.remote = by_ip;
+        self.remote_pods = pods;
+    }
+
+    /// Adds a decoded Service, built with the rest (its endpoints come from
+    /// its slices, or the pods its selector picks).
+    pub(super) fn add_service(&mut self, origin: Origin, service: k8s::Service) {
         self.objects += 1;
-        self.remote_pods.push(pod);
+        self.services.push((origin, service));
+    }
+
+    /// Adds a Service the source has built from its objects already; its
+    /// VIPs are validated as an added Service's are.
+    pub fn add_built_service(&mut self, origin: Origin, service: Arc<Service>) {
+        self.objects += 1;
+        self.built_services.push((origin, service));
+    }
+
+    /// Uses policies the source has indexed already instead of any added
+    /// policy objects; `errors` are those it still enforces fail-closed.
+    pub fn set_indexed_policies(&mut self, policies: Arc<PolicySet>, errors: Vec<PolicyIssue>) {
+        self.indexed_policies = Some((policies, errors));
     }
 
     /// Number of objects seen so far, of any kind.
@@ -218,10 +250,9 @@ impl SnapshotBuilder {
 
     /// Validates the whole input and builds the indexed snapshot.
     pub fn build(self) -> Result<Snapshot, LoadError> {
-        // Who holds each address. A remote pod is only named when it is in
-        // a conflict: naming 150,000 of them up front would cost a string each.
-        let mut owners: HashMap<IpAddr, Owner<'_>> =
-            HashMap::with_capacity(self.pods.len() + self.remote_pods.len());
+        // Who holds each address, besides the remote pods: those are only
+        // looked up, and named when in a conflict.
+        let mut owners: HashMap<IpAddr, Owner<'_>> = HashMap::with_capacity(self.pods.len());
 
         let mut workloads = Vec::new();
         let mut pods_by_ns: HashMap<&str, Vec<&k8s::Pod>> = HashMap::new();
@@ -249,7 +280,12 @@ impl SnapshotBuilder {
                 },
             })?;
             for ip in &pod.ips {
-                claim(&mut owners, *ip, Owner::Object(object.clone(), origin))?;
+                claim(
+                    &mut owners,
+                    None,
+                    *ip,
+                    Owner::Object(object.clone(), origin),
+                )?;
             }
             pods_by_ns.entry(&pod.meta.namespace).or_default().push(pod);
             workloads.push(Workload {
@@ -269,30 +305,21 @@ impl SnapshotBuilder {
             });
         }
 
-        let mut groups = RemoteGroups::default();
-        let mut remote = Vec::with_capacity(self.remote_pods.len());
-        let mut published = 0;
-        for pod in &self.remote_pods {
-            let identity = &pod.identity;
-            let Some(ns_labels) = self.namespaces.get(&*identity.namespace) else {
-                let (object, origin) = Owner::Remote(pod).describe();
-                return Err(LoadError::MissingNamespace {
+        // Remote addresses are unique among themselves (the source resolved
+        // them); only this node's pods and the VIPs can collide with them.
+        for (ip, owner) in &owners {
+            if let Some(remote) = self.remote.get(ip) {
+                let (object, origin) = Owner::Remote(remote).describe();
+                let (owner, owner_origin) = owner.describe();
+                return Err(LoadError::DuplicateIp {
                     origin,
                     object,
-                    namespace: identity.namespace.to_string(),
+                    ip: *ip,
+                    owner,
+                    owner_origin,
                 });
-            };
-            let Some(ips) = pod.ips.as_ref().filter(|_| pod.captured) else {
-                continue;
-            };
-            let workload = groups.workload(identity, ns_labels);
-            published += 1;
-            for ip in ips.as_slice() {
-                claim(&mut owners, *ip, Owner::Remote(pod))?;
-                remote.push((*ip, workload.clone()));
             }
         }
-        drop(groups);
 
         let mut slices: HashMap<(&str, &str), Vec<&k8s::EndpointSlice>> = HashMap::new();
         for slice in &self.slices {
@@ -304,11 +331,28 @@ impl SnapshotBuilder {
             }
         }
 
-        let mut services = Vec::new();
+        let mut services = Vec::with_capacity(self.services.len() + self.built_services.len());
+        for (origin, svc) in &self.built_services {
+            let object = format!("Service {}/{}", svc.namespace, svc.name);
+            for vip in &svc.vips {
+                claim(
+                    &mut owners,
+                    Some(&self.remote),
+                    *vip,
+                    Owner::Object(object.clone(), origin),
+                )?;
+            }
+            services.push(svc.clone());
+        }
         for (origin, svc) in &self.services {
             let object = format!("Service {}/{}", svc.meta.namespace, svc.meta.name);
             for vip in &svc.vips {
-                claim(&mut owners, *vip, Owner::Object(object.clone(), origin))?;
+                claim(
+                    &mut owners,
+                    Some(&self.remote),
+                    *vip,
+                    Owner::Object(object.clone(), origin),
+                )?;
             }
             let key = (svc.meta.namespace.as_str(), svc.meta.name.as_str());
             let endpoints = match (slices.get(&key), &svc.selector) {
@@ -322,35 +366,23 @@ impl SnapshotBuilder {
                 ),
                 (None, None) => Vec::new(),
             };
-            services.push(Service::new(
+            services.push(Arc::new(Service::new(
                 svc.meta.name.clone(),
                 svc.meta.namespace.clone(),
                 svc.vips.clone(),
-                svc.ports
-                    .iter()
-                    .map(|p| ServicePort {
-                        name: p.name.clone(),
-                        port: p.port,
-                        app_protocol: p.app_protocol.clone(),
-                        target: match &p.target {
-                            PortRef::Number(n) => TargetPort::Number(*n),
-                            PortRef::Name(n) => TargetPort::Name(n.clone()),
-                        },
-                    })
-                    .collect(),
+                svc.ports.iter().map(service_port).collect(),
                 endpoints,
-            ));
+            )));
         }
 
-        let policies = self.policies.build();
-        // A later object with the same name replaces an invalid one; report
-        // only the errors the engine still enforces.
-        let mut policy_errors = self.policy_errors;
-        policy_errors.retain(|issue| policies.errors().contains(&issue.error));
+        let (policies, policy_errors) = match self.indexed_policies {
+            Some(indexed) => indexed,
+            None => index_policies(self.policies, self.policy_errors),
+        };
         let mut snapshot = Snapshot::with_remote(
             workloads,
-            remote,
-            published,
+            self.remote,
+            self.remote_pods,
             services,
             self.namespaces,
             policies,
@@ -360,12 +392,50 @@ impl SnapshotBuilder {
     }
 }
 
-/// Records `claimant` as the holder of `ip`, or names both if another holds it.
+/// A Service's port as the data path reads it.
+pub(super) fn service_port(p: &k8s::ServiceSpecPort) -> ServicePort {
+    ServicePort {
+        name: p.name.clone(),
+        port: p.port,
+        app_protocol: p.app_protocol.clone(),
+        target: match &p.target {
+            PortRef::Number(n) => TargetPort::Number(*n),
+            PortRef::Name(n) => TargetPort::Name(n.clone()),
+        },
+    }
+}
+
+/// Builds the policy index; of the errors seen while adding, keeps those the
+/// engine still enforces (a later object with the same name replaces an
+/// invalid one).
+pub(super) fn index_policies(
+    policies: PolicySetBuilder,
+    mut errors: Vec<PolicyIssue>,
+) -> (Arc<PolicySet>, Vec<PolicyIssue>) {
+    let policies = policies.build();
+    errors.retain(|issue| policies.errors().contains(&issue.error));
+    (Arc::new(policies), errors)
+}
+
+/// Records `claimant` as the holder of `ip`, or names both if another holds
+/// it: an earlier claimant, or a pod of another node in `remote`.
 fn claim<'a>(
     owners: &mut HashMap<IpAddr, Owner<'a>>,
+    remote: Option<&'a SharedMap<IpAddr, Arc<Workload>>>,
     ip: IpAddr,
     claimant: Owner<'a>,
 ) -> Result<(), LoadError> {
+    if let Some(pod) = remote.and_then(|r| r.get(&ip)) {
+        let (object, origin) = claimant.describe();
+        let (owner, owner_origin) = Owner::Remote(pod).describe();
+        return Err(LoadError::DuplicateIp {
+            origin,
+            object,
+            ip,
+            owner,
+            owner_origin,
+        });
+    }
     match owners.entry(ip) {
         Entry::Vacant(slot) => {
             slot.insert(claimant);
@@ -389,17 +459,18 @@ fn claim<'a>(
 enum Owner<'a> {
     /// An object of the input: its description and where it was read.
     Object(String, &'a Origin),
-    Remote(&'a RemotePod),
+    /// A pod of another node: the workload of its identity group.
+    Remote(&'a Workload),
 }
 
 impl Owner<'_> {
     fn describe(&self) -> (String, Origin) {
         match self {
             Owner::Object(object, origin) => (object.clone(), (*origin).clone()),
-            Owner::Remote(pod) => (
+            Owner::Remote(group) => (
                 format!(
                     "a Pod of {}/{} on another node",
-                    pod.identity.namespace, pod.identity.workload
+                    group.namespace, group.name
                 ),
                 Origin {
                     file: Arc::from(Path::new("kubernetes")),
@@ -439,7 +510,8 @@ pub(super) fn enrolment(
     }
 }
 
-fn describe(kind: &str, value: &Value) -> String {
+/// How errors name an object: `Kind namespace/name`.
+pub(crate) fn describe_object(kind: &str, value: &Value) -> String {
     let meta = value.get("metadata");
     let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str);
     let ns = meta

@@ -172,8 +172,9 @@ fn workload_name(pod: &k8s::Pod, generate_name: Option<&str>) -> String {
         .to_owned()
 }
 
-/// The shared `Workload` for each (identity, enrolment) while one snapshot
-/// is built: what `Snapshot::workload_by_ip` answers for a remote address.
+/// The shared `Workload` for each (identity, enrolment): what
+/// `Snapshot::workload_by_ip` answers for a remote address. Kept across
+/// snapshots, so an address that did not change keeps the same `Arc`.
 #[derive(Debug, Default)]
 pub struct RemoteGroups {
     groups: HashMap<(ByAddress, bool), Arc<Workload>>,
@@ -198,6 +199,15 @@ impl Hash for ByAddress {
 }
 
 impl RemoteGroups {
+    /// Forgets the groups no published address refers to any more.
+    pub fn sweep(&mut self) {
+        self.groups.retain(|_, w| Arc::strong_count(w) > 1);
+    }
+
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
     /// The workload published for a remote pod of `identity`, whose
     /// namespace carries `namespace_labels`.
     pub fn workload(

@@ -6,32 +6,51 @@ use std::sync::Arc;
 
 use ambit_policy::PolicySet;
 
+use super::shared_map::SharedMap;
 use super::{PolicyIssue, Service, ServiceTarget, Workload};
 
 /// Everything the data path looks up, indexed so no lookup scans.
-#[derive(Debug, Default)]
+///
+/// The indexes sit behind `Arc`s (the address map of remote pods in a
+/// `SharedMap`), so a source that changes one part publishes a snapshot
+/// sharing every other part with the previous one: a policy edit re-indexes
+/// policies only, and two snapshots alive at once cost one copy of what
+/// they have in common.
+#[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    /// The pods known in full: every pod, or with a node-scoped source
-    /// only that node's.
-    workloads: Vec<Arc<Workload>>,
-    /// Full and remote pods: a remote pod's entry is the `Workload` its
+    pods: Arc<PodIndex>,
+    /// Addresses of pods of other nodes, each with the `Workload` its
     /// identity group shares (see `state::remote`).
-    workloads_by_ip: HashMap<IpAddr, Arc<Workload>>,
+    remote_by_ip: SharedMap<IpAddr, Arc<Workload>>,
     /// Pods of other nodes held in compact form.
     remote_pods: usize,
-    /// Enrolled workloads per node: what capture and identity act on.
-    enrolled_by_node: HashMap<String, Vec<Arc<Workload>>>,
-    services: Vec<Arc<Service>>,
-    services_by_vip: HashMap<IpAddr, Arc<Service>>,
-    /// Services per endpoint IP: what a destination reports a pod under.
-    services_by_endpoint: HashMap<IpAddr, Vec<Arc<Service>>>,
-    namespaces: HashMap<String, BTreeMap<String, String>>,
-    policies: PolicySet,
-    policy_errors: Vec<PolicyIssue>,
+    services: Arc<ServiceIndex>,
+    namespaces: Arc<HashMap<String, BTreeMap<String, String>>>,
+    policies: Arc<PolicySet>,
+    policy_errors: Arc<[PolicyIssue]>,
     /// Set by the `StateStore` when the snapshot is published; 0 before.
     generation: u64,
     /// False until a source has delivered its first complete state.
     synced: bool,
+}
+
+/// The pods known in full: every pod, or with a node-scoped source only
+/// that node's.
+#[derive(Debug, Default)]
+struct PodIndex {
+    workloads: Vec<Arc<Workload>>,
+    by_ip: HashMap<IpAddr, Arc<Workload>>,
+    /// Enrolled workloads per node: what capture and identity act on.
+    enrolled_by_node: HashMap<String, Vec<Arc<Workload>>>,
+}
+
+#[derive(Debug, Default)]
+struct ServiceIndex {
+    services: Vec<Arc<Service>>,
+    by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// Services per endpoint IP that is not a remote pod's: what a
+    /// destination on this node reports a pod under.
+    by_endpoint: HashMap<IpAddr, Vec<Arc<Service>>>,
 }
 
 impl Snapshot {
@@ -44,28 +63,34 @@ impl Snapshot {
         namespaces: HashMap<String, BTreeMap<String, String>>,
         policies: PolicySet,
     ) -> Self {
-        Self::with_remote(workloads, Vec::new(), 0, services, namespaces, policies)
+        Self::with_remote(
+            workloads,
+            SharedMap::default(),
+            0,
+            services.into_iter().map(Arc::new).collect(),
+            namespaces,
+            Arc::new(policies),
+        )
     }
 
     /// `new`, plus the addresses of `remote_pods` pods of other nodes, each
     /// with its identity group's workload. Services are not indexed by
     /// those addresses: only a destination on this node is reported under
-    /// its Service.
+    /// its Service. A pod known in full wins over a remote one.
     pub(super) fn with_remote(
         workloads: Vec<Workload>,
-        remote: Vec<(IpAddr, Arc<Workload>)>,
+        remote_by_ip: SharedMap<IpAddr, Arc<Workload>>,
         remote_pods: usize,
-        services: Vec<Service>,
+        services: Vec<Arc<Service>>,
         namespaces: HashMap<String, BTreeMap<String, String>>,
-        policies: PolicySet,
+        policies: Arc<PolicySet>,
     ) -> Self {
         let workloads: Vec<Arc<Workload>> = workloads.into_iter().map(Arc::new).collect();
-        let mut workloads_by_ip = HashMap::with_capacity(workloads.len() + remote.len());
-        workloads_by_ip.extend(remote);
+        let mut by_ip = HashMap::with_capacity(workloads.len());
         let mut enrolled_by_node: HashMap<String, Vec<Arc<Workload>>> = HashMap::new();
         for w in &workloads {
             for ip in &w.ips {
-                workloads_by_ip.insert(*ip, w.clone());
+                by_ip.insert(*ip, w.clone());
             }
             if w.enrolled {
                 enrolled_by_node
@@ -74,39 +99,54 @@ impl Snapshot {
                     .push(w.clone());
             }
         }
-        let services: Vec<Arc<Service>> = services.into_iter().map(Arc::new).collect();
-        let mut services_by_vip = HashMap::new();
-        let mut services_by_endpoint: HashMap<IpAddr, Vec<Arc<Service>>> = HashMap::new();
+        let pods = PodIndex {
+            workloads,
+            by_ip,
+            enrolled_by_node,
+        };
+        let mut by_vip = HashMap::new();
+        let mut by_endpoint: HashMap<IpAddr, Vec<Arc<Service>>> = HashMap::new();
         for s in &services {
             for vip in &s.vips {
-                services_by_vip.insert(*vip, s.clone());
+                by_vip.insert(*vip, s.clone());
             }
             for e in &s.endpoints {
-                let remote = workloads_by_ip
-                    .get(&e.ip)
-                    .is_some_and(|w: &Arc<Workload>| w.is_remote());
+                let remote = !pods.by_ip.contains_key(&e.ip) && remote_by_ip.get(&e.ip).is_some();
                 if remote {
                     continue;
                 }
-                let listed = services_by_endpoint.entry(e.ip).or_default();
+                let listed = by_endpoint.entry(e.ip).or_default();
                 if !listed.iter().any(|l| Arc::ptr_eq(l, s)) {
                     listed.push(s.clone());
                 }
             }
         }
         Self {
-            workloads,
-            workloads_by_ip,
+            pods: Arc::new(pods),
+            remote_by_ip,
             remote_pods,
-            enrolled_by_node,
-            services,
-            services_by_vip,
-            services_by_endpoint,
-            namespaces,
+            services: Arc::new(ServiceIndex {
+                services,
+                by_vip,
+                by_endpoint,
+            }),
+            namespaces: Arc::new(namespaces),
             policies,
-            policy_errors: Vec::new(),
+            policy_errors: Arc::new([]),
             generation: 0,
             synced: true,
+        }
+    }
+
+    /// This snapshot with other policies: everything else is shared, so a
+    /// policy edit costs indexing the policies and nothing more.
+    pub(super) fn with_policies(&self, policies: Arc<PolicySet>, errors: Vec<PolicyIssue>) -> Self {
+        Self {
+            policies,
+            policy_errors: errors.into(),
+            generation: 0,
+            synced: true,
+            ..self.clone()
         }
     }
 
@@ -130,30 +170,34 @@ impl Snapshot {
     }
 
     pub(super) fn set_policy_errors(&mut self, errors: Vec<PolicyIssue>) {
-        self.policy_errors = errors;
+        self.policy_errors = errors.into();
     }
 
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
-        self.workloads_by_ip.get(&ip)
+        self.pods
+            .by_ip
+            .get(&ip)
+            .or_else(|| self.remote_by_ip.get(&ip))
     }
 
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
-        self.services_by_vip.get(&ip)
+        self.services.by_vip.get(&ip)
     }
 
     /// Resolves a service VIP and port to a ready endpoint (round robin).
     pub fn service_target(&self, vip: IpAddr, port: u16) -> Option<ServiceTarget> {
-        let svc = self.services_by_vip.get(&vip)?;
+        let svc = self.services.by_vip.get(&vip)?;
         let (ip, target_port) = svc.pick(port)?;
         Some(ServiceTarget {
             addr: SocketAddr::new(ip, target_port),
-            workload: self.workloads_by_ip.get(&ip).cloned(),
+            workload: self.workload_by_ip(ip).cloned(),
         })
     }
 
     /// The Services whose endpoints include `ip`, in input order.
     pub fn services_of_endpoint(&self, ip: IpAddr) -> &[Arc<Service>] {
-        self.services_by_endpoint
+        self.services
+            .by_endpoint
             .get(&ip)
             .map_or(&[][..], Vec::as_slice)
     }
@@ -173,17 +217,18 @@ impl Snapshot {
     /// Every workload, once each (a dual-stack pod is indexed under two IPs),
     /// in input order.
     pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
-        self.workloads.iter()
+        self.pods.workloads.iter()
     }
 
     /// Every service, in input order.
     pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
-        self.services.iter()
+        self.services.services.iter()
     }
 
     /// The enrolled workloads scheduled on `node`.
     pub fn local_enrolled<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Arc<Workload>> {
-        self.enrolled_by_node
+        self.pods
+            .enrolled_by_node
             .get(node)
             .map_or(&[][..], Vec::as_slice)
             .iter()

@@ -20,15 +20,20 @@
 //! status, and retried with backoff; the backoff starts over after every
 //! successful list or watch event, so a recovered server is followed at once.
 
+mod addresses;
 mod backoff;
 mod cache;
+mod kind_cache;
+mod local_pods;
+mod remote_pods;
+mod services;
 mod slim;
 
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
@@ -41,7 +46,7 @@ use tokio::task::JoinHandle;
 
 use crate::state::{LoadOptions, StateStore};
 use backoff::Backoff;
-use cache::{Caches, KindCache, ObjectKey};
+use cache::{Caches, Kind, ObjectKey};
 use slim::Mask;
 
 /// How often a kind whose CRD is not installed is looked for again.
@@ -112,7 +117,7 @@ struct Watched {
     /// Preferred first; Istio's kinds are accepted at v1 or v1beta1.
     versions: &'static [&'static str],
     mask: &'static Mask,
-    slot: fn(&mut Caches) -> &mut KindCache,
+    cached_as: Kind,
 }
 
 const WATCHED: [Watched; 7] = [
@@ -121,49 +126,49 @@ const WATCHED: [Watched; 7] = [
         group: "",
         versions: &["v1"],
         mask: &slim::NAMESPACE,
-        slot: |c| &mut c.namespaces,
+        cached_as: Kind::Namespace,
     },
     Watched {
         kind: "Pod",
         group: "",
         versions: &["v1"],
         mask: &slim::POD,
-        slot: |c| &mut c.pods,
+        cached_as: Kind::Pod,
     },
     Watched {
         kind: "Service",
         group: "",
         versions: &["v1"],
         mask: &slim::SERVICE,
-        slot: |c| &mut c.services,
+        cached_as: Kind::Service,
     },
     Watched {
         kind: "EndpointSlice",
         group: "discovery.k8s.io",
         versions: &["v1"],
         mask: &slim::ENDPOINT_SLICE,
-        slot: |c| &mut c.endpoint_slices,
+        cached_as: Kind::EndpointSlice,
     },
     Watched {
         kind: "AuthorizationPolicy",
         group: "security.istio.io",
         versions: &["v1", "v1beta1"],
         mask: &slim::POLICY,
-        slot: |c| &mut c.authorization_policies,
+        cached_as: Kind::AuthorizationPolicy,
     },
     Watched {
         kind: "PeerAuthentication",
         group: "security.istio.io",
         versions: &["v1", "v1beta1"],
         mask: &slim::POLICY,
-        slot: |c| &mut c.peer_authentications,
+        cached_as: Kind::PeerAuthentication,
     },
     Watched {
         kind: "RequestAuthentication",
         group: "security.istio.io",
         versions: &["v1", "v1beta1"],
         mask: &slim::POLICY,
-        slot: |c| &mut c.request_authentications,
+        cached_as: Kind::RequestAuthentication,
     },
 ];
 
@@ -173,6 +178,20 @@ struct Shared {
     caches: Mutex<Caches>,
     changed: Notify,
     store: StateStore,
+    /// Per watched kind (by `Kind`): since when its watch has been failing.
+    behind: Mutex<[Option<SystemTime>; WATCHED.len()]>,
+}
+
+impl Shared {
+    /// Records whether the watch of `kind` follows the API server, and
+    /// tells the store since when the state may be missing changes: the
+    /// earliest of the failing watches.
+    fn set_behind(&self, kind: Kind, since: Option<SystemTime>) {
+        let mut behind = self.behind.lock();
+        behind[kind as usize] = since;
+        self.store
+            .set_behind_since(behind.iter().flatten().min().copied());
+    }
 }
 
 impl KubeSource {
@@ -213,6 +232,7 @@ impl KubeSource {
             caches: Mutex::new(Caches::for_node(self.node)),
             changed: Notify::new(),
             store,
+            behind: Mutex::new([None; WATCHED.len()]),
         });
         let (synced_tx, synced) = watch::channel(false);
         let mut tasks: Vec<JoinHandle<()>> = WATCHED
@@ -244,7 +264,7 @@ async fn publish(
         shared.changed.notified().await;
         tokio::time::sleep(settle).await;
         let built = {
-            let caches = shared.caches.lock();
+            let mut caches = shared.caches.lock();
             if !caches.all_synced() {
                 continue;
             }
@@ -274,7 +294,9 @@ async fn watch_kind(client: Client, watched: &'static Watched, shared: Arc<Share
                 group = watched.group,
                 "kind not served by this cluster (CRD not installed?); treating it as empty"
             );
-            (watched.slot)(&mut shared.caches.lock()).mark_absent();
+            shared.caches.lock().mark_absent(watched.cached_as);
+            // Absent is a state the cluster is in, not a failure to follow it.
+            shared.set_behind(watched.cached_as, None);
             shared.changed.notify_one();
             tokio::time::sleep(ABSENT_RECHECK).await;
             continue;
@@ -285,15 +307,28 @@ async fn watch_kind(client: Client, watched: &'static Watched, shared: Arc<Share
         // No kube-runtime backoff: ours resets on every event (see `backoff`).
         let mut events = watcher::watcher(api, config).boxed();
         let mut backoff = Backoff::default();
+        // Since when this watch has been failing: the state may lack its
+        // changes from then on. An expired version is relisted at once, which
+        // is routine.
+        let mut behind = None;
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => {
                     backoff.reset();
+                    // `Init` is yielded as a list starts, before the server
+                    // answers: only what the server sent proves it reachable.
+                    if !matches!(event, Event::Init) && behind.take().is_some() {
+                        shared.set_behind(watched.cached_as, None);
+                    }
                     apply_event(watched, &resource, &shared, event);
                 }
                 Err(error) => {
                     report(watched, &resource, &shared, &error);
                     if !is_expired(&error) {
+                        if behind.is_none() {
+                            behind = Some(SystemTime::now());
+                            shared.set_behind(watched.cached_as, behind);
+                        }
                         tokio::time::sleep(backoff.next_delay()).await;
                     }
                 }
@@ -343,67 +378,37 @@ fn apply_event(
     shared: &Shared,
     event: Event<DynamicObject>,
 ) {
+    let kind = watched.cached_as;
     let mut caches = shared.caches.lock();
-    if watched.kind == "Pod" {
-        apply_pod_event(watched, &mut caches, resource, event);
-        drop(caches);
-        shared.changed.notify_one();
-        return;
-    }
-    let cache = (watched.slot)(&mut caches);
     match event {
-        Event::Init => cache.begin_list(),
+        Event::Init => caches.begin_list(kind),
         Event::InitApply(object) => {
             let (key, value) = slim_object(watched, resource, object);
-            cache.listed(key, &value);
+            caches.put(kind, key, &value, true);
         }
         Event::InitDone => {
-            cache.end_list();
-            tracing::info!(kind = watched.kind, objects = cache.len(), "listed");
+            caches.end_list(kind);
+            tracing::info!(
+                kind = watched.kind,
+                objects = caches.len(kind),
+                remote = (kind == Kind::Pod).then(|| caches.remote_pod_count()),
+                "listed"
+            );
         }
         Event::Apply(object) => {
             let (key, value) = slim_object(watched, resource, object);
-            cache.apply(key, &value);
+            caches.put(kind, key, &value, false);
         }
         Event::Delete(object) => {
-            cache.delete(&(object.namespace().unwrap_or_default(), object.name_any()));
+            caches.delete(
+                kind,
+                &(object.namespace().unwrap_or_default(), object.name_any()),
+            );
         }
     }
     drop(caches);
     // While a list is streaming in, nothing changes until it ends.
     shared.changed.notify_one();
-}
-
-/// Pods go to the object cache or, on another node, the compact one.
-fn apply_pod_event(
-    pods: &'static Watched,
-    caches: &mut Caches,
-    resource: &ApiResource,
-    event: Event<DynamicObject>,
-) {
-    match event {
-        Event::Init => caches.begin_pod_list(),
-        Event::InitApply(object) => {
-            let (key, value) = slim_object(pods, resource, object);
-            caches.put_pod(key, &value, true);
-        }
-        Event::InitDone => {
-            caches.end_pod_list();
-            tracing::info!(
-                kind = pods.kind,
-                objects = caches.pod_count(),
-                remote = caches.remote_pods.len(),
-                "listed"
-            );
-        }
-        Event::Apply(object) => {
-            let (key, value) = slim_object(pods, resource, object);
-            caches.put_pod(key, &value, false);
-        }
-        Event::Delete(object) => {
-            caches.delete_pod(&(object.namespace().unwrap_or_default(), object.name_any()));
-        }
-    }
 }
 
 /// The object as the builder reads it, keeping only `watched.mask`'s fields.

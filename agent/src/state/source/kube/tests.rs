@@ -3,6 +3,7 @@
 //! an eventually consistent API do not reject the cluster's state.
 
 mod compact;
+mod incremental;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::cache::{Caches, KindCache};
+use super::cache::{Caches, Kind, KindCache};
 use super::slim::{self, slim};
 use crate::state::{LoadOptions, Origin, SnapshotBuilder};
 
@@ -117,49 +118,44 @@ fn a_relist_replaces_the_cache_and_forgets_missed_deletions() {
     assert_eq!(cache.len(), 0);
 }
 
-fn synced(objects: &[((&str, &str), Value)]) -> KindCache {
-    let mut cache = KindCache::default();
-    cache.begin_list();
-    for ((ns, name), v) in objects {
-        cache.listed(key(ns, name), v);
+/// Caches with one namespace, `pods` listed and every other kind listed
+/// empty but PeerAuthentications.
+fn caches(pods: &[((&str, &str), Value)]) -> Caches {
+    let mut caches = Caches::default();
+    caches.begin_list(Kind::Namespace);
+    caches.put(Kind::Namespace, key("", "apps"), &namespace("apps"), true);
+    caches.end_list(Kind::Namespace);
+    caches.begin_list(Kind::Pod);
+    for ((ns, name), pod) in pods {
+        caches.put(Kind::Pod, key(ns, name), pod, true);
     }
-    cache.end_list();
-    cache
-}
-
-fn caches(pods: KindCache) -> Caches {
-    let mut caches = Caches {
-        namespaces: synced(&[(("", "apps"), namespace("apps"))]),
-        pods,
-        ..Caches::default()
-    };
+    caches.end_list(Kind::Pod);
     for kind in [
-        &mut caches.services,
-        &mut caches.endpoint_slices,
-        &mut caches.authorization_policies,
-        &mut caches.request_authentications,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::AuthorizationPolicy,
+        Kind::RequestAuthentication,
     ] {
-        kind.end_list();
+        caches.end_list(kind);
     }
     caches
 }
 
 #[test]
 fn nothing_builds_as_synced_until_every_kind_listed() {
-    let mut caches = caches(synced(&[]));
+    let mut caches = caches(&[]);
     assert!(!caches.all_synced(), "PeerAuthentications not listed");
-    caches.peer_authentications.mark_absent();
+    caches.mark_absent(Kind::PeerAuthentication);
     assert!(caches.all_synced());
 }
 
 #[test]
 fn a_pod_seen_before_its_namespace_waits_instead_of_failing_the_build() {
-    let pods = synced(&[
+    let mut caches = caches(&[
         (("apps", "web"), slimmed_pod("apps", "web", "10.0.0.5")),
         (("late", "early"), slimmed_pod("late", "early", "10.0.0.6")),
     ]);
-    let mut caches = caches(pods);
-    caches.peer_authentications.end_list();
+    caches.end_list(Kind::PeerAuthentication);
     let snapshot = caches.build(&LoadOptions::default()).unwrap();
     assert!(snapshot.workload_by_ip(ip("10.0.0.5")).is_some());
     assert!(snapshot.workload_by_ip(ip("10.0.0.6")).is_none());
@@ -172,12 +168,11 @@ fn a_reused_ip_goes_to_the_pod_that_is_not_terminating() {
     let mut new = slimmed_pod("apps", "new", "10.0.0.5");
     new["metadata"]["creationTimestamp"] = json!("2026-01-01T00:04:00Z");
     for order in [[&old, &new], [&new, &old]] {
-        let pods = synced(&[
+        let mut caches = caches(&[
             (("apps", "a"), order[0].clone()),
             (("apps", "b"), order[1].clone()),
         ]);
-        let mut caches = caches(pods);
-        caches.peer_authentications.end_list();
+        caches.end_list(Kind::PeerAuthentication);
         let snapshot = caches.build(&LoadOptions::default()).unwrap();
         assert_eq!(snapshot.workload_by_ip(ip("10.0.0.5")).unwrap().name, "new");
     }

@@ -11,17 +11,17 @@ use std::net::{IpAddr, SocketAddr};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::super::cache::Caches;
+use super::super::cache::{Caches, Kind};
 use crate::authz::AuthzError;
 use crate::state::{LoadOptions, Snapshot};
 
-const NODES: [&str; 3] = ["node-0", "node-1", "node-2"];
-const NAMESPACES: [&str; 4] = ["istio-system", "apps", "web", "legacy"];
+pub(super) const NODES: [&str; 3] = ["node-0", "node-1", "node-2"];
+pub(super) const NAMESPACES: [&str; 4] = ["istio-system", "apps", "web", "legacy"];
 const ACCOUNTS: [&str; 3] = ["default", "api", "db"];
-const APPS: [&str; 3] = ["front", "back", "store"];
+pub(super) const APPS: [&str; 3] = ["front", "back", "store"];
 
 #[derive(Debug, Clone)]
-struct GenPod {
+pub(super) struct GenPod {
     namespace: usize,
     account: usize,
     app: usize,
@@ -38,7 +38,7 @@ struct GenPod {
     generated: bool,
 }
 
-fn gen_pod() -> impl Strategy<Value = GenPod> {
+pub(super) fn gen_pod() -> impl Strategy<Value = GenPod> {
     (
         (0..NAMESPACES.len(), 0..ACCOUNTS.len(), 0..APPS.len()),
         (prop::option::of(0..3u8), prop::option::of(0..NODES.len())),
@@ -71,11 +71,11 @@ fn gen_pod() -> impl Strategy<Value = GenPod> {
         )
 }
 
-fn pod_ip(i: u8) -> String {
+pub(super) fn pod_ip(i: u8) -> String {
     format!("10.0.0.{}", i + 1)
 }
 
-fn pod_object(i: usize, p: &GenPod) -> Value {
+pub(super) fn pod_object(i: usize, p: &GenPod) -> Value {
     let app = APPS[p.app];
     let mut labels = json!({ "app": app, "pod-template-hash": "5d8f" });
     if let Some(v) = p.version {
@@ -123,7 +123,7 @@ fn pod_object(i: usize, p: &GenPod) -> Value {
 }
 
 #[derive(Debug, Clone)]
-struct GenPolicy {
+pub(super) struct GenPolicy {
     namespace: usize,
     deny: bool,
     selector: Option<usize>,
@@ -133,7 +133,7 @@ struct GenPolicy {
     port: Option<bool>,
 }
 
-fn gen_policy() -> impl Strategy<Value = GenPolicy> {
+pub(super) fn gen_policy() -> impl Strategy<Value = GenPolicy> {
     (
         (
             0..NAMESPACES.len(),
@@ -161,7 +161,7 @@ fn gen_policy() -> impl Strategy<Value = GenPolicy> {
         )
 }
 
-fn policy_object(i: usize, p: &GenPolicy) -> Value {
+pub(super) fn policy_object(i: usize, p: &GenPolicy) -> Value {
     let mut source = json!({});
     if let Some((ns, sa)) = p.principal {
         source["principals"] = json!([format!(
@@ -190,7 +190,7 @@ fn policy_object(i: usize, p: &GenPolicy) -> Value {
     })
 }
 
-fn namespace_object(name: &str, ambient: bool) -> Value {
+pub(super) fn namespace_object(name: &str, ambient: bool) -> Value {
     let labels = if ambient {
         json!({ "istio.io/dataplane-mode": "ambient" })
     } else {
@@ -199,7 +199,7 @@ fn namespace_object(name: &str, ambient: bool) -> Value {
     json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name, "labels": labels } })
 }
 
-fn key(object: &Value) -> (String, String) {
+pub(super) fn key(object: &Value) -> (String, String) {
     let meta = &object["metadata"];
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     (text(&meta["namespace"]), text(&meta["name"]))
@@ -209,32 +209,32 @@ fn key(object: &Value) -> (String, String) {
 /// objects, pods fed in two halves: a list, then watch events.
 fn build(node: Option<&str>, namespaces: &[Value], pods: &[Value], policies: &[Value]) -> Snapshot {
     let mut caches = Caches::for_node(node.map(str::to_owned));
-    caches.namespaces.begin_list();
+    caches.begin_list(Kind::Namespace);
     for ns in namespaces {
-        caches.namespaces.listed(key(ns), ns);
+        caches.put(Kind::Namespace, key(ns), ns, true);
     }
-    caches.namespaces.end_list();
+    caches.end_list(Kind::Namespace);
     let (listed, watched) = pods.split_at(pods.len() / 2);
-    caches.begin_pod_list();
+    caches.begin_list(Kind::Pod);
     for pod in listed {
-        caches.put_pod(key(pod), pod, true);
+        caches.put(Kind::Pod, key(pod), pod, true);
     }
-    caches.end_pod_list();
+    caches.end_list(Kind::Pod);
     for pod in watched {
-        caches.put_pod(key(pod), pod, false);
+        caches.put(Kind::Pod, key(pod), pod, false);
     }
-    caches.authorization_policies.begin_list();
+    caches.begin_list(Kind::AuthorizationPolicy);
     for policy in policies {
-        caches.authorization_policies.listed(key(policy), policy);
+        caches.put(Kind::AuthorizationPolicy, key(policy), policy, true);
     }
-    caches.authorization_policies.end_list();
+    caches.end_list(Kind::AuthorizationPolicy);
     for kind in [
-        &mut caches.services,
-        &mut caches.endpoint_slices,
-        &mut caches.peer_authentications,
-        &mut caches.request_authentications,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::PeerAuthentication,
+        Kind::RequestAuthentication,
     ] {
-        kind.end_list();
+        caches.end_list(kind);
     }
     caches
         .build(&LoadOptions::default())
