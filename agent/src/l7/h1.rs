@@ -30,16 +30,15 @@ use tokio::net::tcp::{ReadHalf as PodRead, WriteHalf as PodWrite};
 use super::L7;
 use super::body::RequestLog;
 use super::metrics::ConnectionSeries;
-use super::request::{Deciding, Facts, HeaderView, Refusal};
+use super::request::{self, Deciding, Facts, HeaderView, Refusal};
 use super::respond::Local;
 use chunked::{ChunkError, Chunked};
 use head::{Framing, HeadError, RequestHead, ResponseHead};
 
 /// Room made in a buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
-/// Largest request body read (and dropped) after a local answer, so the
-/// connection stays usable for the next request.
-const DRAIN_LIMIT: u64 = 64 * 1024;
+/// Largest request body read (and dropped) after a local answer.
+const DRAIN_LIMIT: u64 = request::DRAIN_LIMIT as u64;
 /// Interim (1xx) answers passed on before a final one.
 const MAX_INTERIM: usize = 8;
 
@@ -273,10 +272,7 @@ impl Conn {
                 Err(ReadError::Head(e)) => {
                     let answer = Local::Unreadable(e.status());
                     let mut log = self.log(http::Method::from_bytes(b"-").ok(), "");
-                    log.refused(&Refusal {
-                        answer,
-                        why: e.to_string().into(),
-                    });
+                    log.refused(&Refusal::new(answer, e.to_string()));
                     io.cw.write_all(&answer.h1(true)).await?;
                     let _ = io.cw.shutdown().await;
                     return Ok(());
@@ -345,10 +341,7 @@ impl Conn {
         let framing = match head.framing() {
             Ok(framing) => framing,
             Err(e) => {
-                let refusal = Refusal {
-                    answer: Local::Unreadable(e.status()),
-                    why: e.to_string().into(),
-                };
+                let refusal = Refusal::new(Local::Unreadable(e.status()), e.to_string());
                 return refuse(refusal, &head, Framing::UntilClose, log, io).await;
             }
         };
@@ -399,10 +392,7 @@ impl Conn {
         };
         match answered? {
             Answered::Failed(answer, why) => {
-                log.refused(&Refusal {
-                    answer,
-                    why: why.into(),
-                });
+                log.refused(&Refusal::new(answer, why));
                 io.cw.write_all(&answer.h1(true)).await?;
                 Ok(Next::Close)
             }
@@ -438,19 +428,15 @@ impl Conn {
         };
         let jwt = deciding.jwt();
         if !jwt.is_empty() {
-            let mut parts = head.to_parts().map_err(|e| Refusal {
-                answer: Local::Unreadable(e.status()),
-                why: e.to_string().into(),
-            })?;
+            let mut parts = head
+                .to_parts()
+                .map_err(|e| Refusal::new(Local::Unreadable(e.status()), e.to_string()))?;
             let auth = self
                 .l7
                 .jwt
                 .authenticate(&jwt, &mut parts)
                 .await
-                .map_err(|why| Refusal {
-                    answer: Local::BadToken,
-                    why: why.into(),
-                })?;
+                .map_err(|why| Refusal::new(Local::BadToken, why))?;
             deciding.decide(&self.facts, log, &HeaderView(&parts.headers), auth.as_ref())?;
             if auth.is_some() {
                 // Verification may have removed the token and added claims.

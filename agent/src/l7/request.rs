@@ -82,7 +82,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(answer: Local, why: impl Into<Cow<'static, str>>) -> Self {
+    pub fn new(answer: Local, why: impl Into<Cow<'static, str>>) -> Self {
         Self {
             answer,
             why: why.into(),
@@ -251,7 +251,7 @@ impl Handler {
 
 /// Largest request body read (and dropped) before a local answer, so the
 /// connection stays usable for the next request.
-const DRAIN_LIMIT: usize = 64 * 1024;
+pub const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// Answers `why` locally, after draining a small request body.
 async fn local(mut log: RequestLog, refusal: Refusal, body: Incoming) -> Response<Body> {
