@@ -97,8 +97,69 @@ impl<C: Connector> MeshOutbound<C> {
     }
 }
 
+/// How far opening a connection got.
+enum Opened {
+    /// Refused, failed, or carried to its end already (same node).
+    Done(Forwarded),
+    /// A tunnel to the destination's agent, ready to carry. Boxed: the
+    /// connection's future keeps room for it as long as the connection lasts.
+    Tunnel(Box<Tunnel>),
+}
+
+/// An opened HBONE tunnel and what its end is reported with.
+struct Tunnel {
+    client: TcpStream,
+    tunnel: (H2Reader, H2Writer),
+    cut: CancellationToken,
+    record: metrics::ConnectionRecord,
+    end: EndLog,
+}
+
+/// The fields of the line a mesh connection's end is logged with.
+struct EndLog {
+    client_addr: SocketAddr,
+    src_id: ambit_ca::SpiffeId,
+    target: SocketAddr,
+    dst_id: ambit_ca::SpiffeId,
+}
+
+impl EndLog {
+    fn ended(&self, forwarded: &Forwarded) {
+        tracing::debug!(
+            src = %self.client_addr,
+            src_identity = %self.src_id,
+            dst = %self.target,
+            dst_identity = %self.dst_id,
+            status = forwarded.status.as_str(),
+            reason = forwarded.reason.as_deref().unwrap_or("-"),
+            "mesh connection ended"
+        );
+    }
+}
+
+/// Carries what [`Shared::open`] opened until it ends.
+async fn carry(opened: Opened) -> Forwarded {
+    match opened {
+        Opened::Done(forwarded) => forwarded,
+        Opened::Tunnel(tunnel) => tunnel.carry().await,
+    }
+}
+
+impl Tunnel {
+    /// The record and the log fields stay in the box while the copy runs.
+    async fn carry(self: Box<Self>) -> Forwarded {
+        let this = self;
+        let forwarded = copy_then_close(this.client, this.tunnel, this.cut).await;
+        forwarded.account(&this.record);
+        this.end.ended(&forwarded);
+        forwarded
+    }
+}
+
 impl<C: Connector> Shared<C> {
-    async fn carry(self: Arc<Self>, conn: MeshConnection) -> Forwarded {
+    /// Decides, finds certificates and opens the tunnel; the same-node path
+    /// is carried here to its end.
+    async fn open(self: Arc<Self>, conn: MeshConnection) -> Opened {
         let MeshConnection {
             client,
             client_addr,
@@ -119,7 +180,10 @@ impl<C: Connector> Shared<C> {
             (Ok(s), Ok(d)) if source.enrolled && source.node == self.local.node() => (s, d),
             _ => {
                 socket::reset(client);
-                return Forwarded::refused(Status::Denied, "no mesh identity for the source");
+                return Opened::Done(Forwarded::refused(
+                    Status::Denied,
+                    "no mesh identity for the source",
+                ));
             }
         };
         let record = self.metrics.open_connection(&ConnectionOpen {
@@ -131,63 +195,72 @@ impl<C: Connector> Shared<C> {
             security: SecurityPolicy::MutualTls,
             ..ConnectionOpen::new(Reporter::Source, client_addr.0, orig_dst.0)
         });
-        let forwarded = match Box::pin(self.certs.certificate(&src_id)).await {
+        let end = EndLog {
+            client_addr: client_addr.0,
+            src_id,
+            target,
+            dst_id,
+        };
+        let forwarded = match self.certs.certificate(&end.src_id).await {
             None => {
                 socket::reset(client);
                 Forwarded::refused(
                     Status::ConnectFailed,
-                    format!("no certificate for {src_id}"),
+                    format!("no certificate for {}", end.src_id),
                 )
             }
             Some(_) if destination.node == self.local.node() => {
                 let local = Local {
                     client_addr: client_addr.0,
-                    source: &src_id,
+                    source: &end.src_id,
                     target,
                     service_host: service_host.as_deref(),
                 };
-                Box::pin(self.carry_local(client, &local, &record, cut)).await
+                self.carry_local(client, &local, &record, cut).await
             }
             Some(cert) => {
                 let request = ConnectRequest {
                     source: cert,
-                    destination: dst_id.clone(),
+                    destination: end.dst_id.clone(),
                     hbone_addr: SocketAddr::new(target.ip(), self.hbone_port),
                     target,
                     client: client_addr.0,
                     service_host,
                     baggage: Some(baggage(&source)),
                 };
-                self.carry_remote(client, request, &record, cut).await
+                match self.connect(client, request, &record).await {
+                    Ok((client, tunnel)) => {
+                        return Opened::Tunnel(Box::new(Tunnel {
+                            client,
+                            tunnel,
+                            cut,
+                            record,
+                            end,
+                        }));
+                    }
+                    Err(forwarded) => forwarded,
+                }
             }
         };
         forwarded.account(&record);
-        tracing::debug!(
-            src = %client_addr,
-            src_identity = %src_id,
-            dst = %target,
-            dst_identity = %dst_id,
-            status = forwarded.status.as_str(),
-            reason = forwarded.reason.as_deref().unwrap_or("-"),
-            "mesh connection ended"
-        );
-        forwarded
+        end.ended(&forwarded);
+        Opened::Done(forwarded)
     }
 
-    async fn carry_remote(
+    /// Opens the HBONE tunnel for `client`, or resets it and says why.
+    async fn connect(
         &self,
         client: TcpStream,
         request: ConnectRequest,
         record: &metrics::ConnectionRecord,
-        cut: CancellationToken,
-    ) -> Forwarded {
+    ) -> Result<(TcpStream, (H2Reader, H2Writer)), Forwarded> {
         let hbone_addr = request.hbone_addr;
         let peer = request.destination.clone();
-        // Boxed, as the other set-up steps: the connection's future lives as
-        // long as the connection, and would otherwise keep room for a TLS
-        // and HTTP/2 handshake all that time.
-        let tunnel = match Box::pin(self.pool.connect(request)).await {
-            Ok(tunnel) => tunnel,
+        match self.pool.connect(request).await {
+            Ok(tunnel) => {
+                record.set_decision(metrics::Decision::Allow, "accepted by destination", None);
+                Ok((client, tunnel.into_split()))
+            }
             Err(error) => {
                 socket::reset(client);
                 let (status, reason) = connect_failure(&error);
@@ -195,11 +268,9 @@ impl<C: Connector> Shared<C> {
                     record.set_decision(metrics::Decision::Deny, reason, None);
                 }
                 tracing::info!(%hbone_addr, %peer, %error, "hbone tunnel refused");
-                return Forwarded::refused(status, error.to_string());
+                Err(Forwarded::refused(status, error.to_string()))
             }
-        };
-        record.set_decision(metrics::Decision::Allow, "accepted by destination", None);
-        copy_then_close(client, tunnel.into_split(), cut).await
+        }
     }
 
     /// The same-node path: the inbound decision in process, then a plain
@@ -281,7 +352,10 @@ struct Local<'a> {
 
 impl<C: Connector> MeshForwarder for MeshOutbound<C> {
     fn forward(&self, conn: MeshConnection) -> BoxFuture<'static, Forwarded> {
-        self.shared.clone().carry(conn).boxed()
+        // Opening runs boxed and is freed before carrying starts: the
+        // connection's task lives as long as the connection and holds only
+        // what the copy needs.
+        Box::pin(self.shared.clone().open(conn)).then(carry).boxed()
     }
 }
 
