@@ -121,38 +121,33 @@ async fn carry<H: InboundHandler>(opened: Option<Box<Opened<H>>>, busy: Arc<()>)
 }
 
 impl<H: InboundHandler> Opened<H> {
+    /// What the end is reported with (the request, the handler's
+    /// connection) stays in the box while the copy runs.
     async fn carry(self: Box<Self>) {
-        let Self {
-            server,
-            tunnel,
-            parsed,
-            upstream,
-        } = *self;
-        let Upstream {
-            mut stream,
-            connection,
-            close,
-            l7,
-        } = upstream;
+        let this = self;
+        let mut stream = this.upstream.stream;
+        let close = this.upstream.close;
         let stop = async move {
             match close {
                 Some(token) => token.cancelled_owned().await,
                 None => std::future::pending().await,
             }
         };
-        let transfer = match l7 {
-            Some(session) => Box::pin(session.serve(tunnel, stream, stop))
+        let transfer = match this.upstream.l7 {
+            Some(session) => Box::pin(session.serve(this.tunnel, stream, stop))
                 .await
                 .transfer(),
-            None => copy_bidirectional(tunnel.into_split(), stream.split(), stop).await,
+            None => copy_bidirectional(this.tunnel.into_split(), stream.split(), stop).await,
         };
         debug!(
-            target = %parsed.target,
+            target = %this.parsed.target,
             sent = transfer.backward,
             received = transfer.forward,
             "hbone tunnel closed"
         );
-        server.handler.closed(parsed, connection, transfer);
+        this.server
+            .handler
+            .closed(this.parsed, this.upstream.connection, transfer);
     }
 }
 
