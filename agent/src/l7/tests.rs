@@ -18,17 +18,30 @@ use crate::state::{Snapshot, StateStore, Workload};
 
 /// A pod answering every request with its path.
 pub(super) async fn pod() -> SocketAddr {
+    pod_answering(|req| async move { req.uri().path().to_owned() }).await
+}
+
+/// A pod (HTTP/1 and h2c) answering every request with what `answer` makes
+/// of it.
+pub(super) async fn pod_answering<F, A>(answer: F) -> SocketAddr
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> A + Clone + Send + 'static,
+    A: Future<Output = String> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
+            let answer = answer.clone();
             tokio::spawn(async move {
-                let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let path = req.uri().path().to_owned();
-                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
-                        path,
-                    ))))
+                let svc = service_fn(move |req| {
+                    let text = answer(req);
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(text.await),
+                        )))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), svc)

@@ -9,6 +9,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 
+/// A CONNECT stream on a client HTTP/2 connection over `io`, as a tunnel.
+async fn open_tunnel(io: tokio::io::DuplexStream) -> (H2Reader, H2Writer) {
+    let (h2, connection) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.unwrap();
+    let request = Request::builder()
+        .method(Method::CONNECT)
+        .uri("10.0.0.1:80")
+        .body(())
+        .unwrap();
+    let (response, send) = h2.send_request(request, false).unwrap();
+    let response = response.await.unwrap();
+    H2Stream::from_parts(send, response.into_body()).into_split()
+}
+
 /// A client stream to a server that, once the client's bytes flow, answers
 /// `answer` with END_STREAM and ends the stream with `reset` while the
 /// client is still sending.
@@ -36,17 +51,7 @@ async fn answered_then_reset(reset: h2::Reason) -> (Transfer, Vec<u8>) {
         // Keeps driving the connection so the frames go out.
         while conn.accept().await.is_some() {}
     });
-    let (h2, connection) = h2::client::handshake(client_io).await.unwrap();
-    tokio::spawn(connection);
-    let mut h2 = h2.ready().await.unwrap();
-    let request = Request::builder()
-        .method(Method::CONNECT)
-        .uri("10.0.0.1:80")
-        .body(())
-        .unwrap();
-    let (response, send) = h2.send_request(request, false).unwrap();
-    let response = response.await.unwrap();
-    let tunnel = H2Stream::from_parts(send, response.into_body()).into_split();
+    let tunnel = open_tunnel(client_io).await;
 
     // The application keeps sending while the answer comes back.
     let (app, socket) = tokio::io::duplex(64 * 1024);
@@ -105,17 +110,7 @@ async fn bytes_sent_after_an_idle_start_still_cross() {
         });
         while conn.accept().await.is_some() {}
     });
-    let (h2, connection) = h2::client::handshake(client_io).await.unwrap();
-    tokio::spawn(connection);
-    let mut h2 = h2.ready().await.unwrap();
-    let request = Request::builder()
-        .method(Method::CONNECT)
-        .uri("10.0.0.1:80")
-        .body(())
-        .unwrap();
-    let (response, send) = h2.send_request(request, false).unwrap();
-    let response = response.await.unwrap();
-    let tunnel = H2Stream::from_parts(send, response.into_body()).into_split();
+    let tunnel = open_tunnel(client_io).await;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut app = tokio::net::TcpStream::connect(listener.local_addr().unwrap())

@@ -6,45 +6,31 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::l7::L7Settings;
-use crate::l7::tests::{agent, agent_with, pod};
+use crate::l7::tests::{agent, agent_with, pod, pod_answering};
 
-/// A pod answering `<method> <path> body=<n> te=<transfer-encoding>`.
+/// A pod answering `<method> <path> te=<transfer-encoding> body=<n>`.
 async fn echo_pod() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let line = format!(
-                        "{} {} te={}",
-                        req.method(),
-                        req.uri(),
-                        req.headers()
-                            .get("transfer-encoding")
-                            .map_or("-", |v| v.to_str().unwrap_or("?"))
-                    );
-                    let body = req.into_body().collect().await?.to_bytes();
-                    let text = format!("{line} body={}", body.len());
-                    Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(text))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
+    pod_answering(|req| async move {
+        let line = format!(
+            "{} {} te={}",
+            req.method(),
+            req.uri(),
+            req.headers()
+                .get("transfer-encoding")
+                .map_or("-", |v| v.to_str().unwrap_or("?"))
+        );
+        match req.into_body().collect().await {
+            Ok(body) => format!("{line} body={}", body.to_bytes().len()),
+            Err(e) => format!("{line} body error: {e}"),
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// A pod that keeps every byte it receives and, once it has seen a head,
