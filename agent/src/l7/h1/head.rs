@@ -150,6 +150,15 @@ impl Fields {
         }
     }
 
+    /// Takes the `len` bytes of a parsed head off the front of `buf`.
+    fn take(buf: &mut BytesMut, len: usize, fields: Vec<Field>) -> Result<Self, HeadError> {
+        Self::check_line_ends(&buf[..len])?;
+        Ok(Self {
+            bytes: buf.split_to(len).freeze(),
+            fields,
+        })
+    }
+
     fn collect(base: &[u8], headers: &[httparse::Header<'_>]) -> Vec<Field> {
         headers
             .iter()
@@ -181,6 +190,19 @@ fn range_in(base: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
+/// The length of the head httparse found complete in `buffered` bytes;
+/// `None` while it is incomplete and may still fit.
+fn head_len(
+    parsed: Result<httparse::Status<usize>, httparse::Error>,
+    buffered: usize,
+) -> Result<Option<usize>, HeadError> {
+    match parsed.map_err(parse_error)? {
+        httparse::Status::Complete(len) if len <= MAX_HEAD => Ok(Some(len)),
+        httparse::Status::Partial if buffered <= MAX_HEAD => Ok(None),
+        _ => Err(HeadError::TooLarge),
+    }
+}
+
 fn parse_error(e: httparse::Error) -> HeadError {
     match e {
         httparse::Error::TooManyHeaders => HeadError::TooManyHeaders,
@@ -209,28 +231,16 @@ impl RequestHead {
     pub fn parse(buf: &mut BytesMut) -> Result<Option<Self>, HeadError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
-        let len = match req.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                return Err(HeadError::TooLarge);
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => return Err(parse_error(e)),
+        let Some(len) = head_len(req.parse(buf), buf.len())? else {
+            return Ok(None);
         };
-        if len > MAX_HEAD {
-            return Err(HeadError::TooLarge);
-        }
         let base: &[u8] = buf;
         let method = range_in(base, req.method.unwrap_or_default().as_bytes());
         let target = range_in(base, req.path.unwrap_or_default().as_bytes());
         let minor = req.version.unwrap_or(1);
         let fields = Fields::collect(base, req.headers);
-        Fields::check_line_ends(&base[..len])?;
         let head = Self {
-            fields: Fields {
-                bytes: buf.split_to(len).freeze(),
-                fields,
-            },
+            fields: Fields::take(buf, len, fields)?,
             method,
             target,
             minor,
@@ -394,24 +404,14 @@ impl ResponseHead {
     pub fn parse(buf: &mut BytesMut) -> Result<Option<Self>, HeadError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut rsp = httparse::Response::new(&mut headers);
-        let len = match rsp.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                return Err(HeadError::TooLarge);
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => return Err(parse_error(e)),
+        let Some(len) = head_len(rsp.parse(buf), buf.len())? else {
+            return Ok(None);
         };
-        let base: &[u8] = buf;
         let code = rsp.code.unwrap_or_default();
         let minor = rsp.version.unwrap_or(1);
-        let fields = Fields::collect(base, rsp.headers);
-        Fields::check_line_ends(&base[..len])?;
+        let fields = Fields::collect(buf, rsp.headers);
         Ok(Some(Self {
-            fields: Fields {
-                bytes: buf.split_to(len).freeze(),
-                fields,
-            },
+            fields: Fields::take(buf, len, fields)?,
             code,
             minor,
         }))
