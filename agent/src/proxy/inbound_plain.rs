@@ -148,21 +148,37 @@ impl InboundPlainProxy {
     /// admitted again under this agent's policy, so a later policy change
     /// closes it and its metrics are this agent's; the previous agent did
     /// not sniff it for HTTP, and it is not sniffed mid-stream now.
-    async fn adopt(self: Arc<Self>, pair: Adopted, cut: CancellationToken) {
-        let moved = &pair.connection;
-        let info = PairInfo::of(moved, Direction::InboundPlain);
-        let (client_addr, orig_dst) = (ClientAddr(moved.client), OrigDst(moved.orig_dst));
-        let snapshot = self.state.current();
-        let source = snapshot.workload_by_ip(moved.client.ip());
+    /// The workloads at both ends (the destination only if it is a pod of
+    /// this node) and the connection's record.
+    fn ends<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        client_addr: ClientAddr,
+        orig_dst: OrigDst,
+    ) -> (
+        Option<&'s Arc<Workload>>,
+        Option<&'s Arc<Workload>>,
+        ConnectionRecord,
+    ) {
+        let source = snapshot.workload_by_ip(client_addr.0.ip());
         let destination = snapshot
-            .workload_by_ip(moved.orig_dst.ip())
+            .workload_by_ip(orig_dst.0.ip())
             .filter(|w| w.node == self.node);
-        let mut record = ConnectionRecord {
+        let record = ConnectionRecord {
             target: Some(orig_dst.0),
             source: source.cloned(),
             destination: destination.cloned(),
             ..ConnectionRecord::new(Direction::InboundPlain, client_addr, orig_dst)
         };
+        (source, destination, record)
+    }
+
+    async fn adopt(self: Arc<Self>, pair: Adopted, cut: CancellationToken) {
+        let moved = &pair.connection;
+        let info = PairInfo::of(moved, Direction::InboundPlain);
+        let (client_addr, orig_dst) = (ClientAddr(moved.client), OrigDst(moved.orig_dst));
+        let snapshot = self.state.current();
+        let (source, destination, mut record) = self.ends(&snapshot, client_addr, orig_dst);
         let admission = match destination {
             Some(destination) if snapshot.is_synced() => self.policy.admit(&InboundRequest {
                 snapshot: &snapshot,
@@ -237,16 +253,7 @@ impl InboundPlainProxy {
         }
         let snapshot = self.state.current();
         let client_addr = ClientAddr(peer);
-        let source = snapshot.workload_by_ip(peer.ip());
-        let destination = snapshot
-            .workload_by_ip(orig_dst.0.ip())
-            .filter(|w| w.node == self.node);
-        let mut record = ConnectionRecord {
-            target: Some(orig_dst.0),
-            source: source.cloned(),
-            destination: destination.cloned(),
-            ..ConnectionRecord::new(Direction::InboundPlain, client_addr, orig_dst)
-        };
+        let (source, destination, mut record) = self.ends(&snapshot, client_addr, orig_dst);
         let admission = match destination {
             _ if !snapshot.is_synced() => Admission::Deny {
                 reason: "state not synced".into(),

@@ -334,26 +334,12 @@ impl SnapshotBuilder {
         let mut services = Vec::with_capacity(self.services.len() + self.built_services.len());
         for (origin, svc) in &self.built_services {
             let object = format!("Service {}/{}", svc.namespace, svc.name);
-            for vip in &svc.vips {
-                claim(
-                    &mut owners,
-                    Some(&self.remote),
-                    *vip,
-                    Owner::Object(object.clone(), origin),
-                )?;
-            }
+            claim_all(&mut owners, &self.remote, &svc.vips, &object, origin)?;
             services.push(svc.clone());
         }
         for (origin, svc) in &self.services {
             let object = format!("Service {}/{}", svc.meta.namespace, svc.meta.name);
-            for vip in &svc.vips {
-                claim(
-                    &mut owners,
-                    Some(&self.remote),
-                    *vip,
-                    Owner::Object(object.clone(), origin),
-                )?;
-            }
+            claim_all(&mut owners, &self.remote, &svc.vips, &object, origin)?;
             let key = (svc.meta.namespace.as_str(), svc.meta.name.as_str());
             let endpoints = match (slices.get(&key), &svc.selector) {
                 (Some(slices), _) => slice_endpoints(slices),
@@ -419,6 +405,25 @@ pub(super) fn index_policies(
 
 /// Records `claimant` as the holder of `ip`, or names both if another holds
 /// it: an earlier claimant, or a pod of another node in `remote`.
+/// Claims each of `ips` for `object`, as [`claim`] does one.
+fn claim_all<'a>(
+    owners: &mut HashMap<IpAddr, Owner<'a>>,
+    remote: &'a SharedMap<IpAddr, Arc<Workload>>,
+    ips: &[IpAddr],
+    object: &str,
+    origin: &'a Origin,
+) -> Result<(), LoadError> {
+    for ip in ips {
+        claim(
+            owners,
+            Some(remote),
+            *ip,
+            Owner::Object(object.to_owned(), origin),
+        )?;
+    }
+    Ok(())
+}
+
 fn claim<'a>(
     owners: &mut HashMap<IpAddr, Owner<'a>>,
     remote: Option<&'a SharedMap<IpAddr, Arc<Workload>>>,
