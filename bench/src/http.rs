@@ -371,20 +371,17 @@ pub fn run(settings: &Settings, json: Option<&std::path::Path>) -> anyhow::Resul
             rows.push(r);
         }
     }
+    let gaps: Vec<RoundGaps> = (0..settings.rounds)
+        .filter_map(|r| gaps(r, &rows))
+        .collect();
     let report = HttpReport {
-        gaps: (0..settings.rounds)
-            .filter_map(|r| gaps(r, &rows))
-            .collect(),
+        gap_medians: crate::rounds::medians_of(gaps.iter()),
+        gaps,
         medians: ["direct", "l4", "l7"]
             .into_iter()
             .map(|name| (name, row_medians(&rows, name)))
             .collect(),
-        gap_medians: std::collections::BTreeMap::new(),
         rounds: rows,
-    };
-    let report = HttpReport {
-        gap_medians: crate::rounds::medians_of(report.gaps.iter()),
-        ..report
     };
     print_table(&report, settings);
     let out = serde_json::to_string_pretty(&report)?;
