@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, Capture, Family, RuleConfig};
-use crate::cli::{CaptureArgs, CaptureCommand, CaptureFlags, RunArgs};
+use crate::cli::{CaptureArgs, CaptureCommand, CaptureFlags, RunArgs, StateServerArgs};
 use crate::drain::{self, DrainWatcher};
 use crate::handover::connections::{AdoptListener, Adopted};
 use crate::handover::{self, Listeners, Predecessor, Role};
@@ -44,10 +44,18 @@ use crate::proxy::moving::Handoff;
 use crate::proxy::outbound::OutboundProxy;
 use crate::readiness::Readiness;
 use crate::socket::{self, SocketFactory};
+use crate::state::source::failover::FailoverWatch;
+use crate::state::source::feed::FeedConfig;
 use crate::state::source::kube::{KubeSource, KubeWatch};
 use crate::state::source::{FileSource, FileWatch};
-use crate::state::{Snapshot, StateStore};
+use crate::state::{LoadOptions, Snapshot, StateStore};
+use crate::state_server::StateServer;
 use crate::telemetry::LogHandle;
+use ambit_ca::authn::Authenticator;
+use ambit_ca::authn::bootstrap::FollowedTokens;
+use ambit_ca::authn::token_review::TokenReviewAuthenticator;
+use ambit_ca::serving::FollowedServingCert;
+use tokio::net::TcpListener;
 
 pub use mesh::CONTROL_SOCKET;
 
@@ -461,12 +469,32 @@ async fn explain_state_wait(store: StateStore, readiness: Readiness) {
 enum StateWatch {
     File(FileWatch),
     Kube(KubeWatch),
+    Fed(FailoverWatch),
 }
 
 /// Starts the state source and returns once its first complete snapshot is
 /// in `store` (the file read, or the Kubernetes watches listed).
 async fn start_state(args: &RunArgs, store: &StateStore) -> anyhow::Result<StateWatch> {
     let options = args.state.load_options();
+    if args.kube && !args.state_feed.is_empty() {
+        let direct = KubeSource::infer(options)
+            .await
+            .context("connecting to the Kubernetes API")?
+            .with_node(&args.node);
+        let feed = FeedConfig {
+            address: args.state_feed.clone(),
+            server_name: args.state_feed_server_name.clone(),
+            trust_bundle: args.mesh.trust_bundle.clone(),
+            token_file: args.mesh.token_file.clone(),
+            node: args.node.clone(),
+        };
+        let fed = direct.clone().fed_by(feed);
+        let watch =
+            FailoverWatch::start(fed, direct, store.clone(), args.state_feed_fallback_after);
+        tracing::info!(feed = %args.state_feed, "waiting for the first state from the feed (or the API server)");
+        watch.synced().await;
+        return Ok(StateWatch::Fed(watch));
+    }
     if args.kube {
         let watch = KubeSource::infer(options)
             .await
@@ -482,6 +510,48 @@ async fn start_state(args: &RunArgs, store: &StateStore) -> anyhow::Result<State
         .await
         .with_context(|| format!("loading state from {}", args.state.state.display()))?;
     Ok(StateWatch::File(watch))
+}
+
+/// `ambit-agent state-server`: serves the state feed until stopped.
+pub async fn state_server(args: StateServerArgs) -> anyhow::Result<()> {
+    let serving =
+        FollowedServingCert::start(&args.serving_cert, &args.serving_key, args.files_poll, None)
+            .await
+            .context("loading the serving certificate")?;
+    let authn: Arc<dyn Authenticator> = match &args.tokens_file {
+        Some(path) => Arc::new(
+            FollowedTokens::start(path, args.files_poll, None)
+                .await
+                .context("loading the tokens file")?,
+        ),
+        None => {
+            // The pod index binding tokens to nodes runs detached, as long
+            // as the server.
+            let (authn, _pods, _index) = TokenReviewAuthenticator::from_cluster(
+                &args.kube_audience,
+                args.agent_service_account.clone(),
+            )
+            .await
+            .context("connecting to the Kubernetes API for TokenReview")?;
+            Arc::new(authn)
+        }
+    };
+    let options = LoadOptions {
+        root_namespace: args.root_namespace.clone(),
+    };
+    let source = KubeSource::infer(options)
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let tls = Arc::new(serving.cert.server_config()?);
+    let _server = StateServer::start(source, listener, tls, authn, args.batch)?;
+    tracing::info!(listen = %args.listen, "state server started; listing the cluster");
+    let signal = wait_for_termination().await;
+    tracing::info!(signal, "state server stopping");
+    drop(serving);
+    Ok(())
 }
 
 /// `ambit-agent capture install|uninstall|status`.

@@ -58,6 +58,69 @@ pub enum Command {
     /// policies with each rule's L4 enforcement, recent refusals.
     #[command(subcommand)]
     Describe(DescribeCommand),
+    /// Serve the state feed: watch the Kubernetes API once for the whole
+    /// cluster and stream it, resolved and compact, to every agent started
+    /// with `--state-feed` (a small Deployment; see README, Scale).
+    StateServer(StateServerArgs),
+}
+
+/// `ambit-agent state-server`.
+#[derive(Clone, Debug, Args)]
+pub struct StateServerArgs {
+    /// Address agents connect to.
+    #[arg(
+        long,
+        env = "AMBIT_STATE_SERVER_LISTEN",
+        default_value = "0.0.0.0:15016"
+    )]
+    pub listen: SocketAddr,
+
+    /// PEM certificate chain (leaf first) to serve with: it must chain to
+    /// the mesh's root (the agents' `--trust-bundle`) and name the agents'
+    /// `--state-feed-server-name`. Followed while the server runs.
+    #[arg(long, env = "AMBIT_STATE_SERVER_SERVING_CERT")]
+    pub serving_cert: PathBuf,
+
+    /// PEM private key of `--serving-cert`; followed with it.
+    #[arg(long, env = "AMBIT_STATE_SERVER_SERVING_KEY")]
+    pub serving_key: PathBuf,
+
+    /// The CA's bootstrap tokens file (`<node> <token>` lines): agents are
+    /// authenticated as the CA authenticates them locally. Without it, with
+    /// the Kubernetes TokenReview API, as the CA's `--kube` does.
+    #[arg(long, env = "AMBIT_STATE_SERVER_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Audience the agents' projected service-account tokens are issued for.
+    #[arg(
+        long,
+        env = "AMBIT_STATE_SERVER_KUBE_AUDIENCE",
+        default_value = "ambit-ca"
+    )]
+    pub kube_audience: String,
+
+    /// The agents' service account, `<namespace>/<name>`: without
+    /// `--tokens-file`, the only callers accepted.
+    #[arg(
+        long,
+        env = "AMBIT_STATE_SERVER_AGENT_SERVICE_ACCOUNT",
+        default_value = "ambit-system/ambit-agent"
+    )]
+    pub agent_service_account: ambit_ca::authn::token_review::ServiceAccountRef,
+
+    /// Namespace whose policies apply mesh-wide.
+    #[arg(long, env = "AMBIT_ROOT_NAMESPACE", default_value = "istio-system")]
+    pub root_namespace: String,
+
+    /// Longest a change waits before it is sent: changes within it go out
+    /// as one batch.
+    #[arg(long, env = "AMBIT_STATE_SERVER_BATCH", default_value = "100ms", value_parser = ambit_ca::cli::parse_duration)]
+    pub batch: Duration,
+
+    /// How often the tokens and serving certificate files are re-read
+    /// besides inotify.
+    #[arg(long, env = "AMBIT_STATE_SERVER_FILES_POLL", default_value = "5s", value_parser = ambit_ca::cli::parse_duration)]
+    pub files_poll: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,6 +270,28 @@ pub struct RunArgs {
     /// else kubeconfig) instead of reading `--state`.
     #[arg(long, env = "AMBIT_KUBE", default_value_t = false)]
     pub kube: bool,
+
+    /// With `--kube`: `host:port` of the state feed (`ambit-agent
+    /// state-server`). Everything but this node's pods then comes from it,
+    /// and the agent watches only this node's pods; empty: every kind is
+    /// watched directly. Authenticated with `--token-file`, verified against
+    /// `--trust-bundle`.
+    #[arg(long, env = "AMBIT_STATE_FEED", default_value = "")]
+    pub state_feed: String,
+
+    /// DNS name the state feed's certificate must carry.
+    #[arg(
+        long,
+        env = "AMBIT_STATE_FEED_SERVER_NAME",
+        default_value = "ambit-state.ambit-system.svc"
+    )]
+    pub state_feed_server_name: String,
+
+    /// How long the state feed may be unreachable (at start or later)
+    /// before the agent watches the API server directly; it switches back
+    /// once the feed has sent a complete state again.
+    #[arg(long, env = "AMBIT_STATE_FEED_FALLBACK_AFTER", default_value = "10s", value_parser = ambit_ca::cli::parse_duration)]
+    pub state_feed_fallback_after: Duration,
 
     /// How long the state source may be unable to confirm the state (a
     /// Kubernetes watch that cannot reach the API server or is refused)

@@ -40,4 +40,5 @@ pub mod proxy;
 pub mod readiness;
 pub mod socket;
 pub mod state;
+pub mod state_server;
 pub mod telemetry;

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         Command::Authz(AuthzCommand::Check(args)) => authz_check(&args),
         Command::Capture(command) => report(app::capture(command)),
         Command::Describe(command) => describe(&command),
+        Command::StateServer(args) => report(state_server(args)),
     }
 }
 
@@ -102,6 +103,15 @@ fn run(args: ambit_agent::cli::RunArgs, logs: LogHandle) -> anyhow::Result<()> {
         .on_thread_park(telemetry::flush)
         .build()?
         .block_on(app::run(args, Some(logs)));
+    telemetry::flush();
+    result
+}
+
+fn state_server(args: ambit_agent::cli::StateServerArgs) -> anyhow::Result<()> {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(app::state_server(args));
     telemetry::flush();
     result
 }

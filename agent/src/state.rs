@@ -17,7 +17,7 @@ mod build;
 mod k8s;
 mod remote;
 mod service;
-mod shared_map;
+pub mod shared_map;
 mod snapshot;
 pub mod source;
 mod workload;

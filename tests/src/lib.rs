@@ -15,6 +15,7 @@
 //!   state file they read, policy changes, metrics and admin scrapes.
 //! - [`fake_kube`]: a fake Kubernetes API server on loopback (list, watch,
 //!   TokenReview) for the agent's watchers and the CA's authentication.
+//! - [`pki`]: a throwaway root and a serving certificate (the state server).
 //! - [`bin_path`]: where the workspace's binaries are, for spawning them in
 //!   namespaces.
 
@@ -22,6 +23,7 @@ pub mod cluster;
 pub mod fake_kube;
 pub mod mesh;
 pub mod netns;
+pub mod pki;
 pub mod preflight;
 pub mod traffic;
 

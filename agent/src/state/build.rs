@@ -121,6 +121,8 @@ pub struct SnapshotBuilder {
     /// they are.
     remote: SharedMap<IpAddr, Arc<Workload>>,
     remote_pods: usize,
+    /// `remote` covers this node's pods too (`set_cluster_addresses`).
+    local_over_remote: bool,
     services: Vec<(Origin, k8s::Service)>,
     /// Services a source built (and keeps) itself, from their objects.
     built_services: Vec<(Origin, Arc<Service>)>,
@@ -138,6 +140,7 @@ impl SnapshotBuilder {
             namespaces: HashMap::new(),
             pods: Vec::new(),
             remote: SharedMap::default(),
+            local_over_remote: false,
             remote_pods: 0,
             services: Vec::new(),
             built_services: Vec::new(),
@@ -221,6 +224,15 @@ impl SnapshotBuilder {
         self.objects += pods;
         self.remote = by_ip;
         self.remote_pods = pods;
+    }
+
+    /// `set_remote_addresses` for addresses resolved over the whole
+    /// cluster (the state feed), this node's pods among them: a pod of this
+    /// node takes its address over from the remote entry, as the snapshot
+    /// looks up pods known in full first.
+    pub fn set_cluster_addresses(&mut self, by_ip: SharedMap<IpAddr, Arc<Workload>>, pods: usize) {
+        self.set_remote_addresses(by_ip, pods);
+        self.local_over_remote = true;
     }
 
     /// Adds a decoded Service, built with the rest (its endpoints come from
@@ -307,7 +319,7 @@ impl SnapshotBuilder {
 
         // Remote addresses are unique among themselves (the source resolved
         // them); only this node's pods and the VIPs can collide with them.
-        for (ip, owner) in &owners {
+        for (ip, owner) in owners.iter().filter(|_| !self.local_over_remote) {
             if let Some(remote) = self.remote.get(ip) {
                 let (object, origin) = Owner::Remote(remote).describe();
                 let (owner, owner_origin) = owner.describe();

@@ -90,6 +90,28 @@ impl<K: Hash + Eq + Clone, V: Clone> SharedMap<K, V> {
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.shards.iter().flat_map(|shard| shard.iter())
     }
+
+    /// What changed since `older`: each key added or whose value is not
+    /// `same` as before, with its value, and each key removed, with None.
+    /// Shards the two maps share are skipped, so after a few edits this
+    /// costs the edited shards only.
+    pub fn diff(&self, older: &Self, same: impl Fn(&V, &V) -> bool) -> Vec<(K, Option<V>)> {
+        let mut changes = Vec::new();
+        for (new, old) in self.shards.iter().zip(&older.shards) {
+            if Arc::ptr_eq(new, old) {
+                continue;
+            }
+            for (key, value) in new.iter() {
+                if old.get(key).is_none_or(|o| !same(o, value)) {
+                    changes.push((key.clone(), Some(value.clone())));
+                }
+            }
+            for key in old.keys().filter(|k| !new.contains_key(*k)) {
+                changes.push((key.clone(), None));
+            }
+        }
+        changes
+    }
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> FromIterator<(K, V)> for SharedMap<K, V> {
@@ -121,6 +143,20 @@ mod tests {
         assert_eq!(map.get(&8), None);
         assert_eq!(map.len(), 1000);
         assert_eq!(map.iter().count(), 1000);
+    }
+
+    #[test]
+    fn a_diff_names_what_was_added_changed_and_removed() {
+        let old: SharedMap<u32, u32> = (0..1000).map(|i| (i, i)).collect();
+        let mut new = old.clone();
+        new.insert(7, 70);
+        new.remove(&8);
+        new.insert(5000, 1);
+        new.insert(9, 9);
+        let mut diff = new.diff(&old, |a, b| a == b);
+        diff.sort_unstable();
+        assert_eq!(diff, vec![(7, Some(70)), (8, None), (5000, Some(1))]);
+        assert!(old.diff(&old.clone(), |a, b| a == b).is_empty());
     }
 
     #[test]

@@ -156,6 +156,12 @@ impl Snapshot {
         self.remote_pods
     }
 
+    /// The addresses of pods of other nodes, each with its identity
+    /// group's workload (what the state server feeds).
+    pub fn remote_addresses(&self) -> &SharedMap<IpAddr, Arc<Workload>> {
+        &self.remote_by_ip
+    }
+
     pub fn is_synced(&self) -> bool {
         self.synced
     }

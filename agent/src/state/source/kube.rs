@@ -23,6 +23,7 @@
 mod addresses;
 mod backoff;
 mod cache;
+mod fed;
 mod kind_cache;
 mod local_pods;
 mod remote_pods;
@@ -33,6 +34,7 @@ mod slim;
 mod tests;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
@@ -41,12 +43,14 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::feed::FeedConfig;
 use crate::state::{LoadOptions, StateStore};
 use backoff::Backoff;
-use cache::{Caches, Kind, ObjectKey};
+use cache::{Caches, Kind, ObjectKey, PodScope};
+pub use fed::FeedLink;
 use slim::Mask;
 
 /// How often a kind whose CRD is not installed is looked for again.
@@ -60,13 +64,37 @@ pub enum KubeSourceError {
     Client(#[from] kube::Error),
 }
 
+/// An object of a relayed kind (every watched kind but Pod) as the source
+/// caches it, for the state server (`with_tap`). Events come in the order
+/// the watches deliver them; a list is framed by `Begin` and `End`.
+#[derive(Clone, Debug)]
+pub enum TapEvent {
+    Begin(&'static str),
+    Put {
+        kind: &'static str,
+        /// Namespace (empty for cluster-scoped kinds) and name.
+        key: (String, String),
+        object: Arc<Value>,
+    },
+    Delete {
+        kind: &'static str,
+        key: (String, String),
+    },
+    End(&'static str),
+}
+
+/// Where `TapEvent`s go.
+pub type Tap = mpsc::UnboundedSender<TapEvent>;
+
 /// The API server to watch, and how to read what it says.
 #[derive(Clone)]
 pub struct KubeSource {
     client: Client,
     options: LoadOptions,
     settle: Duration,
-    node: Option<String>,
+    scope: PodScope,
+    tap: Option<Tap>,
+    feed: Option<FeedConfig>,
 }
 
 impl std::fmt::Debug for KubeSource {
@@ -74,7 +102,8 @@ impl std::fmt::Debug for KubeSource {
         f.debug_struct("KubeSource")
             .field("options", &self.options)
             .field("settle", &self.settle)
-            .field("node", &self.node)
+            .field("scope", &self.scope)
+            .field("feed", &self.feed)
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +115,7 @@ pub struct KubeWatch {
     tasks: Vec<JoinHandle<()>>,
     synced: watch::Receiver<bool>,
     shared: Arc<Shared>,
+    link: watch::Receiver<FeedLink>,
 }
 
 impl Drop for KubeWatch {
@@ -107,6 +137,22 @@ impl KubeWatch {
     /// page and for sizing.
     pub fn cache_bytes(&self) -> usize {
         self.shared.caches.lock().heap_bytes()
+    }
+
+    /// Whether this source publishes to its store (default: yes). A muted
+    /// source keeps following its input, so it can take over at once: the
+    /// failover runs a fed and a direct source and lets one publish.
+    pub fn set_active(&self, active: bool) {
+        self.shared.active.store(active, Ordering::SeqCst);
+        if active {
+            self.shared.sync_behind();
+            self.shared.changed.notify_one();
+        }
+    }
+
+    /// How a fed source's feed is doing (always `Up` for direct watches).
+    pub fn feed_link(&self) -> watch::Receiver<FeedLink> {
+        self.link.clone()
     }
 }
 
@@ -172,25 +218,58 @@ const WATCHED: [Watched; 7] = [
     },
 ];
 
+/// The slot of `Shared::behind` the feed reports in.
+const FEED_SLOT: usize = WATCHED.len();
+
 /// What the watch tasks share with the builder task.
 #[derive(Debug)]
 struct Shared {
     caches: Mutex<Caches>,
     changed: Notify,
     store: StateStore,
-    /// Per watched kind (by `Kind`): since when its watch has been failing.
-    behind: Mutex<[Option<SystemTime>; WATCHED.len()]>,
+    /// Per watched kind (by `Kind`), and the feed: since when it has been
+    /// failing.
+    behind: Mutex<[Option<SystemTime>; WATCHED.len() + 1]>,
+    tap: Option<Tap>,
+    /// Publishes to the store (see `KubeWatch::set_active`).
+    active: AtomicBool,
+    /// Has published a snapshot: until then what it knows of its watches
+    /// says nothing of the state in the store.
+    published: AtomicBool,
 }
 
 impl Shared {
     /// Records whether the watch of `kind` follows the API server, and
-    /// tells the store since when the state may be missing changes: the
-    /// earliest of the failing watches.
+    /// tells the store since when the state may be missing changes.
     fn set_behind(&self, kind: Kind, since: Option<SystemTime>) {
-        let mut behind = self.behind.lock();
-        behind[kind as usize] = since;
+        self.set_behind_slot(kind as usize, since);
+    }
+
+    fn set_behind_slot(&self, slot: usize, since: Option<SystemTime>) {
+        self.behind.lock()[slot] = since;
+        self.sync_behind();
+    }
+
+    /// Tells the store since when the state may be missing changes: the
+    /// earliest of the failing watches. Only a source whose state is the
+    /// one in force may say.
+    fn sync_behind(&self) {
+        if !self.speaks() {
+            return;
+        }
+        let behind = self.behind.lock();
         self.store
             .set_behind_since(behind.iter().flatten().min().copied());
+    }
+
+    fn speaks(&self) -> bool {
+        self.active.load(Ordering::SeqCst) && self.published.load(Ordering::SeqCst)
+    }
+
+    fn report_failure(&self, message: String) {
+        if self.active.load(Ordering::SeqCst) {
+            self.store.report_failure(message);
+        }
     }
 }
 
@@ -200,7 +279,9 @@ impl KubeSource {
             client,
             options,
             settle: Duration::from_millis(100),
-            node: None,
+            scope: PodScope::Full,
+            tap: None,
+            feed: None,
         }
     }
 
@@ -208,7 +289,27 @@ impl KubeSource {
     /// as an address, an identity and an enrolment. Without it every pod is
     /// kept in full (tools that look at the whole cluster).
     pub fn with_node(mut self, node: impl Into<String>) -> Self {
-        self.node = Some(node.into());
+        self.scope = PodScope::Node(node.into());
+        self
+    }
+
+    /// Every scheduled pod in compact form: the state server, which serves
+    /// every node and needs of each pod what a remote agent does.
+    pub fn compact(mut self) -> Self {
+        self.scope = PodScope::Compact;
+        self
+    }
+
+    /// Relays every object of the kinds other than Pod, as cached, to `tap`.
+    pub fn with_tap(mut self, tap: Tap) -> Self {
+        self.tap = Some(tap);
+        self
+    }
+
+    /// Takes everything but this node's pods from the state feed; watches
+    /// only this node's pods (a field selector). Needs `with_node`.
+    pub fn fed_by(mut self, feed: FeedConfig) -> Self {
+        self.feed = Some(feed);
         self
     }
 
@@ -228,17 +329,41 @@ impl KubeSource {
 
     /// Starts the watches and the builder; snapshots go to `store`.
     pub fn start(self, store: StateStore) -> KubeWatch {
+        let fed = match (&self.feed, &self.scope) {
+            (Some(feed), PodScope::Node(node)) => Some((feed.clone(), node.clone())),
+            _ => None,
+        };
         let shared = Arc::new(Shared {
-            caches: Mutex::new(Caches::for_node(self.node)),
+            caches: Mutex::new(Caches::new(self.scope, fed.is_some())),
             changed: Notify::new(),
             store,
-            behind: Mutex::new([None; WATCHED.len()]),
+            behind: Mutex::new([None; WATCHED.len() + 1]),
+            tap: self.tap,
+            active: AtomicBool::new(true),
+            published: AtomicBool::new(false),
         });
         let (synced_tx, synced) = watch::channel(false);
-        let mut tasks: Vec<JoinHandle<()>> = WATCHED
-            .iter()
-            .map(|w| tokio::spawn(watch_kind(self.client.clone(), w, shared.clone())))
-            .collect();
+        let (link_tx, link) = watch::channel(FeedLink::Up);
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        match fed {
+            Some((feed, node)) => {
+                let pods = &WATCHED[Kind::Pod as usize];
+                let selector = format!("spec.nodeName={node}");
+                tasks.push(tokio::spawn(watch_kind(
+                    self.client.clone(),
+                    pods,
+                    Some(selector),
+                    shared.clone(),
+                )));
+                link_tx.send_replace(FeedLink::down_now());
+                tasks.push(tokio::spawn(fed::follow(feed, shared.clone(), link_tx)));
+            }
+            None => {
+                tasks.extend(WATCHED.iter().map(|w| {
+                    tokio::spawn(watch_kind(self.client.clone(), w, None, shared.clone()))
+                }))
+            }
+        }
         tasks.push(tokio::spawn(publish(
             shared.clone(),
             self.options,
@@ -249,8 +374,14 @@ impl KubeSource {
             tasks,
             synced,
             shared,
+            link,
         }
     }
+}
+
+/// The watched kind named `kind`.
+fn watched(kind: &str) -> Option<&'static Watched> {
+    WATCHED.iter().find(|w| w.kind == kind)
 }
 
 /// Rebuilds and publishes after every change, once all kinds are synced.
@@ -270,15 +401,23 @@ async fn publish(
             }
             caches.build(&options)
         };
+        if !shared.active.load(Ordering::SeqCst) {
+            // Muted: built all the same, so what changed is taken in and
+            // the source can take over with one quick build.
+            continue;
+        }
         match built {
             Ok(snapshot) => {
                 let generation = shared.store.replace(snapshot);
                 tracing::debug!(generation, "published state from Kubernetes");
+                if !shared.published.swap(true, Ordering::SeqCst) {
+                    shared.sync_behind();
+                }
                 synced.send_replace(true);
             }
             Err(error) => {
                 tracing::warn!(%error, "keeping the last state");
-                shared.store.report_failure(error.to_string());
+                shared.report_failure(error.to_string());
             }
         }
     }
@@ -286,7 +425,13 @@ async fn publish(
 
 /// Watches one kind forever: picks the version the cluster serves, then
 /// follows the watcher's events into the cache.
-async fn watch_kind(client: Client, watched: &'static Watched, shared: Arc<Shared>) {
+/// `fields`: a field selector for the watch (a fed agent's own pods).
+async fn watch_kind(
+    client: Client,
+    watched: &'static Watched,
+    fields: Option<String>,
+    shared: Arc<Shared>,
+) {
     loop {
         let Some(resource) = served_resource(&client, watched, &shared).await else {
             tracing::warn!(
@@ -295,6 +440,14 @@ async fn watch_kind(client: Client, watched: &'static Watched, shared: Arc<Share
                 "kind not served by this cluster (CRD not installed?); treating it as empty"
             );
             shared.caches.lock().mark_absent(watched.cached_as);
+            if let Some(tap) = shared
+                .tap
+                .as_ref()
+                .filter(|_| watched.cached_as != Kind::Pod)
+            {
+                let _ = tap.send(TapEvent::Begin(watched.kind));
+                let _ = tap.send(TapEvent::End(watched.kind));
+            }
             // Absent is a state the cluster is in, not a failure to follow it.
             shared.set_behind(watched.cached_as, None);
             shared.changed.notify_one();
@@ -303,7 +456,10 @@ async fn watch_kind(client: Client, watched: &'static Watched, shared: Arc<Share
         };
         tracing::debug!(kind = watched.kind, api_version = %resource.api_version, "watching");
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        let config = watcher::Config::default().any_semantic();
+        let mut config = watcher::Config::default().any_semantic();
+        if let Some(fields) = &fields {
+            config = config.fields(fields);
+        }
         // No kube-runtime backoff: ours resets on every event (see `backoff`).
         let mut events = watcher::watcher(api, config).boxed();
         let mut backoff = Backoff::default();
@@ -379,15 +535,32 @@ fn apply_event(
     event: Event<DynamicObject>,
 ) {
     let kind = watched.cached_as;
+    let tap = shared.tap.as_ref().filter(|_| kind != Kind::Pod);
     let mut caches = shared.caches.lock();
     match event {
-        Event::Init => caches.begin_list(kind),
+        Event::Init => {
+            caches.begin_list(kind);
+            if let Some(tap) = tap {
+                let _ = tap.send(TapEvent::Begin(watched.kind));
+            }
+        }
         Event::InitApply(object) => {
             let (key, value) = slim_object(watched, resource, object);
-            caches.put(kind, key, &value, true);
+            caches.put(kind, key.clone(), &value, true);
+            if let Some(tap) = tap {
+                let object = Arc::new(value);
+                let _ = tap.send(TapEvent::Put {
+                    kind: watched.kind,
+                    key,
+                    object,
+                });
+            }
         }
         Event::InitDone => {
             caches.end_list(kind);
+            if let Some(tap) = tap {
+                let _ = tap.send(TapEvent::End(watched.kind));
+            }
             tracing::info!(
                 kind = watched.kind,
                 objects = caches.len(kind),
@@ -397,13 +570,25 @@ fn apply_event(
         }
         Event::Apply(object) => {
             let (key, value) = slim_object(watched, resource, object);
-            caches.put(kind, key, &value, false);
+            caches.put(kind, key.clone(), &value, false);
+            if let Some(tap) = tap {
+                let object = Arc::new(value);
+                let _ = tap.send(TapEvent::Put {
+                    kind: watched.kind,
+                    key,
+                    object,
+                });
+            }
         }
         Event::Delete(object) => {
-            caches.delete(
-                kind,
-                &(object.namespace().unwrap_or_default(), object.name_any()),
-            );
+            let key = (object.namespace().unwrap_or_default(), object.name_any());
+            caches.delete(kind, &key);
+            if let Some(tap) = tap {
+                let _ = tap.send(TapEvent::Delete {
+                    kind: watched.kind,
+                    key,
+                });
+            }
         }
     }
     drop(caches);
@@ -516,7 +701,7 @@ fn not_served(watched: &'static Watched, resource: &ApiResource, shared: &Shared
         kind = watched.kind,
         "{message}"
     );
-    shared.store.report_failure(message);
+    shared.report_failure(message);
 }
 
 /// RBAC refused a read: the fix is in the cluster, so say exactly what.
@@ -532,5 +717,5 @@ fn forbidden(watched: &'static Watched, shared: &Shared) {
         "forbidden to list/watch {resource}: grant the agent's service account get, list and watch on it (manifests/agent-clusterrole.yaml)"
     );
     tracing::error!(kind = watched.kind, %resource, "{message}");
-    shared.store.report_failure(message);
+    shared.report_failure(message);
 }

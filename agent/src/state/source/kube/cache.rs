@@ -29,6 +29,8 @@ use serde_json::Value;
 use super::addresses::{AddressBook, PodRef};
 use super::kind_cache::store;
 mod build;
+mod feed;
+pub(super) use feed::FedAddresses;
 
 pub(super) use super::kind_cache::{KindCache, ObjectKey};
 use super::local_pods::{LocalPod, remote_view};
@@ -50,6 +52,18 @@ pub(super) enum Kind {
     RequestAuthentication,
 }
 
+/// Which pods are kept in full, as objects.
+#[derive(Clone, Debug, Default)]
+pub(in crate::state::source) enum PodScope {
+    /// Every pod (tools that look at the whole cluster).
+    #[default]
+    Full,
+    /// This node's pods and unscheduled ones; others compact.
+    Node(String),
+    /// Only unscheduled pods: the state server, which serves every node.
+    Compact,
+}
+
 /// What changed since the last build.
 #[derive(Debug, Default)]
 struct Changed {
@@ -61,8 +75,11 @@ struct Changed {
 /// Every watched kind, and what the last build made of them.
 #[derive(Debug, Default)]
 pub(super) struct Caches {
-    /// This agent's node; with it, pods elsewhere go to `remote_pods`.
-    node: Option<String>,
+    /// Pods outside it go to `remote_pods`.
+    scope: PodScope,
+    /// Fed (`super::fed`): the remote addresses as the state feed resolved
+    /// them, instead of this cache's own `addresses` of remote pods.
+    fed: Option<FedAddresses>,
     pub namespaces: KindCache,
     /// Pods kept as objects: this node's, unscheduled ones, or all of them
     /// when no node is set.
@@ -82,12 +99,20 @@ pub(super) struct Caches {
 }
 
 impl Caches {
-    /// Caches for the agent of `node` (None: every pod in full).
-    pub fn for_node(node: Option<String>) -> Self {
+    /// Caches keeping `scope`'s pods in full; `fed`: remote addresses come
+    /// from the state feed.
+    pub fn new(scope: PodScope, fed: bool) -> Self {
         Self {
-            node,
+            scope,
+            fed: fed.then(Default::default),
             ..Self::default()
         }
+    }
+
+    /// Caches for the agent of `node` (None: every pod in full).
+    #[cfg(test)]
+    pub fn for_node(node: Option<String>) -> Self {
+        Self::new(node.map_or(PodScope::Full, PodScope::Node), false)
     }
 
     /// The cache of a kind kept as JSON text.
@@ -356,10 +381,11 @@ impl Caches {
     /// The compact form of `pod` if it is scheduled on a node other than
     /// this agent's and decodes; None keeps it as an object.
     fn remote_form(&mut self, pod: &Value) -> Option<RemotePod> {
-        let node = self.node.as_deref()?;
         let scheduled = pod["spec"]["nodeName"].as_str()?;
-        if scheduled == node {
-            return None;
+        match &self.scope {
+            PodScope::Full => return None,
+            PodScope::Node(node) if node == scheduled => return None,
+            PodScope::Node(_) | PodScope::Compact => {}
         }
         let decoded = k8s::pod(pod).ok()?;
         let meta = &pod["metadata"];

@@ -94,8 +94,16 @@ impl Caches {
                 builder.add_object(origin.clone(), &object)?;
             }
         }
-        let (remote, count) = self.addresses.published();
-        builder.set_remote_addresses(remote, count);
+        match &self.fed {
+            Some(fed) => {
+                let (remote, count) = fed.published();
+                builder.set_cluster_addresses(remote, count);
+            }
+            None => {
+                let (remote, count) = self.addresses.published();
+                builder.set_remote_addresses(remote, count);
+            }
+        }
         self.services.add_to(&mut builder, &origin)?;
         builder.set_indexed_policies(policies, policy_errors);
         builder.build()

@@ -1,0 +1,135 @@
+//! `ambit-agent state-server`: the state feed's server (see
+//! `state::source::feed` for what it sends and why). It runs the agent's
+//! own Kubernetes source, with every pod compact, and feeds agents what that
+//! source resolves.
+//!
+//! - `mirror`: the state as fed, revisioned, and the batches broadcast.
+//! - `serve`: TLS, authentication and one stream per agent.
+
+pub mod mirror;
+pub mod serve;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ambit_ca::authn::Authenticator;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::state::source::kube::{KubeSource, KubeWatch, TapEvent};
+use crate::state::{Snapshot, StateStore};
+use mirror::Mirror;
+use serve::Feeding;
+
+/// A running state server; dropping it stops it.
+pub struct StateServer {
+    addr: SocketAddr,
+    feeding: Arc<Feeding>,
+    tasks: Vec<JoinHandle<()>>,
+    _watch: KubeWatch,
+}
+
+impl Drop for StateServer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl StateServer {
+    /// Watches the cluster with `source` (made compact and tapped here) and,
+    /// once it is synced, serves agents on `listener`, sending a batch of
+    /// changes at most every `batch`.
+    pub fn start(
+        source: KubeSource,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        authn: Arc<dyn Authenticator>,
+        batch: Duration,
+    ) -> io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let store = StateStore::new(Snapshot::default());
+        let (tap, taps) = mpsc::unbounded_channel();
+        let watch = source.compact().with_tap(tap).start(store.clone());
+        let mirror = Arc::new(Mirror::default());
+        let feeding = Arc::new(Feeding {
+            mirror: mirror.clone(),
+            authn,
+            acceptor: TlsAcceptor::from(tls),
+            store: store.clone(),
+            agents: AtomicUsize::new(0),
+            bytes_sent: AtomicU64::new(0),
+        });
+        let follow = tokio::spawn(follow(mirror, taps, store.clone(), batch));
+        let serving = feeding.clone();
+        let serve = tokio::spawn(async move {
+            let _ = store.subscribe().wait_for(|s| s.is_synced()).await;
+            if let Err(error) = serving.mirror.flush(store.current().remote_addresses()) {
+                tracing::error!(%error, "cannot encode the state");
+            }
+            let (addresses, objects) = serving.mirror.sizes();
+            tracing::info!(%addr, addresses, objects, "state synced; serving agents");
+            if let Err(error) = serve::serve(listener, serving).await {
+                tracing::error!(%error, "state server stopped accepting");
+            }
+        });
+        Ok(Self {
+            addr,
+            feeding,
+            tasks: vec![follow, serve],
+            _watch: watch,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Agents connected now.
+    pub fn agents(&self) -> usize {
+        self.feeding.agents.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written to agents so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.feeding.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.feeding.mirror.revision()
+    }
+}
+
+/// Takes in relayed objects as they come, and flushes every `period`.
+async fn follow(
+    mirror: Arc<Mirror>,
+    mut taps: mpsc::UnboundedReceiver<TapEvent>,
+    store: StateStore,
+    period: Duration,
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = taps.recv() => match event {
+                Some(event) => mirror.tap(event),
+                None => return,
+            },
+            _ = tick.tick() => {
+                let snapshot = store.current();
+                if !snapshot.is_synced() {
+                    continue;
+                }
+                if let Err(error) = mirror.flush(snapshot.remote_addresses()) {
+                    tracing::error!(%error, "cannot encode the changes");
+                }
+            }
+        }
+    }
+}

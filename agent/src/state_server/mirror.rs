@@ -1,0 +1,281 @@
+//! The state server's view of the cluster as it feeds it: the relayed
+//! objects and the resolved remote addresses, each change numbered by a
+//! revision and broadcast once, encoded, to every connected agent.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::state::Workload;
+use crate::state::shared_map::SharedMap;
+use crate::state::source::feed::wire::{
+    self, CHUNK, Changes, Frame, Identity, ObjectChange, WireError,
+};
+use crate::state::source::kube::TapEvent;
+
+/// Batches an agent may fall behind by before it is sent a full state
+/// again (at one batch per 100 ms, about 25 s).
+const BACKLOG: usize = 256;
+
+/// One batch of changes, encoded as frames of at most `CHUNK` entries.
+#[derive(Debug)]
+pub struct Batch {
+    pub revision: u64,
+    pub frames: Vec<Vec<u8>>,
+}
+
+/// A full state, encoded as frames (`Reset`, changes, `Synced`).
+pub type FullState = Arc<[Vec<u8>]>;
+
+/// A relayed object: kind, namespace, name.
+type ObjectId = (&'static str, String, String);
+
+#[derive(Debug)]
+pub struct Mirror {
+    inner: Mutex<Inner>,
+    batches: broadcast::Sender<Arc<Batch>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    revision: u64,
+    objects: BTreeMap<ObjectId, Arc<Value>>,
+    /// Kinds being listed again, with the objects the list has named.
+    relisting: HashMap<&'static str, HashSet<(String, String)>>,
+    /// Object changes not yet sent.
+    pending: Vec<ObjectChange>,
+    /// The remote addresses as last sent.
+    sent: SharedMap<IpAddr, Arc<Workload>>,
+    /// Identity ids, by the address of the shared `Workload` (kept alive
+    /// here, so an address is never reused while it has an id).
+    ids: HashMap<usize, (u32, Arc<Workload>)>,
+    next_id: u32,
+    /// The full state of `revision`, encoded once for every agent that
+    /// connects at it.
+    full: Option<(u64, FullState)>,
+}
+
+impl Default for Mirror {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            batches: broadcast::channel(BACKLOG).0,
+        }
+    }
+}
+
+impl Mirror {
+    /// Takes in a relayed object's change; it is sent with the next flush.
+    pub fn tap(&self, event: TapEvent) {
+        let mut inner = self.inner.lock();
+        match event {
+            TapEvent::Begin(kind) => {
+                inner.relisting.insert(kind, HashSet::new());
+            }
+            TapEvent::Put { kind, key, object } => {
+                if let Some(listed) = inner.relisting.get_mut(kind) {
+                    listed.insert(key.clone());
+                }
+                let id = (kind, key.0, key.1);
+                if inner.objects.get(&id) != Some(&object) {
+                    inner.objects.insert(id.clone(), object.clone());
+                    inner.pending.push(change(id, Some(object)));
+                }
+            }
+            TapEvent::Delete { kind, key } => {
+                let id = (kind, key.0, key.1);
+                if inner.objects.remove(&id).is_some() {
+                    inner.pending.push(change(id, None));
+                }
+            }
+            TapEvent::End(kind) => {
+                let Some(listed) = inner.relisting.remove(kind) else {
+                    return;
+                };
+                let gone: Vec<ObjectId> = inner
+                    .objects
+                    .keys()
+                    .filter(|(k, ns, name)| {
+                        *k == kind && !listed.contains(&(ns.clone(), name.clone()))
+                    })
+                    .cloned()
+                    .collect();
+                for id in gone {
+                    inner.objects.remove(&id);
+                    inner.pending.push(change(id, None));
+                }
+            }
+        }
+    }
+
+    /// Sends what changed since the last flush: pending object changes and
+    /// the difference between `addresses` and the addresses last sent.
+    /// Returns the new revision, if anything changed.
+    pub fn flush(
+        &self,
+        addresses: &SharedMap<IpAddr, Arc<Workload>>,
+    ) -> Result<Option<u64>, WireError> {
+        let mut inner = self.inner.lock();
+        let mut changes = Changes {
+            objects: std::mem::take(&mut inner.pending),
+            ..Changes::default()
+        };
+        let moved = addresses.diff(&inner.sent, Arc::ptr_eq);
+        for (ip, workload) in moved {
+            let id = workload.map(|w| inner.id_of(&w, &mut changes.identities));
+            changes.addresses.push((ip, id));
+        }
+        inner.sent = addresses.clone();
+        if !changes.addresses.is_empty() {
+            // An identity only this map holds is no longer any address's.
+            inner.ids.retain(|_, (id, w)| {
+                let used = Arc::strong_count(w) > 1;
+                if !used {
+                    changes.forgotten.push(*id);
+                }
+                used
+            });
+        }
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        inner.revision += 1;
+        changes.revision = inner.revision;
+        let frames = encode_chunked(changes)?;
+        let revision = inner.revision;
+        // No agent connected is no error.
+        let _ = self.batches.send(Arc::new(Batch { revision, frames }));
+        Ok(Some(revision))
+    }
+
+    /// The full state now, its revision, and the batches that follow it.
+    pub fn subscribe(
+        &self,
+    ) -> Result<(FullState, u64, broadcast::Receiver<Arc<Batch>>), WireError> {
+        let mut inner = self.inner.lock();
+        let batches = self.batches.subscribe();
+        let revision = inner.revision;
+        if let Some((at, full)) = &inner.full
+            && *at == revision
+        {
+            return Ok((full.clone(), revision, batches));
+        }
+        let full: FullState = inner.encode_full()?.into();
+        inner.full = Some((revision, full.clone()));
+        Ok((full, revision, batches))
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.inner.lock().revision
+    }
+
+    /// Remote addresses and relayed objects held.
+    pub fn sizes(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        (inner.sent.len(), inner.objects.len())
+    }
+}
+
+impl Inner {
+    /// The id of `workload`'s identity; new ones are added to `sent`.
+    fn id_of(&mut self, workload: &Arc<Workload>, sent: &mut Vec<Identity>) -> u32 {
+        let key = Arc::as_ptr(workload) as usize;
+        if let Some((id, _)) = self.ids.get(&key) {
+            return *id;
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.ids.insert(key, (id, workload.clone()));
+        sent.push(Identity::of(id, workload));
+        id
+    }
+
+    fn encode_full(&self) -> Result<Vec<Vec<u8>>, WireError> {
+        let mut all = Changes {
+            revision: self.revision,
+            ..Changes::default()
+        };
+        all.identities = self
+            .ids
+            .values()
+            .map(|(id, workload)| Identity::of(*id, workload))
+            .collect();
+        all.objects = self
+            .objects
+            .iter()
+            .map(|((kind, ns, name), object)| {
+                change((kind, ns.clone(), name.clone()), Some(object.clone()))
+            })
+            .collect();
+        all.addresses = self
+            .sent
+            .iter()
+            .filter_map(|(ip, w)| Some((*ip, Some(self.ids.get(&(Arc::as_ptr(w) as usize))?.0))))
+            .collect();
+        let mut frames = vec![wire::encode(&Frame::Reset)?];
+        frames.extend(encode_chunked(all)?);
+        frames.push(wire::encode(&Frame::Synced {
+            revision: self.revision,
+        })?);
+        Ok(frames)
+    }
+}
+
+/// `changes` as frames of at most `CHUNK` entries each, identities first
+/// (the addresses after them refer to them).
+fn encode_chunked(changes: Changes) -> Result<Vec<Vec<u8>>, WireError> {
+    let revision = changes.revision;
+    let mut frames = Vec::new();
+    let mut chunk = Changes {
+        revision,
+        ..Changes::default()
+    };
+    let mut entries = 0;
+    let mut add = |chunk: &mut Changes, frames: &mut Vec<Vec<u8>>| {
+        entries += 1;
+        if entries == CHUNK {
+            entries = 0;
+            let next = Changes {
+                revision,
+                ..Changes::default()
+            };
+            frames.push(wire::encode(&Frame::Changes(std::mem::replace(
+                chunk, next,
+            )))?);
+        }
+        Ok::<_, WireError>(())
+    };
+    for identity in changes.identities {
+        chunk.identities.push(identity);
+        add(&mut chunk, &mut frames)?;
+    }
+    for object in changes.objects {
+        chunk.objects.push(object);
+        add(&mut chunk, &mut frames)?;
+    }
+    for address in changes.addresses {
+        chunk.addresses.push(address);
+        add(&mut chunk, &mut frames)?;
+    }
+    for id in changes.forgotten {
+        chunk.forgotten.push(id);
+        add(&mut chunk, &mut frames)?;
+    }
+    if !chunk.is_empty() {
+        frames.push(wire::encode(&Frame::Changes(chunk))?);
+    }
+    Ok(frames)
+}
+
+fn change((kind, namespace, name): ObjectId, object: Option<Arc<Value>>) -> ObjectChange {
+    ObjectChange {
+        kind: kind.to_owned(),
+        namespace,
+        name,
+        object,
+    }
+}

@@ -1,0 +1,180 @@
+//! One stream per agent: TLS, the agent's hello and its token, then the
+//! full state and every batch after it, with a heartbeat each second.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use ambit_ca::authn::{Authenticator, BearerToken};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_rustls::TlsAcceptor;
+
+use super::mirror::Mirror;
+use crate::state::StateStore;
+use crate::state::source::feed::wire::{self, Frame, WireError};
+
+/// How long an agent has to finish TLS and say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A hello is a token and a node name.
+const HELLO_LIMIT: usize = 64 * 1024;
+/// How long one write may wait for an agent that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// What every agent's stream shares.
+pub struct Feeding {
+    pub mirror: Arc<Mirror>,
+    pub authn: Arc<dyn Authenticator>,
+    pub acceptor: TlsAcceptor,
+    /// The server's own state, for its staleness.
+    pub store: StateStore,
+    pub agents: AtomicUsize,
+    pub bytes_sent: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("timed out")]
+    TimedOut,
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl From<io::Error> for StreamError {
+    fn from(e: io::Error) -> Self {
+        Self::Wire(e.into())
+    }
+}
+
+/// Accepts agents until the listener fails; dropping it ends every stream.
+pub async fn serve(listener: TcpListener, feeding: Arc<Feeding>) -> io::Result<()> {
+    let mut streams = tokio::task::JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            Some(_) = streams.join_next() => continue,
+        };
+        let feeding = feeding.clone();
+        streams.spawn(async move {
+            match feeding.agent(tcp).await {
+                Ok(()) => tracing::debug!(%peer, "agent left"),
+                Err(error) => tracing::info!(%peer, %error, "agent stream ended"),
+            }
+        });
+    }
+}
+
+impl Feeding {
+    async fn agent(&self, tcp: TcpStream) -> Result<(), StreamError> {
+        let _ = tcp.set_nodelay(true);
+        let hello = async {
+            let mut tls = self.acceptor.accept(tcp).await?;
+            let hello = wire::read_frame(&mut tls, HELLO_LIMIT).await?;
+            Ok::<_, StreamError>((tls, hello))
+        };
+        let (mut tls, hello) = tokio::time::timeout(HELLO_TIMEOUT, hello)
+            .await
+            .map_err(|_| StreamError::TimedOut)??;
+        let Some(Frame::Hello { token, node }) = hello else {
+            return refuse(&mut tls, "expected a hello".into()).await;
+        };
+        match self.authn.authenticate(&BearerToken::new(token)).await {
+            Ok(known) if known.as_str() == node => {}
+            Ok(known) => {
+                return refuse(
+                    &mut tls,
+                    format!("the token is node {known}'s, not {node}'s"),
+                )
+                .await;
+            }
+            Err(error) => return refuse(&mut tls, error.to_string()).await,
+        }
+        tracing::info!(%node, "agent connected");
+        self.agents.fetch_add(1, Ordering::Relaxed);
+        let streamed = self.stream(tls).await;
+        self.agents.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(%node, "agent disconnected");
+        streamed
+    }
+
+    async fn stream<S>(&self, tls: S) -> Result<(), StreamError>
+    where
+        S: tokio::io::AsyncRead + AsyncWrite + Unpin,
+    {
+        let (mut read, mut write) = tokio::io::split(tls);
+        let (full, mut revision, mut batches) = self.mirror.subscribe()?;
+        for frame in full.iter() {
+            self.send(&mut write, frame).await?;
+        }
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        let mut byte = [0u8; 1];
+        loop {
+            tokio::select! {
+                batch = batches.recv() => match batch {
+                    Ok(batch) if batch.revision > revision => {
+                        for frame in &batch.frames {
+                            self.send(&mut write, frame).await?;
+                        }
+                        revision = batch.revision;
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "agent fell behind; sending it the full state again");
+                        let (full, at, again) = self.mirror.subscribe()?;
+                        batches = again;
+                        revision = at;
+                        for frame in full.iter() {
+                            self.send(&mut write, frame).await?;
+                        }
+                    }
+                    Err(RecvError::Closed) => return Ok(()),
+                },
+                _ = beat.tick() => {
+                    let behind_ms = self.store.staleness(SystemTime::now()).as_millis();
+                    let frame = wire::encode(&Frame::Heartbeat {
+                        revision: self.mirror.revision(),
+                        behind_ms: u64::try_from(behind_ms).unwrap_or(u64::MAX),
+                    })?;
+                    self.send(&mut write, &frame).await?;
+                }
+                // An agent says nothing after its hello: any byte or the end
+                // of its stream ends it.
+                _ = read.read(&mut byte) => return Ok(()),
+            }
+        }
+    }
+
+    async fn send<W: AsyncWrite + Unpin>(
+        &self,
+        write: &mut W,
+        frame: &[u8],
+    ) -> Result<(), StreamError> {
+        tokio::time::timeout(WRITE_TIMEOUT, async {
+            write.write_all(frame).await?;
+            write.flush().await
+        })
+        .await
+        .map_err(|_| StreamError::TimedOut)??;
+        self.bytes_sent
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+async fn refuse<S: AsyncWrite + Unpin>(tls: &mut S, reason: String) -> Result<(), StreamError> {
+    tracing::warn!(%reason, "agent refused");
+    let _ = wire::write_frame(
+        tls,
+        &Frame::Refused {
+            reason: reason.clone(),
+        },
+    )
+    .await;
+    let _ = tls.shutdown().await;
+    Err(StreamError::Refused(reason))
+}
