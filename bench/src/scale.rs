@@ -14,6 +14,7 @@
 mod agent;
 mod churn;
 mod cluster;
+mod feed;
 mod table;
 
 use std::net::SocketAddr;
@@ -59,6 +60,11 @@ pub struct Settings {
     /// remote pods), for comparison.
     #[arg(long)]
     pub full: bool,
+    /// Agents take everything but their node's pods from the state feed:
+    /// `ambit-agent state-server` (the release binary beside this one) runs
+    /// as a process, watching the fake API server once.
+    #[arg(long, conflicts_with = "full")]
+    pub feed: bool,
 }
 
 pub fn run(settings: &Settings, json_path: Option<&std::path::Path>) -> anyhow::Result<()> {
@@ -84,6 +90,7 @@ pub fn run(settings: &Settings, json_path: Option<&std::path::Path>) -> anyhow::
         "mode": "scale",
         "load_average": load_average(),
         "full": settings.full,
+        "feed": settings.feed,
         "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
     }))?;
     println!("{json}");
@@ -108,14 +115,32 @@ async fn measure(settings: &Settings, pods: usize, nodes: usize) -> anyhow::Resu
     let population = Arc::new(Mutex::new(population));
     let before = fake.counts().total_traffic();
 
+    let nodes_of_agents: Vec<String> = (0..settings.agents).map(Shape::agent_node).collect();
+    let server = match settings.feed {
+        true => Some(
+            feed::FeedServer::start(
+                &fake.kubeconfig(),
+                &nodes_of_agents,
+                Duration::from_secs(1800),
+            )
+            .await?,
+        ),
+        false => None,
+    };
+    let server_synced = server.as_ref().map(feed::FeedServer::report);
     let mut agents = Vec::new();
-    for a in 0..settings.agents {
+    for node in &nodes_of_agents {
+        let access = server.as_ref().map(|s| s.access.clone());
         agents.push(AgentProcess::spawn(&ChildArgs {
             url: fake.url(),
-            node: Shape::agent_node(a),
+            node: node.clone(),
             probe_dst,
             probe_namespace: probe_namespace.clone(),
             full: settings.full,
+            feed: access.as_ref().map(|a| a.address.clone()),
+            feed_server_name: access.as_ref().map(|a| a.server_name.clone()),
+            feed_root: access.as_ref().map(|a| a.root.clone()),
+            feed_token: access.as_ref().map(|a| a.token_file(node)),
         })?);
     }
     let mut sync = Duration::ZERO;
@@ -127,6 +152,7 @@ async fn measure(settings: &Settings, pods: usize, nodes: usize) -> anyhow::Resu
     tokio::time::sleep(Duration::from_secs(12)).await;
     let synced = reports(&mut agents).await?;
     let synced_traffic = fake.counts().total_traffic();
+    let server_after_sync = server.as_ref().map(feed::FeedServer::report);
 
     let made = Arc::new(AtomicU64::new(0));
     let churn = tokio::spawn(churn::run(
@@ -157,6 +183,21 @@ async fn measure(settings: &Settings, pods: usize, nodes: usize) -> anyhow::Resu
     let churned_for = churn_started.elapsed();
     let after = reports(&mut agents).await?;
     let after_traffic = fake.counts().total_traffic();
+    let server_after = server.as_ref().map(feed::FeedServer::report);
+    if let (Some(at_sync), Some(settled), Some(after)) =
+        (&server_synced, &server_after_sync, &server_after)
+    {
+        let written = |r: &Value| r["written_bytes"].as_f64().unwrap_or(0.0);
+        let per_agent = settings.agents as f64;
+        eprintln!(
+            "state server: RSS {} KiB synced, {} KiB after churn (peak {} KiB); wrote {:.1} MiB per agent to sync, {:.1} KiB/s per agent during churn",
+            settled["rss_kib"],
+            after["rss_kib"],
+            after["hwm_kib"],
+            (written(settled) - written(at_sync)) / per_agent / 1048576.0,
+            (written(after) - written(settled)) / per_agent / churned_for.as_secs_f64() / 1024.0,
+        );
+    }
     for agent in agents {
         agent.stop().await;
     }
@@ -173,6 +214,9 @@ async fn measure(settings: &Settings, pods: usize, nodes: usize) -> anyhow::Resu
         propagation,
         sync_traffic: diff(synced_traffic, before),
         churn_traffic: diff(after_traffic, synced_traffic),
+        server: server_after.map(|after| {
+            json!({ "at_sync": server_synced, "synced": server_after_sync, "after_churn": after })
+        }),
     })
 }
 

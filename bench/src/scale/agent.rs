@@ -10,11 +10,13 @@
 //! input. It exits when its input closes.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ambit_agent::authz::Inbound;
-use ambit_agent::state::source::kube::KubeSource;
+use ambit_agent::state::source::failover::FailoverWatch;
+use ambit_agent::state::source::kube::{KubeSource, KubeWatch};
 use ambit_agent::state::{LoadOptions, Snapshot, StateStore};
 use ambit_ca::SpiffeId;
 use anyhow::{Context, bail};
@@ -43,6 +45,15 @@ pub struct ChildArgs {
     /// Keep every pod in full, as before compact remote pods (for comparison).
     #[arg(long)]
     pub full: bool,
+    /// The state feed's address: take everything but this node's pods from it.
+    #[arg(long, requires_all = ["feed_server_name", "feed_root", "feed_token"])]
+    pub feed: Option<String>,
+    #[arg(long)]
+    pub feed_server_name: Option<String>,
+    #[arg(long)]
+    pub feed_root: Option<PathBuf>,
+    #[arg(long)]
+    pub feed_token: Option<PathBuf>,
 }
 
 /// The `scale-agent` mode: runs until its input closes.
@@ -63,8 +74,26 @@ async fn child(args: ChildArgs) -> anyhow::Result<()> {
     if !args.full {
         source = source.with_node(&args.node);
     }
-    let watch = source.start(store.clone());
-    watch.synced().await;
+    let watch = match (
+        &args.feed,
+        &args.feed_server_name,
+        &args.feed_root,
+        &args.feed_token,
+    ) {
+        (Some(address), Some(name), Some(root), Some(token)) => {
+            let config = super::feed::config(address, name, root, token, &args.node);
+            let fed = source.clone().fed_by(config);
+            // Never falling back during a run: what is measured is the feed.
+            let watch = FailoverWatch::start(fed, source, store.clone(), Duration::from_secs(3600));
+            watch.synced().await;
+            Watch::Fed(watch)
+        }
+        _ => {
+            let watch = source.start(store.clone());
+            watch.synced().await;
+            Watch::Direct(watch)
+        }
+    };
     println!("SYNCED {}", started.elapsed().as_millis());
 
     let mut snapshots = store.subscribe();
@@ -97,12 +126,25 @@ async fn child(args: ChildArgs) -> anyhow::Result<()> {
                 "generation": status.generation,
                 "workloads": current.workloads().count(),
                 "remote_pods": current.remote_pod_count(),
-                "cache_bytes": watch.cache_bytes(),
+                "source": match &watch {
+                    Watch::Direct(_) => "direct".to_owned(),
+                    Watch::Fed(watch) => format!("{:?}", *watch.mode().borrow()),
+                },
+                "cache_bytes": match &watch {
+                    Watch::Direct(watch) => watch.cache_bytes(),
+                    Watch::Fed(_) => 0,
+                },
             });
             println!("REPORT {report}");
         }
     }
     Ok(())
+}
+
+/// The child's source.
+enum Watch {
+    Direct(KubeWatch),
+    Fed(FailoverWatch),
 }
 
 /// Whether the snapshot's decision for principal `k` is the probe policy's
@@ -173,6 +215,19 @@ impl AgentProcess {
             .kill_on_drop(true);
         if args.full {
             command.arg("--full");
+        }
+        if let (Some(feed), Some(name), Some(root), Some(token)) = (
+            &args.feed,
+            &args.feed_server_name,
+            &args.feed_root,
+            &args.feed_token,
+        ) {
+            command
+                .args(["--feed", feed, "--feed-server-name", name])
+                .arg("--feed-root")
+                .arg(root)
+                .arg("--feed-token")
+                .arg(token);
         }
         let mut child = command.spawn().context("starting the agent child")?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {

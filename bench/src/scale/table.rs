@@ -28,6 +28,9 @@ pub struct Row {
     pub sync_traffic: Traffic,
     /// What it sent during the churn (all agents).
     pub churn_traffic: Traffic,
+    /// With `--feed`: the state server's memory and writes at its sync,
+    /// at the agents' and after the churn.
+    pub server: Option<Value>,
 }
 
 impl Row {
@@ -78,6 +81,7 @@ impl Row {
         json!({
             "pods": self.pods,
             "nodes": self.nodes,
+            "state_server": self.server,
             "agents": self.agents,
             "sync_s": self.sync.as_secs_f64(),
             "rss_synced_mib": Self::mib(&self.synced, "rss_kib"),
