@@ -546,7 +546,13 @@ pub async fn state_server(args: StateServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let tls = Arc::new(serving.cert.server_config()?);
-    let _server = StateServer::start(source, listener, tls, authn, args.batch)?;
+    let _server = StateServer::start(
+        source,
+        listener,
+        tls,
+        authn,
+        Duration::from_millis(args.batch_ms.max(1)),
+    )?;
     tracing::info!(listen = %args.listen, "state server started; listing the cluster");
     let signal = wait_for_termination().await;
     tracing::info!(signal, "state server stopping");

@@ -112,10 +112,10 @@ pub struct StateServerArgs {
     #[arg(long, env = "AMBIT_ROOT_NAMESPACE", default_value = "istio-system")]
     pub root_namespace: String,
 
-    /// Longest a change waits before it is sent: changes within it go out
-    /// as one batch.
-    #[arg(long, env = "AMBIT_STATE_SERVER_BATCH", default_value = "100ms", value_parser = ambit_ca::cli::parse_duration)]
-    pub batch: Duration,
+    /// Longest a change waits before it is sent, in milliseconds: changes
+    /// within it go out as one batch.
+    #[arg(long, env = "AMBIT_STATE_SERVER_BATCH_MS", default_value_t = 100)]
+    pub batch_ms: u64,
 
     /// How often the tokens and serving certificate files are re-read
     /// besides inotify.
@@ -760,5 +760,54 @@ mod tests {
             );
             assert_eq!(e.exit_code(), 2);
         }
+    }
+
+    #[test]
+    fn state_server_defaults_and_the_agents_feed_flags() {
+        let Command::StateServer(server) = parse(&[
+            "state-server",
+            "--serving-cert",
+            "c.pem",
+            "--serving-key",
+            "k.pem",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("state-server");
+        };
+        assert_eq!(
+            server.listen,
+            "0.0.0.0:15016".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(server.batch_ms, 100);
+        assert_eq!(server.tokens_file, None);
+        assert_eq!(server.root_namespace, "istio-system");
+        assert!(
+            parse(&["state-server"]).is_err(),
+            "a serving certificate is required"
+        );
+
+        let Command::Run(run) = parse(&["run"]).unwrap().command else {
+            panic!("run");
+        };
+        assert_eq!(run.state_feed, "", "direct watches by default");
+        assert_eq!(run.state_feed_server_name, "ambit-state.ambit-system.svc");
+        assert_eq!(run.state_feed_fallback_after, Duration::from_secs(10));
+        let Command::Run(fed) = parse(&[
+            "run",
+            "--kube",
+            "--state-feed",
+            "ambit-state:15016",
+            "--state-feed-fallback-after",
+            "30s",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("run");
+        };
+        assert_eq!(fed.state_feed, "ambit-state:15016");
+        assert_eq!(fed.state_feed_fallback_after, Duration::from_secs(30));
     }
 }

@@ -28,3 +28,6 @@ pub mod client;
 pub mod wire;
 
 pub use client::FeedConfig;
+
+#[cfg(test)]
+mod tests;

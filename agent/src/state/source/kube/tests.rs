@@ -3,6 +3,7 @@
 //! an eventually consistent API do not reject the cluster's state.
 
 mod compact;
+mod fed;
 mod incremental;
 
 use std::net::IpAddr;

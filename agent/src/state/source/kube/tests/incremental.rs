@@ -19,11 +19,11 @@ use super::compact::{
 use crate::authz::AuthzError;
 use crate::state::{LoadError, LoadOptions, Origin, Snapshot, SnapshotBuilder};
 
-const SERVICES: usize = 4;
+pub(super) const SERVICES: usize = 4;
 const POD_SLOTS: usize = 12;
 
 #[derive(Debug, Clone)]
-enum Op {
+pub(super) enum Op {
     Pod(usize, GenPod),
     DeletePod(usize),
     Namespace(usize, bool),
@@ -37,7 +37,7 @@ enum Op {
     DeleteSlice(usize),
 }
 
-fn gen_op() -> impl Strategy<Value = Op> {
+pub(super) fn gen_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..POD_SLOTS, gen_pod()).prop_map(|(i, p)| Op::Pod(i, p)),
         2 => (0..POD_SLOTS).prop_map(Op::DeletePod),
@@ -86,14 +86,14 @@ fn slice_object(i: usize, endpoints: &[(u8, bool)]) -> Value {
 }
 
 /// The objects in force, as the API server holds them.
-type Cluster = BTreeMap<(u8, (String, String)), (Kind, Value)>;
+pub(super) type Cluster = BTreeMap<(u8, (String, String)), (Kind, Value)>;
 
 fn kind_id(kind: Kind) -> u8 {
     kind as u8
 }
 
 /// Applies `op` to the model and returns the event the watch would send.
-fn event(cluster: &mut Cluster, op: &Op) -> (Kind, (String, String), Option<Value>) {
+pub(super) fn event(cluster: &mut Cluster, op: &Op) -> (Kind, (String, String), Option<Value>) {
     let (kind, object) = match op {
         Op::Pod(i, p) => {
             let mut pod = pod_object(*i, p);
@@ -148,7 +148,7 @@ fn event(cluster: &mut Cluster, op: &Op) -> (Kind, (String, String), Option<Valu
     }
 }
 
-const KINDS: [Kind; 7] = [
+pub(super) const KINDS: [Kind; 7] = [
     Kind::Namespace,
     Kind::Pod,
     Kind::Service,
@@ -159,7 +159,7 @@ const KINDS: [Kind; 7] = [
 ];
 
 /// Caches that list the cluster as it is, once.
-fn from_scratch(node: Option<&str>, cluster: &Cluster) -> Caches {
+pub(super) fn from_scratch(node: Option<&str>, cluster: &Cluster) -> Caches {
     let mut caches = Caches::for_node(node.map(str::to_owned));
     for kind in KINDS {
         caches.begin_list(kind);
