@@ -3,9 +3,11 @@
 //! HBONE mTLS tunnels and enforces L4 and HTTP authorization.
 //!
 //! Layout:
-//! - `cli`: the command line (`run`, `authz check`, `capture`, `describe`).
+//! - `cli`: the command line (`run`, `authz check`, `capture`, `describe`, `state-server`).
 //! - `app`: the composition root behind `run`.
 //! - `state`: cluster snapshots (workloads, services, policies) and their sources.
+//! - `state_server`: `ambit-agent state-server`, the state feed's server: one
+//!   set of Kubernetes watches, resolved and streamed to every agent.
 //! - `authz`: L4 authorization of connections against the snapshot's policies.
 //! - `identity`: workload keys and certificates, the trust bundle.
 //! - `hbone`: the mTLS HTTP/2 CONNECT tunnels between agents.

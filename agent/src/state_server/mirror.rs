@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use crate::state::Workload;
 use crate::state::shared_map::SharedMap;
 use crate::state::source::feed::wire::{
-    self, CHUNK, Changes, Frame, Identity, ObjectChange, WireError,
+    self, CHUNK, Changes, Frame, Identity, OBJECT_CHUNK, ObjectChange, WireError,
 };
 use crate::state::source::kube::TapEvent;
 
@@ -225,47 +225,34 @@ impl Inner {
     }
 }
 
-/// `changes` as frames of at most `CHUNK` entries each, identities first
-/// (the addresses after them refer to them).
+/// `changes` as frames of at most `CHUNK` addresses or identities, or
+/// `OBJECT_CHUNK` objects, identities first (the addresses after them refer
+/// to them).
 fn encode_chunked(changes: Changes) -> Result<Vec<Vec<u8>>, WireError> {
     let revision = changes.revision;
-    let mut frames = Vec::new();
-    let mut chunk = Changes {
+    let empty = || Changes {
         revision,
         ..Changes::default()
     };
-    let mut entries = 0;
-    let mut add = |chunk: &mut Changes, frames: &mut Vec<Vec<u8>>| {
-        entries += 1;
-        if entries == CHUNK {
-            entries = 0;
-            let next = Changes {
-                revision,
-                ..Changes::default()
-            };
-            frames.push(wire::encode(&Frame::Changes(std::mem::replace(
-                chunk, next,
-            )))?);
-        }
-        Ok::<_, WireError>(())
-    };
-    for identity in changes.identities {
-        chunk.identities.push(identity);
-        add(&mut chunk, &mut frames)?;
+    let mut frames = Vec::new();
+    for identities in changes.identities.chunks(CHUNK) {
+        let mut chunk = empty();
+        chunk.identities = identities.to_vec();
+        frames.push(wire::encode(&Frame::Changes(chunk))?);
     }
-    for object in changes.objects {
-        chunk.objects.push(object);
-        add(&mut chunk, &mut frames)?;
+    for objects in changes.objects.chunks(OBJECT_CHUNK) {
+        let mut chunk = empty();
+        chunk.objects = objects.to_vec();
+        frames.push(wire::encode(&Frame::Changes(chunk))?);
     }
-    for address in changes.addresses {
-        chunk.addresses.push(address);
-        add(&mut chunk, &mut frames)?;
+    for addresses in changes.addresses.chunks(CHUNK) {
+        let mut chunk = empty();
+        chunk.addresses = addresses.to_vec();
+        frames.push(wire::encode(&Frame::Changes(chunk))?);
     }
-    for id in changes.forgotten {
-        chunk.forgotten.push(id);
-        add(&mut chunk, &mut frames)?;
-    }
-    if !chunk.is_empty() {
+    if !changes.forgotten.is_empty() {
+        let mut chunk = empty();
+        chunk.forgotten = changes.forgotten;
         frames.push(wire::encode(&Frame::Changes(chunk))?);
     }
     Ok(frames)

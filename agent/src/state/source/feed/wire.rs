@@ -19,8 +19,14 @@ use crate::state::Workload;
 /// well below it (`CHUNK`), so only a broken or hostile peer reaches it.
 pub const MAX_FRAME: usize = 32 << 20;
 
-/// Entries per frame of a full state: bounds each frame to a few hundred KiB.
+/// Addresses or identities per frame: bounds each frame to about 100 KiB.
 pub const CHUNK: usize = 4096;
+
+/// Objects per frame: a slimmed EndpointSlice is about 1.5 KiB of JSON and
+/// several times that decoded, and an agent decodes a frame at once, so a
+/// full state arrives in frames of a few hundred KiB each rather than
+/// megabytes (which an agent's allocator would keep long after the sync).
+pub const OBJECT_CHUNK: usize = 128;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
