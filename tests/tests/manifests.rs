@@ -652,3 +652,135 @@ fn every_variable_the_manifests_set_is_a_flag_of_the_binary() {
     // The run command is what the DaemonSet starts.
     assert!(agent_flags.contains("AMBIT_KUBE") && agent_flags.contains("AMBIT_NODE"));
 }
+
+/// `manifests/state-feed/`: the base plus the state server, with read-only
+/// RBAC (and TokenReview), a container that reads only flags of
+/// `state-server`, and agents pointed at its Service.
+#[test]
+fn state_feed_overlay_serves_the_feed_and_points_the_agents_at_it() {
+    use clap::CommandFactory;
+    let overlay: serde_yaml::Value =
+        serde_yaml::from_str(&read("state-feed/kustomization.yaml")).unwrap();
+    let listed: BTreeSet<String> = overlay["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    let patches: BTreeSet<String> = overlay["patches"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap().to_owned())
+        .collect();
+    let on_disk: BTreeSet<String> = std::fs::read_dir(manifests_dir().join("state-feed"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    assert!(listed.contains(".."), "the overlay builds on the base");
+    let files: BTreeSet<String> = listed
+        .iter()
+        .chain(&patches)
+        .filter(|f| *f != "..")
+        .cloned()
+        .collect();
+    assert_eq!(files, on_disk);
+
+    let mut want: BTreeMap<(String, String), BTreeSet<String>> = [
+        ("", "namespaces"),
+        ("", "pods"),
+        ("", "services"),
+        ("discovery.k8s.io", "endpointslices"),
+        ("security.istio.io", "authorizationpolicies"),
+        ("security.istio.io", "peerauthentications"),
+        ("security.istio.io", "requestauthentications"),
+    ]
+    .into_iter()
+    .map(|(g, r)| ((g.to_owned(), r.to_owned()), read_only()))
+    .collect();
+    want.insert(
+        (
+            "authentication.k8s.io".to_owned(),
+            "tokenreviews".to_owned(),
+        ),
+        BTreeSet::from(["create".to_owned()]),
+    );
+    assert_eq!(rules("state-feed/state-clusterrole.yaml"), want);
+    check_binding(
+        "state-feed/state-clusterrolebinding.yaml",
+        "ambit-state",
+        "state-feed/state-serviceaccount.yaml",
+    );
+
+    let deployment: Deployment = load("state-feed/state-deployment.yaml");
+    let spec = pod_spec_deploy(&deployment);
+    assert_eq!(spec.service_account_name.as_deref(), Some("ambit-state"));
+    let server = only_container(&spec);
+    assert_eq!(server.args, Some(vec!["state-server".to_owned()]));
+    let flags = env_names(ambit_agent::cli::Cli::command(), Some("state-server"));
+    let unknown: Vec<_> = manifest_env(&server).difference(&flags).cloned().collect();
+    assert!(
+        unknown.is_empty(),
+        "`ambit-agent state-server` reads no {unknown:?}"
+    );
+    for name in manifest_env(&server) {
+        // A literal, or a key ambit-config has.
+        env_value(&server, &name);
+    }
+    let mount = &server.volume_mounts.as_ref().unwrap()[0].mount_path;
+    for file in [
+        "AMBIT_STATE_SERVER_SERVING_CERT",
+        "AMBIT_STATE_SERVER_SERVING_KEY",
+    ] {
+        assert!(
+            env_value(&server, file).starts_with(mount.as_str()),
+            "{file}"
+        );
+    }
+    let labels = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    let service: Service = load("state-feed/state-service.yaml");
+    let service_spec = service.spec.unwrap();
+    for (k, v) in service_spec.selector.unwrap() {
+        assert_eq!(
+            labels.get(&k),
+            Some(&v),
+            "the Service selects the server's pods"
+        );
+    }
+    let port = &service_spec.ports.unwrap()[0];
+    let container_port = &server.ports.as_ref().unwrap()[0];
+    assert_eq!(
+        port.target_port,
+        Some(IntOrString::String(container_port.name.clone().unwrap()))
+    );
+    let listen = env_value(&server, "AMBIT_STATE_SERVER_LISTEN");
+    assert!(listen.ends_with(&format!(":{}", container_port.container_port)));
+
+    let patch: DaemonSet = load("state-feed/agent-fed.yaml");
+    let agent = only_container(&pod_spec_ds(&patch));
+    let agent_flags = env_names(ambit_agent::cli::Cli::command(), Some("run"));
+    let unknown: Vec<_> = manifest_env(&agent)
+        .difference(&agent_flags)
+        .cloned()
+        .collect();
+    assert!(unknown.is_empty(), "`ambit-agent run` reads no {unknown:?}");
+    let host = format!("{}.{NAMESPACE}.svc", service.metadata.name.unwrap());
+    assert_eq!(
+        env_value(&agent, "AMBIT_STATE_FEED"),
+        format!("{host}:{}", port.port)
+    );
+    assert_eq!(env_value(&agent, "AMBIT_STATE_FEED_SERVER_NAME"), host);
+    assert_eq!(patch.metadata.name, daemonset().metadata.name);
+    assert_eq!(agent.name, only_container(&pod_spec_ds(&daemonset())).name);
+}

@@ -28,6 +28,26 @@ fn on_node(object: &Value) -> bool {
     object["spec"]["nodeName"] == NODES[0]
 }
 
+/// An address claimed by a pod of this node and by a pod of another: an
+/// address reused before the old pod's deletion was seen. A direct agent
+/// resolves it over both (the newer pod keeps it, the other is left out);
+/// a fed agent sees only its own pod and keeps it, so connections from this
+/// node to the other pod fail (closed) until the deletion arrives. The two
+/// are compared only outside that transient (README, Scale).
+fn contested_across_nodes(cluster: &Cluster) -> bool {
+    let pods: Vec<&Value> = cluster
+        .values()
+        .filter(|(k, _)| *k == Kind::Pod)
+        .map(|(_, o)| o)
+        .collect();
+    pods.iter().any(|a| {
+        on_node(a)
+            && pods
+                .iter()
+                .any(|b| !on_node(b) && b["status"]["podIP"] == a["status"]["podIP"])
+    })
+}
+
 fn apply(caches: &mut Caches, bytes: &[u8]) {
     let frame: Frame = serde_json::from_slice(&bytes[4..]).expect("frames decode");
     match frame {
@@ -171,6 +191,9 @@ proptest! {
                 }
             }
             let Ok(expected) = direct.build(&options) else { continue };
+            if contested_across_nodes(&cluster) {
+                continue;
+            }
             let fed = agent.build(&options);
             prop_assert!(fed.is_ok(), "after {:?}: {:?}", op, fed.err());
             let fed = fed.unwrap();
