@@ -19,6 +19,12 @@
 //! as such, naming group, version and kind, in the log and in the store's
 //! status, and retried with backoff; the backoff starts over after every
 //! successful list or watch event, so a recovered server is followed at once.
+//!
+//! Fed (`fed_by`), the source watches only this node's pods and takes every
+//! other kind, and the remote addresses resolved, from the state feed
+//! (`fed`, `cache/feed.rs`). The state server runs this same source with
+//! every pod compact (`compact`) and a tap relaying the other kinds' objects
+//! as cached (`with_tap`).
 
 mod addresses;
 mod backoff;
