@@ -313,8 +313,8 @@ pub struct RunArgs {
 
     /// Threads running the data path. Two keeps the agent's share of a node
     /// bounded while one busy connection cannot stall the rest; on a node of
-    /// two cores, where the agent competes with its own pods for them, one
-    /// moved 24% more through an HBONE tunnel (README, Benchmarks).
+    /// two cores shared with its pods, one was no better in the mesh
+    /// benchmark (README, Benchmarks).
     #[arg(long, env = "AMBIT_WORKER_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_threads: u16,
 
