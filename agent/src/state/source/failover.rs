@@ -88,7 +88,7 @@ async fn supervise(
             "state feed unreachable; watching the API server directly until it is back"
         );
         fed.set_active(false);
-        let direct = direct.clone().start(store.clone());
+        let direct = direct.clone().taking_over().start(store.clone());
         mode.send_replace(SourceMode::Direct);
         if link.wait_for(|l| *l == FeedLink::Up).await.is_err() {
             // The fed source is gone: the direct one goes on alone.

@@ -101,6 +101,8 @@ pub struct KubeSource {
     scope: PodScope,
     tap: Option<Tap>,
     feed: Option<FeedConfig>,
+    /// Another source's state is in force until this one publishes.
+    taking_over: bool,
 }
 
 impl std::fmt::Debug for KubeSource {
@@ -239,8 +241,9 @@ struct Shared {
     tap: Option<Tap>,
     /// Publishes to the store (see `KubeWatch::set_active`).
     active: AtomicBool,
-    /// Has published a snapshot: until then what it knows of its watches
-    /// says nothing of the state in the store.
+    /// Has published a snapshot, or is the store's only source: until then
+    /// what it knows of its watches says nothing of the state in the store
+    /// (see `KubeSource::taking_over`).
     published: AtomicBool,
 }
 
@@ -288,6 +291,7 @@ impl KubeSource {
             scope: PodScope::Full,
             tap: None,
             feed: None,
+            taking_over: false,
         }
     }
 
@@ -309,6 +313,15 @@ impl KubeSource {
     /// Relays every object of the kinds other than Pod, as cached, to `tap`.
     pub fn with_tap(mut self, tap: Tap) -> Self {
         self.tap = Some(tap);
+        self
+    }
+
+    /// Starts while another source's state is in force (the failover's
+    /// direct watches): until this source has published, what it knows of
+    /// its own watches says nothing of that state, so it leaves the store's
+    /// staleness alone.
+    pub fn taking_over(mut self) -> Self {
+        self.taking_over = true;
         self
     }
 
@@ -346,7 +359,7 @@ impl KubeSource {
             behind: Mutex::new([None; WATCHED.len() + 1]),
             tap: self.tap,
             active: AtomicBool::new(true),
-            published: AtomicBool::new(false),
+            published: AtomicBool::new(!self.taking_over),
         });
         let (synced_tx, synced) = watch::channel(false);
         let (link_tx, link) = watch::channel(FeedLink::Up);
