@@ -496,6 +496,7 @@ async fn start_state(args: &RunArgs, store: &StateStore) -> anyhow::Result<State
         return Ok(StateWatch::Fed(watch));
     }
     if args.kube {
+        store.set_source("kubernetes");
         let watch = KubeSource::infer(options)
             .await
             .context("connecting to the Kubernetes API")?
@@ -505,6 +506,7 @@ async fn start_state(args: &RunArgs, store: &StateStore) -> anyhow::Result<State
         watch.synced().await;
         return Ok(StateWatch::Kube(watch));
     }
+    store.set_source("file");
     let watch = FileSource::new(&args.state.state, options)
         .start(store.clone())
         .await

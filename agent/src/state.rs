@@ -50,6 +50,8 @@ pub struct StateStore {
     /// Kept apart from `status`: a new snapshot does not make a down watch
     /// current.
     behind_since: Arc<Mutex<Option<SystemTime>>>,
+    /// Which source publishes, for `/config_dump`.
+    source: Arc<Mutex<&'static str>>,
 }
 
 /// How the state source is doing, for the admin page, metrics and readiness.
@@ -85,6 +87,7 @@ impl StateStore {
             tx: Arc::new(tx),
             status: Arc::default(),
             behind_since: Arc::default(),
+            source: Arc::new(Mutex::new("none")),
         }
     }
 
@@ -138,6 +141,15 @@ impl StateStore {
     /// following its input again).
     pub fn set_behind_since(&self, since: Option<SystemTime>) {
         *self.behind_since.lock() = since;
+    }
+
+    /// Names the source that publishes (`file`, `kubernetes`, `state feed`, ...).
+    pub fn set_source(&self, source: &'static str) {
+        *self.source.lock() = source;
+    }
+
+    pub fn source(&self) -> &'static str {
+        *self.source.lock()
     }
 
     /// How old the newest state the source can vouch for is: zero while it

@@ -150,6 +150,7 @@ async fn an_unserved_api_is_named_on_the_probe_and_config_dump_before_the_first_
     });
     let dump: Value = serde_json::from_str(&dump.body).unwrap();
     assert_eq!(dump["state"]["synced"], json!(false), "{dump}");
+    assert_eq!(dump["state"]["source"], json!("kubernetes"), "{dump}");
     let error = dump["state"]["last_error"].as_str().unwrap_or_default();
     assert!(
         error.contains("does not serve discovery.k8s.io/v1 EndpointSlice"),

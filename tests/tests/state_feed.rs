@@ -291,6 +291,7 @@ async fn a_fed_agent_decides_as_one_watching_directly() {
     )
     .await;
     assert_eq!(*fed.mode().borrow(), SourceMode::Fed);
+    assert_eq!(fed_store.source(), "state feed");
     assert_eq!(server.agents(), 1);
 
     // Every kind of change follows, and the two keep deciding alike.
@@ -395,6 +396,7 @@ async fn the_agent_falls_back_while_the_feed_is_down_and_returns_to_it() {
         &["10.0.4.4: apps/- sa=api-sa enrolled=true local=false"],
     )
     .await;
+    assert_eq!(fed_store.source(), "kubernetes (state feed unreachable)");
     let fresh = fed_store.staleness(std::time::SystemTime::now());
     assert_eq!(fresh, Duration::ZERO, "direct watches are current");
 

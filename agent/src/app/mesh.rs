@@ -340,6 +340,7 @@ pub(super) fn state_json(store: StateStore) -> impl Fn() -> Value + Send + Sync 
         json!({
             "generation": status.generation,
             "synced": store.current().is_synced(),
+            "source": store.source(),
             "last_error": status.last_error.map(|e| e.message),
             // How long the source may have been missing changes (0: current).
             "staleness_s": store.staleness(std::time::SystemTime::now()).as_secs(),

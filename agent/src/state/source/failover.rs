@@ -18,6 +18,10 @@ use tokio::task::JoinHandle;
 use super::kube::{FeedLink, KubeSource};
 use crate::state::StateStore;
 
+/// How `/config_dump` names the source in force.
+const FED: &str = "state feed";
+const DIRECT: &str = "kubernetes (state feed unreachable)";
+
 /// Which source publishes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -81,6 +85,7 @@ async fn supervise(
     let fed = fed.start(store.clone());
     let mut link = fed.feed_link();
     loop {
+        store.set_source(FED);
         mode.send_replace(SourceMode::Fed);
         wait_down_for(&mut link, fallback_after).await;
         tracing::warn!(
@@ -89,6 +94,7 @@ async fn supervise(
         );
         fed.set_active(false);
         let direct = direct.clone().taking_over().start(store.clone());
+        store.set_source(DIRECT);
         mode.send_replace(SourceMode::Direct);
         if link.wait_for(|l| *l == FeedLink::Up).await.is_err() {
             // The fed source is gone: the direct one goes on alone.
