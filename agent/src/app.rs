@@ -544,18 +544,27 @@ pub async fn state_server(args: StateServerArgs) -> anyhow::Result<()> {
     let source = KubeSource::infer(options)
         .await
         .context("connecting to the Kubernetes API")?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
     let tls = Arc::new(serving.cert.server_config()?);
-    let _server = StateServer::start(
+    let mut server = StateServer::start(
         source,
-        listener,
         tls,
         authn,
         Duration::from_millis(args.batch_ms.max(1)),
-    )?;
+    );
     tracing::info!(listen = %args.listen, "state server started; listing the cluster");
+    tokio::select! {
+        () = server.synced() => {}
+        signal = wait_for_termination() => {
+            tracing::info!(signal, "state server stopping before its first sync");
+            return Ok(());
+        }
+    }
+    // Bound only now: until synced the replica is not ready and no agent
+    // waits on it.
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    server.serve(listener);
     let signal = wait_for_termination().await;
     tracing::info!(signal, "state server stopping");
     drop(serving);

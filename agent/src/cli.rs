@@ -288,8 +288,9 @@ pub struct RunArgs {
     pub state_feed_server_name: String,
 
     /// How long the state feed may be unreachable (at start or later)
-    /// before the agent watches the API server directly; it switches back
-    /// once the feed has sent a complete state again.
+    /// before the agent watches the API server directly: between this and
+    /// twice this, at random, so a cluster's agents do not all list at once.
+    /// It switches back once the feed has sent a complete state again.
     #[arg(long, env = "AMBIT_STATE_FEED_FALLBACK_AFTER", default_value = "10s", value_parser = ambit_ca::cli::parse_duration)]
     pub state_feed_fallback_after: Duration,
 

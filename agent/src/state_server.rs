@@ -9,8 +9,6 @@
 pub mod mirror;
 pub mod serve;
 
-use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -28,7 +26,6 @@ use serve::Feeding;
 
 /// A running state server; dropping it stops it.
 pub struct StateServer {
-    addr: SocketAddr,
     feeding: Arc<Feeding>,
     tasks: Vec<JoinHandle<()>>,
     _watch: KubeWatch,
@@ -43,17 +40,15 @@ impl Drop for StateServer {
 }
 
 impl StateServer {
-    /// Watches the cluster with `source` (made compact and tapped here) and,
-    /// once it is synced, serves agents on `listener`, sending a batch of
-    /// changes at most every `batch`.
+    /// Watches the cluster with `source` (made compact and tapped here),
+    /// sending a batch of changes at most every `batch` once agents are
+    /// served (`serve`).
     pub fn start(
         source: KubeSource,
-        listener: TcpListener,
         tls: Arc<rustls::ServerConfig>,
         authn: Arc<dyn Authenticator>,
         batch: Duration,
-    ) -> io::Result<Self> {
-        let addr = listener.local_addr()?;
+    ) -> Self {
         let store = StateStore::new(Snapshot::default());
         let (tap, taps) = mpsc::unbounded_channel();
         let watch = source.compact().with_tap(tap).start(store.clone());
@@ -66,29 +61,38 @@ impl StateServer {
             agents: AtomicUsize::new(0),
             bytes_sent: AtomicU64::new(0),
         });
-        let follow = tokio::spawn(follow(mirror, taps, store.clone(), batch));
-        let serving = feeding.clone();
-        let serve = tokio::spawn(async move {
-            let _ = store.subscribe().wait_for(|s| s.is_synced()).await;
-            if let Err(error) = serving.mirror.flush(store.current().remote_addresses()) {
-                tracing::error!(%error, "cannot encode the state");
-            }
-            let (addresses, objects) = serving.mirror.sizes();
-            tracing::info!(%addr, addresses, objects, "state synced; serving agents");
-            if let Err(error) = serve::serve(listener, serving).await {
-                tracing::error!(%error, "state server stopped accepting");
-            }
-        });
-        Ok(Self {
-            addr,
+        let follow = tokio::spawn(follow(mirror, taps, store, batch));
+        Self {
             feeding,
-            tasks: vec![follow, serve],
+            tasks: vec![follow],
             _watch: watch,
-        })
+        }
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// Resolves once the first complete state is mirrored.
+    pub async fn synced(&self) {
+        let store = &self.feeding.store;
+        let _ = store.subscribe().wait_for(|s| s.is_synced()).await;
+    }
+
+    /// Serves agents on `listener` once synced. The binary binds only then,
+    /// so a replica that is still listing is not ready (its TCP probe fails)
+    /// and no agent waits on it; tests bind first.
+    pub fn serve(&mut self, listener: TcpListener) {
+        let feeding = self.feeding.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let store = feeding.store.clone();
+            let _ = store.subscribe().wait_for(|s| s.is_synced()).await;
+            if let Err(error) = feeding.mirror.flush(store.current().remote_addresses()) {
+                tracing::error!(%error, "cannot encode the state");
+            }
+            let (addresses, objects) = feeding.mirror.sizes();
+            let addr = listener.local_addr().ok();
+            tracing::info!(?addr, addresses, objects, "state synced; serving agents");
+            if let Err(error) = serve::serve(listener, feeding).await {
+                tracing::error!(%error, "state server stopped accepting");
+            }
+        }));
     }
 
     /// Agents connected now.

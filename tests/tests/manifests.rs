@@ -764,6 +764,11 @@ fn state_feed_overlay_serves_the_feed_and_points_the_agents_at_it() {
         port.target_port,
         Some(IntOrString::String(container_port.name.clone().unwrap()))
     );
+    // The port opens only once the cluster is listed: liveness must wait.
+    let startup = server.startup_probe.as_ref().expect("a startup probe");
+    let patience = startup.period_seconds.unwrap_or(10) * startup.failure_threshold.unwrap_or(3);
+    assert!(patience >= 120, "{patience} s to list a large cluster");
+    assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(2));
     let listen = env_value(&server, "AMBIT_STATE_SERVER_LISTEN");
     assert!(listen.ends_with(&format!(":{}", container_port.container_port)));
 

@@ -144,14 +144,14 @@ impl Feed {
             .server_config()
             .unwrap();
         let tokens = BootstrapTokens::from_pairs([(NODE.to_owned(), TOKEN.to_owned())]).unwrap();
-        StateServer::start(
+        let mut server = StateServer::start(
             source(fake),
-            listener,
             Arc::new(tls),
             Arc::new(tokens),
             Duration::from_millis(20),
-        )
-        .unwrap()
+        );
+        server.serve(listener);
+        server
     }
 
     fn config(&self, addr: SocketAddr, token: &Path) -> FeedConfig {

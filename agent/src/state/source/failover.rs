@@ -2,7 +2,8 @@
 //!
 //! The state feed is how a large cluster's agents should follow it, but an
 //! agent must not depend on it: when the feed cannot be reached for
-//! `fallback_after` (at start or later), the agent starts the direct,
+//! `fallback_after` to twice that (at start or later; the spread keeps a
+//! whole cluster from listing at once), the agent starts the direct,
 //! node-scoped watches and lets them publish once synced, while the state
 //! fed so far stays in force. The fed source keeps trying meanwhile, muted;
 //! once the feed has sent a complete state again it publishes and the
@@ -46,7 +47,7 @@ impl Drop for FailoverWatch {
 
 impl FailoverWatch {
     /// Starts `fed` (a `KubeSource::fed_by`), and `direct` whenever the feed
-    /// has been down for `fallback_after`.
+    /// has been down for `fallback_after` to twice that.
     pub fn start(
         fed: KubeSource,
         direct: KubeSource,
@@ -87,7 +88,11 @@ async fn supervise(
     loop {
         store.set_source(FED);
         mode.send_replace(SourceMode::Fed);
-        wait_down_for(&mut link, fallback_after).await;
+        // Each agent waits between one and two bounds: when the feed goes
+        // down for a whole cluster, its agents' lists reach the API server
+        // spread over a bound instead of in the same second.
+        let bound = fallback_after.mul_f64(1.0 + rand::random::<f64>());
+        wait_down_for(&mut link, bound).await;
         tracing::warn!(
             down_s = link.borrow().down_for().as_secs(),
             "state feed unreachable; watching the API server directly until it is back"
