@@ -551,6 +551,18 @@ pub async fn state_server(args: StateServerArgs) -> anyhow::Result<()> {
         authn,
         Duration::from_millis(args.batch_ms.max(1)),
     );
+    let mut registry = prometheus_client::registry::Registry::default();
+    server.metrics().register(&mut registry);
+    let metrics = TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    // Never drained: the metrics answer until the process ends.
+    let (_drain, drain) = drain::channel();
+    tokio::spawn(crate::admin::serve_metrics(
+        metrics,
+        Arc::new(registry),
+        drain,
+    ));
     tracing::info!(listen = %args.listen, "state server started; listing the cluster");
     tokio::select! {
         () = server.synced() => {}

@@ -117,6 +117,15 @@ pub struct StateServerArgs {
     #[arg(long, env = "AMBIT_STATE_SERVER_BATCH_MS", default_value_t = 100)]
     pub batch_ms: u64,
 
+    /// Address of the Prometheus endpoint (`/metrics`): agents connected,
+    /// bytes sent, refusals, revision, addresses fed, the server's staleness.
+    #[arg(
+        long,
+        env = "AMBIT_STATE_SERVER_METRICS_ADDR",
+        default_value = "0.0.0.0:15020"
+    )]
+    pub metrics_addr: SocketAddr,
+
     /// How often the tokens and serving certificate files are re-read
     /// besides inotify.
     #[arg(long, env = "AMBIT_STATE_SERVER_FILES_POLL", default_value = "5s", value_parser = ambit_ca::cli::parse_duration)]
@@ -782,6 +791,10 @@ mod tests {
             "0.0.0.0:15016".parse::<SocketAddr>().unwrap()
         );
         assert_eq!(server.batch_ms, 100);
+        assert_eq!(
+            server.metrics_addr,
+            "0.0.0.0:15020".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(server.tokens_file, None);
         assert_eq!(server.root_namespace, "istio-system");
         assert!(

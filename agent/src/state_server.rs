@@ -3,14 +3,15 @@
 //! own Kubernetes source, with every pod compact, and feeds agents what that
 //! source resolves.
 //!
+//! - `metrics`: what it exports on `/metrics`.
 //! - `mirror`: the state as fed, revisioned, and the batches broadcast.
 //! - `serve`: TLS, authentication and one stream per agent.
 
+pub mod metrics;
 pub mod mirror;
 pub mod serve;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ambit_ca::authn::Authenticator;
@@ -21,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::state::source::kube::{KubeSource, KubeWatch, TapEvent};
 use crate::state::{Snapshot, StateStore};
+use metrics::FeedMetrics;
 use mirror::Mirror;
 use serve::Feeding;
 
@@ -58,10 +60,10 @@ impl StateServer {
             authn,
             acceptor: TlsAcceptor::from(tls),
             store: store.clone(),
-            agents: AtomicUsize::new(0),
-            bytes_sent: AtomicU64::new(0),
+            metrics: FeedMetrics::default(),
         });
-        let follow = tokio::spawn(follow(mirror, taps, store, batch));
+        let metrics = feeding.metrics.clone();
+        let follow = tokio::spawn(follow(mirror, taps, store, metrics, batch));
         Self {
             feeding,
             tasks: vec![follow],
@@ -95,14 +97,19 @@ impl StateServer {
         }));
     }
 
+    /// The server's metrics (`/metrics` in the binary).
+    pub fn metrics(&self) -> &FeedMetrics {
+        &self.feeding.metrics
+    }
+
     /// Agents connected now.
-    pub fn agents(&self) -> usize {
-        self.feeding.agents.load(Ordering::Relaxed)
+    pub fn agents(&self) -> i64 {
+        self.feeding.metrics.agents.get()
     }
 
     /// Bytes written to agents so far.
     pub fn bytes_sent(&self) -> u64 {
-        self.feeding.bytes_sent.load(Ordering::Relaxed)
+        self.feeding.metrics.sent_bytes.get()
     }
 
     pub fn revision(&self) -> u64 {
@@ -115,6 +122,7 @@ async fn follow(
     mirror: Arc<Mirror>,
     mut taps: mpsc::UnboundedReceiver<TapEvent>,
     store: StateStore,
+    metrics: FeedMetrics,
     period: Duration,
 ) {
     let mut tick = tokio::time::interval(period);
@@ -126,6 +134,8 @@ async fn follow(
                 None => return,
             },
             _ = tick.tick() => {
+                let staleness = store.staleness(std::time::SystemTime::now());
+                metrics.staleness_seconds.set(i64::try_from(staleness.as_secs()).unwrap_or(i64::MAX));
                 let snapshot = store.current();
                 if !snapshot.is_synced() {
                     continue;
@@ -133,6 +143,10 @@ async fn follow(
                 if let Err(error) = mirror.flush(snapshot.remote_addresses()) {
                     tracing::error!(%error, "cannot encode the changes");
                 }
+                let revision = mirror.revision();
+                metrics.revision.set(i64::try_from(revision).unwrap_or(i64::MAX));
+                let addresses = snapshot.remote_addresses().len();
+                metrics.addresses.set(i64::try_from(addresses).unwrap_or(i64::MAX));
             }
         }
     }

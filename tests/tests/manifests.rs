@@ -760,6 +760,22 @@ fn state_feed_overlay_serves_the_feed_and_points_the_agents_at_it() {
     }
     let port = &service_spec.ports.unwrap()[0];
     let container_port = &server.ports.as_ref().unwrap()[0];
+    let annotations = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .clone()
+        .unwrap();
+    let metrics = env_value(&server, "AMBIT_STATE_SERVER_METRICS_ADDR");
+    assert!(
+        metrics.ends_with(&format!(":{}", annotations["prometheus.io/port"])),
+        "Prometheus scrapes {metrics}"
+    );
     assert_eq!(
         port.target_port,
         Some(IntOrString::String(container_port.name.clone().unwrap()))

@@ -293,6 +293,25 @@ async fn a_fed_agent_decides_as_one_watching_directly() {
     assert_eq!(*fed.mode().borrow(), SourceMode::Fed);
     assert_eq!(fed_store.source(), "state feed");
     assert_eq!(server.agents(), 1);
+    let mut registry = prometheus_client::registry::Registry::default();
+    server.metrics().register(&mut registry);
+    let scraped = tokio::time::timeout(WAIT, async {
+        loop {
+            let text = ambit_agent::metrics::encode(&registry);
+            if text.contains("ambit_state_server_agents 1\n")
+                && text.contains("ambit_state_server_addresses 4\n")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        scraped.is_ok(),
+        "{}",
+        ambit_agent::metrics::encode(&registry)
+    );
 
     // Every kind of change follows, and the two keep deciding alike.
     fake.apply(&pod("apps", "api-3", "10.0.4.4", "node-c", "api"))
@@ -361,6 +380,10 @@ async fn a_wrong_token_is_refused_and_the_agent_watches_directly() {
     agree(&fed_store, &direct_store, "direct after refusal", &[]).await;
     assert_eq!(*fed.mode().borrow(), SourceMode::Direct);
     assert_eq!(server.agents(), 0);
+    assert!(
+        server.metrics().refused.get() >= 1,
+        "the refusal is counted"
+    );
     let failure = fed_store.status().last_error;
     assert!(
         failure.is_none(),

@@ -3,7 +3,6 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use ambit_ca::authn::{Authenticator, BearerToken};
@@ -12,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_rustls::TlsAcceptor;
 
+use super::metrics::FeedMetrics;
 use super::mirror::Mirror;
 use crate::state::StateStore;
 use crate::state::source::feed::wire::{self, Frame, WireError};
@@ -31,8 +31,7 @@ pub struct Feeding {
     pub acceptor: TlsAcceptor,
     /// The server's own state, for its staleness.
     pub store: StateStore,
-    pub agents: AtomicUsize,
-    pub bytes_sent: AtomicU64,
+    pub metrics: FeedMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,23 +80,22 @@ impl Feeding {
             .await
             .map_err(|_| StreamError::TimedOut)??;
         let Some(Frame::Hello { token, node }) = hello else {
+            self.metrics.refused.inc();
             return refuse(&mut tls, "expected a hello".into()).await;
         };
-        match self.authn.authenticate(&BearerToken::new(token)).await {
-            Ok(known) if known.as_str() == node => {}
-            Ok(known) => {
-                return refuse(
-                    &mut tls,
-                    format!("the token is node {known}'s, not {node}'s"),
-                )
-                .await;
-            }
-            Err(error) => return refuse(&mut tls, error.to_string()).await,
+        let refusal = match self.authn.authenticate(&BearerToken::new(token)).await {
+            Ok(known) if known.as_str() == node => None,
+            Ok(known) => Some(format!("the token is node {known}'s, not {node}'s")),
+            Err(error) => Some(error.to_string()),
+        };
+        if let Some(reason) = refusal {
+            self.metrics.refused.inc();
+            return refuse(&mut tls, reason).await;
         }
         tracing::info!(%node, "agent connected");
-        self.agents.fetch_add(1, Ordering::Relaxed);
+        self.metrics.agents.inc();
         let streamed = self.stream(tls).await;
-        self.agents.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.agents.dec();
         tracing::info!(%node, "agent disconnected");
         streamed
     }
@@ -160,8 +158,7 @@ impl Feeding {
         })
         .await
         .map_err(|_| StreamError::TimedOut)??;
-        self.bytes_sent
-            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        self.metrics.sent_bytes.inc_by(frame.len() as u64);
         Ok(())
     }
 }

@@ -69,7 +69,7 @@ impl FeedServer {
         let exe = ambit_tests::bin_path("ambit-agent")?;
         let mut child = tokio::process::Command::new(exe)
             .arg("state-server")
-            .args(["--listen", &address])
+            .args(["--listen", &address, "--metrics-addr", "127.0.0.1:0"])
             .arg("--serving-cert")
             .arg(path("cert.pem"))
             .arg("--serving-key")
