@@ -271,6 +271,14 @@ impl Shared {
             .set_behind_since(behind.iter().flatten().min().copied());
     }
 
+    /// Relays `event` to the tap, if any, for kinds other than Pod.
+    fn relay(&self, kind: Kind, event: impl FnOnce() -> TapEvent) {
+        if let Some(tap) = self.tap.as_ref().filter(|_| kind != Kind::Pod) {
+            // The state server dropping its receiver ends it anyway.
+            let _ = tap.send(event());
+        }
+    }
+
     fn speaks(&self) -> bool {
         self.active.load(Ordering::SeqCst) && self.published.load(Ordering::SeqCst)
     }
@@ -459,14 +467,8 @@ async fn watch_kind(
                 "kind not served by this cluster (CRD not installed?); treating it as empty"
             );
             shared.caches.lock().mark_absent(watched.cached_as);
-            if let Some(tap) = shared
-                .tap
-                .as_ref()
-                .filter(|_| watched.cached_as != Kind::Pod)
-            {
-                let _ = tap.send(TapEvent::Begin(watched.kind));
-                let _ = tap.send(TapEvent::End(watched.kind));
-            }
+            shared.relay(watched.cached_as, || TapEvent::Begin(watched.kind));
+            shared.relay(watched.cached_as, || TapEvent::End(watched.kind));
             // Absent is a state the cluster is in, not a failure to follow it.
             shared.set_behind(watched.cached_as, None);
             shared.changed.notify_one();
@@ -554,32 +556,25 @@ fn apply_event(
     event: Event<DynamicObject>,
 ) {
     let kind = watched.cached_as;
-    let tap = shared.tap.as_ref().filter(|_| kind != Kind::Pod);
+    let listing = matches!(event, Event::InitApply(_));
     let mut caches = shared.caches.lock();
     match event {
         Event::Init => {
             caches.begin_list(kind);
-            if let Some(tap) = tap {
-                let _ = tap.send(TapEvent::Begin(watched.kind));
-            }
+            shared.relay(kind, || TapEvent::Begin(watched.kind));
         }
-        Event::InitApply(object) => {
+        Event::InitApply(object) | Event::Apply(object) => {
             let (key, value) = slim_object(watched, resource, object);
-            caches.put(kind, key.clone(), &value, true);
-            if let Some(tap) = tap {
-                let object = Arc::new(value);
-                let _ = tap.send(TapEvent::Put {
-                    kind: watched.kind,
-                    key,
-                    object,
-                });
-            }
+            caches.put(kind, key.clone(), &value, listing);
+            shared.relay(kind, || TapEvent::Put {
+                kind: watched.kind,
+                key,
+                object: Arc::new(value),
+            });
         }
         Event::InitDone => {
             caches.end_list(kind);
-            if let Some(tap) = tap {
-                let _ = tap.send(TapEvent::End(watched.kind));
-            }
+            shared.relay(kind, || TapEvent::End(watched.kind));
             tracing::info!(
                 kind = watched.kind,
                 objects = caches.len(kind),
@@ -587,27 +582,13 @@ fn apply_event(
                 "listed"
             );
         }
-        Event::Apply(object) => {
-            let (key, value) = slim_object(watched, resource, object);
-            caches.put(kind, key.clone(), &value, false);
-            if let Some(tap) = tap {
-                let object = Arc::new(value);
-                let _ = tap.send(TapEvent::Put {
-                    kind: watched.kind,
-                    key,
-                    object,
-                });
-            }
-        }
         Event::Delete(object) => {
             let key = (object.namespace().unwrap_or_default(), object.name_any());
             caches.delete(kind, &key);
-            if let Some(tap) = tap {
-                let _ = tap.send(TapEvent::Delete {
-                    kind: watched.kind,
-                    key,
-                });
-            }
+            shared.relay(kind, || TapEvent::Delete {
+                kind: watched.kind,
+                key,
+            });
         }
     }
     drop(caches);
