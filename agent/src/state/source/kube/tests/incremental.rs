@@ -19,7 +19,7 @@ use super::compact::{
 use crate::authz::AuthzError;
 use crate::state::{LoadError, LoadOptions, Origin, Snapshot, SnapshotBuilder};
 
-pub(super) const SERVICES: usize = 4;
+const SERVICES: usize = 4;
 const POD_SLOTS: usize = 12;
 
 #[derive(Debug, Clone)]
@@ -188,8 +188,9 @@ fn with_the_file_sources_builder(cluster: &Cluster) -> Result<Snapshot, LoadErro
     builder.build()
 }
 
-/// Everything the data path can ask of a snapshot, in a comparable form.
-fn answers(s: &Snapshot) -> Vec<String> {
+/// Everything the data path can ask of a snapshot, in a comparable form;
+/// the first line is the count of remote pods.
+pub(super) fn answers(s: &Snapshot) -> Vec<String> {
     let outsider: IpAddr = "192.0.2.9".parse().unwrap();
     let addresses: Vec<IpAddr> = (0..24)
         .map(|i| pod_ip(i).parse().unwrap())
