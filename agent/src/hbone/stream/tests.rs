@@ -24,32 +24,41 @@ async fn open_tunnel(io: tokio::io::DuplexStream) -> (H2Reader, H2Writer) {
     H2Stream::from_parts(send, response.into_body()).into_split()
 }
 
+/// An HTTP/2 server on `io` whose first stream `handle` serves (its
+/// request body and its response); the connection is driven until the
+/// client goes, so the frames go out.
+fn serve_one<F, Fut>(io: tokio::io::DuplexStream, handle: F)
+where
+    F: FnOnce(h2::RecvStream, h2::server::SendResponse<Bytes>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut conn = h2::server::handshake(io).await.unwrap();
+        let (request, respond) = conn.accept().await.unwrap().unwrap();
+        tokio::spawn(handle(request.into_body(), respond));
+        while conn.accept().await.is_some() {}
+    });
+}
+
 /// A client stream to a server that, once the client's bytes flow, answers
 /// `answer` with END_STREAM and ends the stream with `reset` while the
 /// client is still sending.
 async fn answered_then_reset(reset: h2::Reason) -> (Transfer, Vec<u8>) {
     let (client_io, server_io) = tokio::io::duplex(256 * 1024);
-    tokio::spawn(async move {
-        let mut conn = h2::server::handshake(server_io).await.unwrap();
-        let (request, mut respond) = conn.accept().await.unwrap().unwrap();
-        tokio::spawn(async move {
-            let mut body = request.into_body();
-            let mut send = respond.send_response(Response::new(()), false).unwrap();
-            let first = body.data().await;
-            assert!(matches!(first, Some(Ok(_))), "no request bytes: {first:?}");
-            send.send_data(Bytes::from_static(b"answer"), true).unwrap();
-            if reset == h2::Reason::NO_ERROR {
-                // Done answering with the request still streaming: h2 itself
-                // resets with NO_ERROR once the answer is out (RFC 9113
-                // §8.1), as h2-based servers such as ztunnel's do.
-                drop((send, body));
-            } else {
-                // An explicit reset drops the queued answer too.
-                send.send_reset(reset);
-            }
-        });
-        // Keeps driving the connection so the frames go out.
-        while conn.accept().await.is_some() {}
+    serve_one(server_io, move |mut body, mut respond| async move {
+        let mut send = respond.send_response(Response::new(()), false).unwrap();
+        let first = body.data().await;
+        assert!(matches!(first, Some(Ok(_))), "no request bytes: {first:?}");
+        send.send_data(Bytes::from_static(b"answer"), true).unwrap();
+        if reset == h2::Reason::NO_ERROR {
+            // Done answering with the request still streaming: h2 itself
+            // resets with NO_ERROR once the answer is out (RFC 9113
+            // §8.1), as h2-based servers such as ztunnel's do.
+            drop((send, body));
+        } else {
+            // An explicit reset drops the queued answer too.
+            send.send_reset(reset);
+        }
     });
     let tunnel = open_tunnel(client_io).await;
 
@@ -96,19 +105,13 @@ async fn other_resets_are_failures() {
 #[tokio::test]
 async fn bytes_sent_after_an_idle_start_still_cross() {
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(async move {
-        let mut conn = h2::server::handshake(server_io).await.unwrap();
-        let (request, mut respond) = conn.accept().await.unwrap().unwrap();
-        tokio::spawn(async move {
-            // Echoes the request's bytes.
-            let mut body = request.into_body();
-            let mut send = respond.send_response(Response::new(()), false).unwrap();
-            while let Some(Ok(data)) = body.data().await {
-                let _ = body.flow_control().release_capacity(data.len());
-                send.send_data(data, false).unwrap();
-            }
-        });
-        while conn.accept().await.is_some() {}
+    // Echoes the request's bytes.
+    serve_one(server_io, |mut body, mut respond| async move {
+        let mut send = respond.send_response(Response::new(()), false).unwrap();
+        while let Some(Ok(data)) = body.data().await {
+            let _ = body.flow_control().release_capacity(data.len());
+            send.send_data(data, false).unwrap();
+        }
     });
     let tunnel = open_tunnel(client_io).await;
 
