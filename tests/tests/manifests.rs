@@ -290,10 +290,10 @@ fn read_only() -> BTreeSet<String> {
     ["get", "list", "watch"].map(String::from).into()
 }
 
-#[test]
-fn agent_rbac_reads_its_kinds_and_nothing_else() {
-    let got = rules("agent-clusterrole.yaml");
-    let want: BTreeMap<_, _> = [
+/// Reading what the agent's Kubernetes source watches: the agent's rules,
+/// and the state server's (which watches it for every agent).
+fn reads_the_watched_kinds() -> BTreeMap<(String, String), BTreeSet<String>> {
+    [
         ("", "namespaces"),
         ("", "pods"),
         ("", "services"),
@@ -304,8 +304,12 @@ fn agent_rbac_reads_its_kinds_and_nothing_else() {
     ]
     .into_iter()
     .map(|(g, r)| ((g.to_owned(), r.to_owned()), read_only()))
-    .collect();
-    assert_eq!(got, want);
+    .collect()
+}
+
+#[test]
+fn agent_rbac_reads_its_kinds_and_nothing_else() {
+    assert_eq!(rules("agent-clusterrole.yaml"), reads_the_watched_kinds());
     check_binding(
         "agent-clusterrolebinding.yaml",
         "ambit-agent",
@@ -687,18 +691,7 @@ fn state_feed_overlay_serves_the_feed_and_points_the_agents_at_it() {
         .collect();
     assert_eq!(files, on_disk);
 
-    let mut want: BTreeMap<(String, String), BTreeSet<String>> = [
-        ("", "namespaces"),
-        ("", "pods"),
-        ("", "services"),
-        ("discovery.k8s.io", "endpointslices"),
-        ("security.istio.io", "authorizationpolicies"),
-        ("security.istio.io", "peerauthentications"),
-        ("security.istio.io", "requestauthentications"),
-    ]
-    .into_iter()
-    .map(|(g, r)| ((g.to_owned(), r.to_owned()), read_only()))
-    .collect();
+    let mut want = reads_the_watched_kinds();
     want.insert(
         (
             "authentication.k8s.io".to_owned(),
