@@ -154,6 +154,13 @@ impl Feed {
         server
     }
 
+    /// A server on a free loopback port, and that port.
+    async fn running(&self, fake: &FakeKube) -> (SocketAddr, StateServer) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (addr, self.server(fake, listener).await)
+    }
+
     fn config(&self, addr: SocketAddr, token: &Path) -> FeedConfig {
         FeedConfig {
             address: addr.to_string(),
@@ -273,9 +280,7 @@ async fn until_mode(watch: &FailoverWatch, mode: SourceMode) {
 async fn a_fed_agent_decides_as_one_watching_directly() {
     let fake = cluster().await;
     let feed = Feed::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = feed.server(&fake, listener).await;
+    let (addr, server) = feed.running(&fake).await;
     let (fed, fed_store) = fed_agent(&fake, feed.config(addr, &feed.path("token")), WAIT * 4);
     let (_direct, direct_store) = direct_agent(&fake);
     // Remote pods are known by identity, this node's in full.
@@ -368,9 +373,7 @@ async fn a_fed_agent_decides_as_one_watching_directly() {
 async fn a_wrong_token_is_refused_and_the_agent_watches_directly() {
     let fake = cluster().await;
     let feed = Feed::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = feed.server(&fake, listener).await;
+    let (addr, server) = feed.running(&fake).await;
     let (fed, fed_store) = fed_agent(
         &fake,
         feed.config(addr, &feed.path("wrong-token")),
@@ -395,9 +398,7 @@ async fn a_wrong_token_is_refused_and_the_agent_watches_directly() {
 async fn the_agent_falls_back_while_the_feed_is_down_and_returns_to_it() {
     let fake = cluster().await;
     let feed = Feed::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = feed.server(&fake, listener).await;
+    let (addr, server) = feed.running(&fake).await;
     let fallback = Duration::from_secs(1);
     let (fed, fed_store) = fed_agent(&fake, feed.config(addr, &feed.path("token")), fallback);
     let (_direct, direct_store) = direct_agent(&fake);
