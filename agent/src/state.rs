@@ -95,6 +95,12 @@ impl StateStore {
         self.tx.borrow().clone()
     }
 
+    /// Resolves once a snapshot from a complete source state is in force.
+    pub async fn synced(&self) {
+        // The sender lives as long as the store, so this only ends synced.
+        let _ = self.subscribe().wait_for(|s| s.is_synced()).await;
+    }
+
     /// A receiver that wakes on every replacement: capture, identity and
     /// connection re-authorization follow the state through it.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {

@@ -73,8 +73,7 @@ impl StateServer {
 
     /// Resolves once the first complete state is mirrored.
     pub async fn synced(&self) {
-        let store = &self.feeding.store;
-        let _ = store.subscribe().wait_for(|s| s.is_synced()).await;
+        self.feeding.store.synced().await;
     }
 
     /// Serves agents on `listener` once synced. The binary binds only then,
@@ -84,7 +83,7 @@ impl StateServer {
         let feeding = self.feeding.clone();
         self.tasks.push(tokio::spawn(async move {
             let store = feeding.store.clone();
-            let _ = store.subscribe().wait_for(|s| s.is_synced()).await;
+            store.synced().await;
             if let Err(error) = feeding.mirror.flush(store.current().remote_addresses()) {
                 tracing::error!(%error, "cannot encode the state");
             }

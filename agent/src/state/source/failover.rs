@@ -67,8 +67,7 @@ impl FailoverWatch {
 
     /// Resolves once either source has published a complete state.
     pub async fn synced(&self) {
-        let mut snapshots = self.store.subscribe();
-        let _ = snapshots.wait_for(|s| s.is_synced()).await;
+        self.store.synced().await;
     }
 
     pub fn mode(&self) -> watch::Receiver<SourceMode> {
