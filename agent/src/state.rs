@@ -36,7 +36,7 @@ pub use build::{
     DATAPLANE_MODE_LABEL, LoadError, LoadOptions, Origin, PolicyIssue, SnapshotBuilder, is_enrolled,
 };
 pub use k8s::FieldError;
-pub use service::{Endpoint, Service, ServicePort, ServiceTarget, TargetPort};
+pub use service::{EndpointGroup, EndpointPorts, Service, ServicePort, ServiceTarget, TargetPort};
 pub use snapshot::Snapshot;
 pub use workload::Workload;
 

@@ -416,7 +416,7 @@ fn services_json(snapshot: &Snapshot) -> Value {
                         json!({
                             "name": p.name,
                             "port": p.port,
-                            "ready_endpoints": s.ready_endpoints(p.port),
+                            "ready_endpoints": s.ready_endpoints(p.port).collect::<Vec<_>>(),
                         })
                     })
                     .collect();

@@ -91,18 +91,17 @@ pub fn decide(snapshot: &Snapshot, args: &CheckArgs) -> Result<CheckReport, Chec
         return Err(CheckError::PortZero(args.to));
     }
     if let Some(svc) = snapshot.service_by_vip(args.to.ip()) {
-        let endpoints = svc.ready_endpoints(args.to.port());
+        let endpoints: Vec<String> = svc
+            .ready_endpoints(args.to.port())
+            .map(|e| e.to_string())
+            .collect();
         return Err(CheckError::ServiceVip {
             addr: args.to,
             service: svc.qualified_name(),
             endpoints: if endpoints.is_empty() {
                 format!("none ready on port {}", args.to.port())
             } else {
-                endpoints
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                endpoints.join(", ")
             },
         });
     }

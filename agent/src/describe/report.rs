@@ -162,12 +162,12 @@ fn service_report(
         .map(|p| ServicePortView {
             port: p.port,
             name: p.name.clone(),
-            ready_endpoints: svc.ready_endpoints(p.port).to_vec(),
+            ready_endpoints: svc.ready_endpoints(p.port).collect(),
         })
         .collect();
     let mut pods: Vec<PodReport> = Vec::new();
-    for endpoint in &svc.endpoints {
-        let Some(w) = snapshot.workload_by_ip(endpoint.ip) else {
+    for (ip, _) in svc.endpoints() {
+        let Some(w) = snapshot.workload_by_ip(ip) else {
             continue;
         };
         let name = w.qualified_name();
@@ -209,9 +209,8 @@ fn pod_report(
             for p in &svc.ports {
                 ports.extend(
                     svc.ready_endpoints(p.port)
-                        .iter()
                         .filter(|a| a.ip() == *ip)
-                        .map(SocketAddr::port),
+                        .map(|a| a.port()),
                 );
             }
         }

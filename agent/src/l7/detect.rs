@@ -60,9 +60,11 @@ fn classify(app_protocol: Option<&str>, name: Option<&str>) -> Option<bool> {
 /// How the Services whose ready endpoint is `pod` declare it; the first
 /// Service port with an opinion wins.
 pub fn declared(snapshot: &Snapshot, pod: SocketAddr) -> Declared {
-    for svc in snapshot.services() {
+    // The pod's own Services (an index), not a scan of every Service: this
+    // runs for inbound connections when a policy needs HTTP.
+    for svc in snapshot.services_of_endpoint(pod.ip()) {
         for sp in &svc.ports {
-            if !svc.ready_endpoints(sp.port).contains(&pod) {
+            if !svc.serves_on(sp.port, pod) {
                 continue;
             }
             let port_name = || {

@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
-use crate::state::{Endpoint, Service, ServicePort, TargetPort, Workload};
+use crate::state::{EndpointGroup, Service, ServicePort, TargetPort, Workload};
 use crate::telemetry::{self, LogFormat};
 
 /// One sample of the OpenMetrics text: `name{labels} value`.
@@ -158,11 +158,10 @@ fn fixture() -> Fixture {
                 target: TargetPort::Number(8080),
                 app_protocol: None,
             }],
-            vec![Endpoint {
-                ip: "10.0.2.7".parse().unwrap(),
-                ready: true,
-                ports: Arc::new([]),
-            }],
+            vec![EndpointGroup::new(
+                [("10.0.2.7".parse().unwrap(), true)],
+                Arc::new([]),
+            )],
         ),
     }
 }

@@ -1,8 +1,13 @@
 //! Services: virtual IPs and ports, and the endpoints behind them.
 //!
-//! The ready endpoints of every service port are resolved once, when the
-//! snapshot is built, so choosing an endpoint on the data path is an index and
-//! an atomic increment.
+//! Endpoints are held in groups that share their port numbers (one
+//! EndpointSlice's, or one selected pod's), ready addresses first, and the
+//! group is the same allocation the Kubernetes source keeps for the slice.
+//! A service port's ready endpoints are then the ready prefix of each group
+//! that resolves the port, so 150,000 endpoints cost one address each
+//! rather than an endpoint record plus a socket address per port, and
+//! choosing an endpoint on the data path is still an index and an atomic
+//! increment.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -26,14 +31,80 @@ pub struct ServicePort {
     pub app_protocol: Option<String>,
 }
 
+/// Service port name -> target port number, as an EndpointSlice lists them.
+pub type EndpointPorts = Arc<[(Option<String>, u16)]>;
+
+/// Endpoints that share their port numbers. Cheap to clone: a slice's group
+/// is shared by the source that decoded it and every `Service` built from it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    pub ip: IpAddr,
-    pub ready: bool,
-    /// Service port name -> target port number, as an EndpointSlice lists
-    /// them; shared by the endpoints of one slice (150,000 endpoints hold a
-    /// few thousand lists).
-    pub ports: Arc<[(Option<String>, u16)]>,
+pub struct EndpointGroup {
+    /// Ready addresses first, each part in input order.
+    addresses: Arc<[IpAddr]>,
+    ready: usize,
+    ports: EndpointPorts,
+}
+
+impl EndpointGroup {
+    pub fn new(addresses: impl IntoIterator<Item = (IpAddr, bool)>, ports: EndpointPorts) -> Self {
+        let (ready, unready): (Vec<_>, Vec<_>) =
+            addresses.into_iter().partition(|(_, ready)| *ready);
+        let count = ready.len();
+        let addresses = ready.into_iter().chain(unready).map(|(ip, _)| ip).collect();
+        Self {
+            addresses,
+            ready: count,
+            ports,
+        }
+    }
+
+    /// Every address with its readiness, ready ones first.
+    pub fn endpoints(&self) -> impl Iterator<Item = (IpAddr, bool)> + '_ {
+        self.addresses
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| (*ip, i < self.ready))
+    }
+
+    pub fn ready(&self) -> &[IpAddr] {
+        self.addresses.get(..self.ready).unwrap_or_default()
+    }
+
+    pub fn ports(&self) -> &[(Option<String>, u16)] {
+        &self.ports
+    }
+
+    pub fn len(&self) -> usize {
+        self.addresses.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.addresses.is_empty()
+    }
+
+    /// The endpoints' port for a service port: EndpointSlices key their
+    /// ports by the service port's name; a numeric targetPort needs no
+    /// lookup.
+    fn target_port(&self, sp: &ServicePort) -> Option<u16> {
+        let listed = self
+            .ports
+            .iter()
+            .find(|(name, _)| *name == sp.name)
+            .map(|(_, n)| *n);
+        match (&sp.target, listed) {
+            (_, Some(n)) => Some(n),
+            (TargetPort::Number(n), None) => Some(*n),
+            (TargetPort::Name(_), None) => None,
+        }
+    }
+}
+
+/// Where one service port's traffic can go.
+#[derive(Debug, Default)]
+struct PortTargets {
+    /// Each group that resolves the port, with the port it resolves to.
+    groups: Box<[(usize, u16)]>,
+    /// Ready endpoints over those groups.
+    ready: usize,
 }
 
 #[derive(Debug)]
@@ -42,9 +113,9 @@ pub struct Service {
     pub namespace: String,
     pub vips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
-    pub endpoints: Vec<Endpoint>,
-    /// Per entry of `ports`: the ready endpoint addresses, target port resolved.
-    ready: Vec<Vec<SocketAddr>>,
+    groups: Vec<EndpointGroup>,
+    /// Per entry of `ports`.
+    targets: Vec<PortTargets>,
     /// Round-robin cursor over ready endpoints.
     next: AtomicUsize,
 }
@@ -63,16 +134,21 @@ impl Service {
         namespace: String,
         vips: Vec<IpAddr>,
         ports: Vec<ServicePort>,
-        endpoints: Vec<Endpoint>,
+        groups: Vec<EndpointGroup>,
     ) -> Self {
-        let ready = ports
+        let targets = ports
             .iter()
             .map(|sp| {
-                endpoints
+                let resolved: Box<[(usize, u16)]> = groups
                     .iter()
-                    .filter(|e| e.ready)
-                    .filter_map(|e| Some(SocketAddr::new(e.ip, target_port(sp, e)?)))
-                    .collect()
+                    .enumerate()
+                    .filter_map(|(i, g)| Some((i, g.target_port(sp)?)))
+                    .collect();
+                let ready = resolved.iter().map(|(i, _)| groups[*i].ready).sum();
+                PortTargets {
+                    groups: resolved,
+                    ready,
+                }
             })
             .collect();
         Self {
@@ -80,35 +156,70 @@ impl Service {
             namespace,
             vips,
             ports,
-            endpoints,
-            ready,
+            groups,
+            targets,
             next: AtomicUsize::new(0),
         }
     }
 
+    /// Every endpoint address with its readiness.
+    pub fn endpoints(&self) -> impl Iterator<Item = (IpAddr, bool)> + '_ {
+        self.groups.iter().flat_map(EndpointGroup::endpoints)
+    }
+
+    pub fn groups(&self) -> &[EndpointGroup] {
+        &self.groups
+    }
+
+    fn targets(&self, port: u16) -> Option<&PortTargets> {
+        let index = self.ports.iter().position(|p| p.port == port)?;
+        self.targets.get(index)
+    }
+
     /// Picks a ready endpoint for `port` (round robin) and resolves the target port.
     pub fn pick(&self, port: u16) -> Option<(IpAddr, u16)> {
-        let index = self.ports.iter().position(|p| p.port == port)?;
-        let candidates = self.ready.get(index)?;
-        if candidates.is_empty() {
+        let targets = self.targets(port)?;
+        if targets.ready == 0 {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
-        candidates.get(i).map(|a| (a.ip(), a.port()))
+        let mut i = self.next.fetch_add(1, Ordering::Relaxed) % targets.ready;
+        for &(group, target) in &targets.groups {
+            let ready = self.groups.get(group)?.ready();
+            match ready.get(i) {
+                Some(ip) => return Some((*ip, target)),
+                None => i -= ready.len(),
+            }
+        }
+        None
     }
 
     /// The ready endpoint addresses behind `port`, target port resolved.
-    pub fn ready_endpoints(&self, port: u16) -> &[SocketAddr] {
-        self.ports
-            .iter()
-            .position(|p| p.port == port)
-            .and_then(|i| self.ready.get(i))
-            .map_or(&[], Vec::as_slice)
+    pub fn ready_endpoints(&self, port: u16) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.targets(port)
+            .into_iter()
+            .flat_map(|t| t.groups.iter())
+            .flat_map(|&(group, target)| {
+                self.groups[group]
+                    .ready()
+                    .iter()
+                    .map(move |ip| SocketAddr::new(*ip, target))
+            })
     }
 
     /// Whether `addr` is a ready endpoint of one of the ports.
     pub fn serves(&self, addr: SocketAddr) -> bool {
-        self.ready.iter().any(|r| r.contains(&addr))
+        self.targets.iter().any(|t| self.serves_in(t, addr))
+    }
+
+    /// Whether `addr` is a ready endpoint of `port`.
+    pub fn serves_on(&self, port: u16, addr: SocketAddr) -> bool {
+        self.targets(port).is_some_and(|t| self.serves_in(t, addr))
+    }
+
+    fn serves_in(&self, targets: &PortTargets, addr: SocketAddr) -> bool {
+        targets.groups.iter().any(|&(group, target)| {
+            target == addr.port() && self.groups[group].ready().contains(&addr.ip())
+        })
     }
 
     /// Whether `host` names this Service: `<name>.<namespace>.svc.<domain>`,
@@ -124,20 +235,5 @@ impl Service {
     /// `namespace/name`, the form logs and metrics use.
     pub fn qualified_name(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-/// The endpoint's port for a service port: EndpointSlices key their ports by
-/// the service port's name; a numeric targetPort needs no lookup.
-fn target_port(sp: &ServicePort, endpoint: &Endpoint) -> Option<u16> {
-    let listed = endpoint
-        .ports
-        .iter()
-        .find(|(name, _)| *name == sp.name)
-        .map(|(_, n)| *n);
-    match (&sp.target, listed) {
-        (_, Some(n)) => Some(n),
-        (TargetPort::Number(n), None) => Some(*n),
-        (TargetPort::Name(_), None) => None,
     }
 }

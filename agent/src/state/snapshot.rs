@@ -110,12 +110,12 @@ impl Snapshot {
             for vip in &s.vips {
                 by_vip.insert(*vip, s.clone());
             }
-            for e in &s.endpoints {
-                let remote = !pods.by_ip.contains_key(&e.ip) && remote_by_ip.get(&e.ip).is_some();
+            for (ip, _) in s.endpoints() {
+                let remote = !pods.by_ip.contains_key(&ip) && remote_by_ip.get(&ip).is_some();
                 if remote {
                     continue;
                 }
-                let listed = by_endpoint.entry(e.ip).or_default();
+                let listed = by_endpoint.entry(ip).or_default();
                 if !listed.iter().any(|l| Arc::ptr_eq(l, s)) {
                     listed.push(s.clone());
                 }

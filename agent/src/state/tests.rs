@@ -215,6 +215,87 @@ fn pods_with_a_sidecar_are_not_enrolled() {
     assert_eq!(s.local_enrolled("n").count(), 0);
 }
 
+/// Two slices of one Service with different port lists, each with an
+/// unready endpoint between ready ones: a port's ready endpoints span the
+/// groups that resolve it, and only those.
+#[test]
+fn service_ports_resolve_per_endpoint_group() {
+    let ports = |http: Option<u16>| -> EndpointPorts {
+        let mut listed = vec![(Some("metrics".to_string()), 9090)];
+        listed.extend(http.map(|n| (Some("http".to_string()), n)));
+        listed.into()
+    };
+    let svc = Service::new(
+        "web".into(),
+        "shop".into(),
+        vec![ip("10.96.0.9")],
+        vec![
+            ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target: TargetPort::Name("http".into()),
+                app_protocol: None,
+            },
+            ServicePort {
+                name: Some("metrics".into()),
+                port: 9090,
+                target: TargetPort::Number(9090),
+                app_protocol: None,
+            },
+        ],
+        vec![
+            EndpointGroup::new(
+                [
+                    (ip("10.1.0.1"), true),
+                    (ip("10.1.0.2"), false),
+                    (ip("10.1.0.3"), true),
+                ],
+                ports(Some(8080)),
+            ),
+            // This slice's pods do not name the http port.
+            EndpointGroup::new(
+                [(ip("10.1.1.1"), false), (ip("10.1.1.2"), true)],
+                ports(None),
+            ),
+        ],
+    );
+    let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+    let http: Vec<SocketAddr> = svc.ready_endpoints(80).collect();
+    assert_eq!(http, vec![addr("10.1.0.1:8080"), addr("10.1.0.3:8080")]);
+    let metrics: Vec<SocketAddr> = svc.ready_endpoints(9090).collect();
+    assert_eq!(
+        metrics,
+        vec![
+            addr("10.1.0.1:9090"),
+            addr("10.1.0.3:9090"),
+            addr("10.1.1.2:9090")
+        ]
+    );
+
+    // Round robin covers exactly the ready endpoints of the port.
+    let mut picked: Vec<(IpAddr, u16)> = (0..6).map(|_| svc.pick(9090).unwrap()).collect();
+    picked.sort();
+    picked.dedup();
+    let expected: Vec<(IpAddr, u16)> = metrics.iter().map(|a| (a.ip(), a.port())).collect();
+    assert_eq!(picked, expected);
+    assert_eq!(svc.pick(443), None);
+
+    assert!(svc.serves_on(80, addr("10.1.0.3:8080")));
+    assert!(!svc.serves_on(80, addr("10.1.0.2:8080")), "not ready");
+    assert!(
+        !svc.serves_on(80, addr("10.1.1.2:8080")),
+        "its group has no http port"
+    );
+    assert!(svc.serves(addr("10.1.1.2:9090")));
+    assert!(!svc.serves(addr("10.1.1.2:8080")));
+    let unready: Vec<IpAddr> = svc
+        .endpoints()
+        .filter(|(_, ready)| !ready)
+        .map(|(ip, _)| ip)
+        .collect();
+    assert_eq!(unready, vec![ip("10.1.0.2"), ip("10.1.1.1")]);
+}
+
 #[test]
 fn service_resolves_named_target_port_through_ready_endpoints() {
     let s = load(&[("cluster.yaml", KUBECTL_LIST)]).unwrap();
@@ -226,7 +307,7 @@ fn service_resolves_named_target_port_through_ready_endpoints() {
         "UDP ports are dropped"
     );
     // 10.1.0.11 is not ready; 10.1.0.99 has no ready condition, which counts as ready.
-    let http: Vec<SocketAddr> = svc.ready_endpoints(80).to_vec();
+    let http: Vec<SocketAddr> = svc.ready_endpoints(80).collect();
     assert_eq!(
         http,
         vec![
@@ -235,10 +316,10 @@ fn service_resolves_named_target_port_through_ready_endpoints() {
         ]
     );
     assert_eq!(
-        svc.ready_endpoints(9000)[0],
-        "10.1.0.10:9001".parse().unwrap()
+        svc.ready_endpoints(9000).next(),
+        Some("10.1.0.10:9001".parse().unwrap())
     );
-    assert!(svc.ready_endpoints(53).is_empty());
+    assert_eq!(svc.ready_endpoints(53).next(), None);
 
     // Round robin over the two ready endpoints.
     let picks: Vec<SocketAddr> = (0..4)

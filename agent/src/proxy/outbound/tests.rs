@@ -4,7 +4,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use super::*;
-use crate::state::{Endpoint, Service, ServicePort, TargetPort};
+use crate::state::{EndpointGroup, Service, ServicePort, TargetPort};
 
 fn workload(name: &str, ip: &str, enrolled: bool) -> Workload {
     Workload {
@@ -20,7 +20,7 @@ fn workload(name: &str, ip: &str, enrolled: bool) -> Workload {
 }
 
 fn snapshot() -> Snapshot {
-    let svc = |name: &str, vip: &str, endpoints: Vec<Endpoint>| {
+    let svc = |name: &str, vip: &str, endpoints: Vec<EndpointGroup>| {
         Service::new(
             name.into(),
             "default".into(),
@@ -34,10 +34,8 @@ fn snapshot() -> Snapshot {
             endpoints,
         )
     };
-    let ep = |ip: &str, ready| Endpoint {
-        ip: ip.parse().unwrap(),
-        ready,
-        ports: std::sync::Arc::new([]),
+    let ep = |ip: &str, ready| {
+        EndpointGroup::new([(ip.parse().unwrap(), ready)], std::sync::Arc::new([]))
     };
     Snapshot::new(
         vec![

@@ -4,33 +4,31 @@
 //! leave slices out.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use crate::state::Endpoint;
+use crate::state::EndpointGroup;
 use crate::state::k8s::{self, PortRef};
 
-pub(super) fn slice_endpoints(slices: &[&k8s::EndpointSlice]) -> Vec<Endpoint> {
+/// One group per slice.
+pub(super) fn slice_endpoints(slices: &[&k8s::EndpointSlice]) -> Vec<EndpointGroup> {
     slices
         .iter()
-        .flat_map(|slice| {
-            let ports: Arc<[(Option<String>, u16)]> = slice.ports.as_slice().into();
-            slice.endpoints.iter().flat_map(move |ep| {
-                let ports = ports.clone();
-                ep.ips.iter().map(move |ip| Endpoint {
-                    ip: *ip,
-                    ready: ep.ready,
-                    ports: ports.clone(),
-                })
-            })
+        .map(|slice| {
+            let addresses = slice
+                .endpoints
+                .iter()
+                .flat_map(|ep| ep.ips.iter().map(|ip| (*ip, ep.ready)));
+            EndpointGroup::new(addresses, slice.ports.as_slice().into())
         })
         .collect()
 }
 
+/// One group per selected pod: a named targetPort can resolve differently
+/// on each.
 pub(super) fn selected_endpoints(
     pods: &[&k8s::Pod],
     selector: &BTreeMap<String, String>,
     ports: &[k8s::ServiceSpecPort],
-) -> Vec<Endpoint> {
+) -> Vec<EndpointGroup> {
     // An empty selector selects nothing for Services (unlike label queries).
     if selector.is_empty() {
         return Vec::new();
@@ -41,8 +39,8 @@ pub(super) fn selected_endpoints(
             .all(|(k, v)| pod.meta.labels.get(k) == Some(v))
     });
     selected
-        .flat_map(|pod| {
-            let ports: Arc<[(Option<String>, u16)]> = ports
+        .map(|pod| {
+            let ports = ports
                 .iter()
                 .filter_map(|p| {
                     let number = match &p.target {
@@ -53,11 +51,7 @@ pub(super) fn selected_endpoints(
                     Some((p.name.clone(), number))
                 })
                 .collect();
-            pod.ips.iter().map(move |ip| Endpoint {
-                ip: *ip,
-                ready: true,
-                ports: ports.clone(),
-            })
+            EndpointGroup::new(pod.ips.iter().map(|ip| (*ip, true)), ports)
         })
         .collect()
 }

@@ -20,7 +20,7 @@ use super::kind_cache::{KindCache, ObjectKey};
 use crate::state::build::service_port;
 use crate::state::k8s;
 use crate::state::{
-    Endpoint, FieldError, LoadError, Origin, Service, SnapshotBuilder, describe_object,
+    EndpointGroup, FieldError, LoadError, Origin, Service, SnapshotBuilder, describe_object,
 };
 
 /// A decoded object, or why it did not decode: the snapshot is refused
@@ -61,13 +61,12 @@ impl ServiceObject {
     }
 }
 
-/// An EndpointSlice as a Service is built from it.
+/// An EndpointSlice as a Service is built from it: its endpoints are the
+/// group every `Service` built from it shares.
 #[derive(Debug)]
 pub(super) struct CompactSlice {
     service: Option<Box<str>>,
-    /// Each address of each endpoint, with the endpoint's readiness.
-    addresses: Box<[(IpAddr, bool)]>,
-    ports: Arc<[(Option<String>, u16)]>,
+    endpoints: EndpointGroup,
 }
 
 #[derive(Debug, Default)]
@@ -108,12 +107,10 @@ impl ServiceCatalog {
         let addresses = slice
             .endpoints
             .iter()
-            .flat_map(|ep| ep.ips.iter().map(|ip| (*ip, ep.ready)))
-            .collect();
+            .flat_map(|ep| ep.ips.iter().map(|ip| (*ip, ep.ready)));
         Ok(CompactSlice {
+            endpoints: EndpointGroup::new(addresses, slice.ports.into()),
             service: slice.service.map(String::into_boxed_str),
-            addresses,
-            ports: slice.ports.into(),
         })
     }
 
@@ -217,13 +214,7 @@ impl ServiceCatalog {
             .into_iter()
             .flatten()
             .filter_map(|slice| self.slices.get(slice)?.as_ref().ok())
-            .flat_map(|slice| {
-                slice.addresses.iter().map(|(ip, ready)| Endpoint {
-                    ip: *ip,
-                    ready: *ready,
-                    ports: slice.ports.clone(),
-                })
-            })
+            .map(|slice| slice.endpoints.clone())
             .collect();
         Some(Service::new(
             service.meta.name.clone(),
@@ -241,9 +232,8 @@ impl ServiceCatalog {
             .slices
             .iter()
             .map(|(_, s)| {
-                s.as_ref().map_or(0, |s| {
-                    s.addresses.len() * std::mem::size_of::<(IpAddr, bool)>()
-                })
+                s.as_ref()
+                    .map_or(0, |s| s.endpoints.len() * std::mem::size_of::<IpAddr>())
             })
             .sum();
         slices + self.slices.len() * slot

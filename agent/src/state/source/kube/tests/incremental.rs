@@ -216,10 +216,13 @@ pub(super) fn answers(s: &Snapshot) -> Vec<String> {
         services.sort();
         out.push(format!("{ip} serves {services:?}"));
         if let Some(svc) = s.service_by_vip(*ip) {
-            let mut endpoints: Vec<String> =
-                svc.endpoints.iter().map(|e| format!("{e:?}")).collect();
+            let mut endpoints: Vec<String> = svc
+                .groups()
+                .iter()
+                .flat_map(|g| g.endpoints().map(move |e| format!("{e:?} {:?}", g.ports())))
+                .collect();
             endpoints.sort();
-            let mut ready = svc.ready_endpoints(80).to_vec();
+            let mut ready: Vec<_> = svc.ready_endpoints(80).collect();
             ready.sort();
             out.push(format!(
                 "{ip} is {} {:?} {endpoints:?} {ready:?}",
