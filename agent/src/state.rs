@@ -15,6 +15,7 @@
 
 mod build;
 mod k8s;
+mod labels;
 mod remote;
 mod service;
 pub mod shared_map;
@@ -36,6 +37,7 @@ pub use build::{
     DATAPLANE_MODE_LABEL, LoadError, LoadOptions, Origin, PolicyIssue, SnapshotBuilder, is_enrolled,
 };
 pub use k8s::FieldError;
+pub use labels::Labels;
 pub use service::{EndpointGroup, EndpointPorts, Service, ServicePort, ServiceTarget, TargetPort};
 pub use snapshot::Snapshot;
 pub use workload::Workload;

@@ -1,7 +1,6 @@
 //! Deciding one connection: PeerAuthentication first for plaintext, then
 //! fail-closed policies (invalid, CUSTOM), DENY, and ALLOW, in Istio's order.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde_json::{Value, json};
@@ -11,13 +10,13 @@ mod http;
 pub use http::{HttpOnlyRule, JwtPolicy};
 
 use crate::index::{Candidate, Inner, Kind, NamespaceIndex, PolicyIdx, PolicySet, Probe};
-use crate::model::{Attributes, AuthzPolicy, MtlsMode};
+use crate::model::{Attributes, AuthzPolicy, LabelSet, MtlsMode};
 
 /// The destination workload of a connection.
 #[derive(Clone, Copy, Debug)]
 pub struct Target<'a> {
     pub namespace: &'a str,
-    pub labels: &'a BTreeMap<String, String>,
+    pub labels: &'a dyn LabelSet,
 }
 
 /// What is known about a connection when it is decided.

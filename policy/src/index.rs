@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use foldhash::HashMap;
 
-use crate::model::{AuthzPolicy, Effect, MtlsMode, PeerAuthn, RequestAuthn, Selector};
+use crate::model::{AuthzPolicy, Effect, LabelSet, MtlsMode, PeerAuthn, RequestAuthn, Selector};
 use crate::parse::{self, Compiled, PolicyError, PolicyKind};
 
 mod compiled;
@@ -145,16 +145,16 @@ impl Scope {
     /// checks the rest.
     pub(crate) fn for_each_candidate<'s>(
         &'s self,
-        labels: &BTreeMap<String, String>,
+        labels: &dyn LabelSet,
         mut f: impl FnMut(&'s Candidate),
     ) {
         self.everyone.iter().for_each(&mut f);
         if self.pair_hashes.is_empty() {
             return;
         }
-        for (k, v) in labels {
+        labels.for_each_label(&mut |k, v| {
             if self.key_lens & key_len_bit(k.len()) == 0 {
-                continue;
+                return;
             }
             let h = compiled::hash_pair(k, v);
             let first = self.pair_hashes.partition_point(|&x| x < h);
@@ -164,7 +164,7 @@ impl Scope {
                     group.candidates.iter().for_each(&mut f);
                 }
             }
-        }
+        });
     }
 }
 

@@ -26,7 +26,7 @@ mod parse;
 
 pub use eval::{Connection, Decision, HttpOnlyRule, JwtPolicy, Reason, Target};
 pub use index::{PolicySet, PolicySetBuilder};
-pub use model::{ClaimToHeader, JwtHeader, JwtRule, MtlsMode, RuleFields};
+pub use model::{ClaimToHeader, JwtHeader, JwtRule, LabelSet, MtlsMode, RuleFields};
 pub use parse::{PolicyError, PolicyKind, Problem};
 
 /// The API group whose policies this crate reads.

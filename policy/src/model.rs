@@ -4,6 +4,7 @@
 
 mod authz;
 mod http;
+mod labels;
 mod matcher;
 mod peer_authn;
 mod request_authn;
@@ -15,6 +16,7 @@ pub(crate) use authz::{
     Rule, Source,
 };
 pub(crate) use http::{HostMatch, HttpCondition, HttpKey, HttpOperation, HttpSource};
+pub use labels::LabelSet;
 pub(crate) use matcher::{IpMatch, PortSet, StringMatch};
 pub use peer_authn::MtlsMode;
 pub(crate) use peer_authn::PeerAuthn;

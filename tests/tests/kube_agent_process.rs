@@ -162,6 +162,18 @@ async fn an_unserved_api_is_named_on_the_probe_and_config_dump_before_the_first_
     let scrape = tokio::task::block_in_place(|| get(&netns, addr(METRICS), "/metrics")).unwrap();
     assert_eq!(scrape.status, 200, "{scrape:?}");
 
+    // The allocator runs as `.cargo/config.toml` configures it: with the
+    // background thread that returns freed pages to the kernel.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", agent.pid()))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|comm| comm.trim().to_owned())
+        .collect();
+    assert!(
+        threads.iter().any(|t| t == "jemalloc_bg_thd"),
+        "{threads:?}"
+    );
+
     // The EndpointSlice watch cannot follow the API server: the state's
     // possible staleness is counted.
     tokio::task::block_in_place(|| {

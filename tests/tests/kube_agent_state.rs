@@ -169,7 +169,7 @@ async fn cluster_objects_become_the_agents_state() {
     assert!(web.enrolled);
     assert_eq!(
         web.labels,
-        BTreeMap::from([("app".to_owned(), "web".to_owned())])
+        BTreeMap::from([("app".to_owned(), "web".to_owned())]).into()
     );
     assert!(
         web.uid.starts_with("00000000-"),

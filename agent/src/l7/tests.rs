@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
 use crate::metrics::{ConnectionOpen, Reporter};
-use crate::state::{Snapshot, StateStore, Workload};
+use crate::state::{Labels, Snapshot, StateStore, Workload};
 
 /// A pod answering every request with its path.
 pub(super) async fn pod() -> SocketAddr {
@@ -74,7 +74,7 @@ pub(super) fn store(pod: SocketAddr) -> StateStore {
         service_account: "analyzer".into(),
         node: "n".into(),
         ips: vec![pod.ip()],
-        labels: BTreeMap::new(),
+        labels: Labels::default(),
         enrolled: true,
     };
     let ns = HashMap::from([("default".to_owned(), BTreeMap::new())]);

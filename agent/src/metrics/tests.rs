@@ -598,7 +598,12 @@ fn a_pair_resolves_its_series_once_and_a_relabelled_workload_gets_its_own() {
     assert!(Arc::ptr_eq(&first, &get(&f.inbound_mtls())));
 
     let mut relabelled = f.analyzer.clone();
-    relabelled.labels.insert("version".into(), "v3".into());
+    relabelled.labels = relabelled
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .chain([("version".to_string(), "v3".to_string())])
+        .collect();
     let other = get(&ConnectionOpen {
         destination_workload: Some(&relabelled),
         ..f.inbound_mtls()

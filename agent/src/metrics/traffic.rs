@@ -144,7 +144,7 @@ impl PeerLabels {
     fn new(workload: Option<&Workload>, identity: Option<&SpiffeId>, cluster: &str) -> Self {
         let unknown = || UNKNOWN.to_string();
         let label = |keys: &[&str]| {
-            workload.and_then(|w| keys.iter().find_map(|k| w.labels.get(*k).cloned()))
+            workload.and_then(|w| keys.iter().find_map(|k| w.labels.get(k).cloned()))
         };
         // Istio's canonical service falls back through the well-known labels to
         // the workload name; the revision to "latest".

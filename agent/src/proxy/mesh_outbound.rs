@@ -410,7 +410,7 @@ fn baggage(source: &Workload) -> Baggage {
         "app",
     ]
     .iter()
-    .find_map(|k| source.labels.get(*k).cloned())
+    .find_map(|k| source.labels.get(k).cloned())
     .unwrap_or_else(|| source.name.clone());
     Baggage::new([
         ("k8s.namespace.name".to_owned(), source.namespace.clone()),

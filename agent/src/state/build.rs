@@ -313,7 +313,7 @@ impl SnapshotBuilder {
                 ips: pod.ips.clone(),
                 // A pod with an injected sidecar is served by it, not by the node agent.
                 enrolled: !pod.has_sidecar && is_enrolled(ns_labels, &pod.meta.labels),
-                labels: pod.meta.labels.clone(),
+                labels: pod.meta.labels.clone().into(),
             });
         }
 

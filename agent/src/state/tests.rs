@@ -579,7 +579,7 @@ fn concurrent_readers_see_one_whole_snapshot_or_the_other() {
                     let s = store.current();
                     let versions: std::collections::BTreeSet<&str> = s
                         .workloads()
-                        .map(|w| w.labels["version"].as_str())
+                        .map(|w| w.labels.get("version").map_or("", String::as_str))
                         .collect();
                     assert_eq!(versions.len(), 1, "mixed snapshot: {versions:?}");
                     let subnet = if versions.contains("v1") { 1 } else { 2 };

@@ -1,9 +1,10 @@
 //! A workload (a pod) as the data path needs it.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ambit_ca::{SpiffeId, spiffe::SpiffeIdError};
+
+use super::Labels;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workload {
@@ -13,7 +14,7 @@ pub struct Workload {
     pub service_account: String,
     pub node: String,
     pub ips: Vec<IpAddr>,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// Namespace labelled `istio.io/dataplane-mode=ambient` and the pod not opted out.
     pub enrolled: bool,
 }

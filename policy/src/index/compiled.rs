@@ -7,7 +7,6 @@
 //! The model (`crate::model`) stays the reference semantics and what the
 //! summary shows; this form must decide exactly as it does.
 
-use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 
@@ -16,8 +15,8 @@ use ipnet::IpNet;
 
 use super::PolicyIdx;
 use crate::model::{
-    Attributes, AuthzPolicy, Condition, ConditionKey, ConditionValues, Effect, IpMatch, Operation,
-    PortSet, Rule, Source, StringMatch,
+    Attributes, AuthzPolicy, Condition, ConditionKey, ConditionValues, Effect, IpMatch, LabelSet,
+    Operation, PortSet, Rule, Source, StringMatch,
 };
 
 /// Fixed so that the index built at snapshot time and the hashes taken per
@@ -424,10 +423,8 @@ impl Candidate {
         })
     }
 
-    pub(crate) fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.rest
-            .iter()
-            .all(|(k, v)| labels.get(&**k).is_some_and(|have| **have == **v))
+    pub(crate) fn selects(&self, labels: &dyn LabelSet) -> bool {
+        self.rest.iter().all(|(k, v)| labels.label(k) == Some(&**v))
     }
 
     /// Index (in the policy's `rules`) of the first rule matching `p`.

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use super::LabelSet;
+
 /// A non-empty `matchLabels`: every pair must be present on the workload. An
 /// absent or empty selector is represented by `None` at the use site (it selects
 /// every workload in scope).
@@ -24,10 +26,10 @@ impl Selector {
         })
     }
 
-    pub(crate) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub(crate) fn matches(&self, labels: &dyn LabelSet) -> bool {
         self.labels
             .iter()
-            .all(|(k, v)| labels.get(&**k).is_some_and(|have| **have == **v))
+            .all(|(k, v)| labels.label(k) == Some(&**v))
     }
 
     /// The pair an index files this selector under: any one pair works since all

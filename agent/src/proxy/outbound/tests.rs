@@ -1,10 +1,10 @@
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
 use super::*;
-use crate::state::{EndpointGroup, Service, ServicePort, TargetPort};
+use crate::state::{EndpointGroup, Labels, Service, ServicePort, TargetPort};
 
 fn workload(name: &str, ip: &str, enrolled: bool) -> Workload {
     Workload {
@@ -14,7 +14,7 @@ fn workload(name: &str, ip: &str, enrolled: bool) -> Workload {
         service_account: "default".into(),
         node: "node0".into(),
         ips: vec![ip.parse().unwrap()],
-        labels: BTreeMap::new(),
+        labels: Labels::default(),
         enrolled,
     }
 }

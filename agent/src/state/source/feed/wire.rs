@@ -105,7 +105,11 @@ impl Identity {
             namespace: workload.namespace.clone(),
             service_account: workload.service_account.clone(),
             workload: workload.name.clone(),
-            labels: workload.labels.clone(),
+            labels: workload
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             enrolled: workload.enrolled,
         }
     }
@@ -120,7 +124,7 @@ impl Identity {
             service_account: self.service_account,
             node: String::new(),
             ips: Vec::new(),
-            labels: self.labels,
+            labels: self.labels.into(),
             enrolled: self.enrolled,
         }
     }

@@ -25,7 +25,9 @@ use crate::state::{
 
 /// A decoded object, or why it did not decode: the snapshot is refused
 /// while it is cached, as the builder refuses any invalid object.
-type Decoded<T> = Result<T, Invalid>;
+/// The error is boxed: it is rare, and the maps of 10,000 objects should
+/// not reserve room for it in every slot.
+type Decoded<T> = Result<T, Box<Invalid>>;
 
 #[derive(Debug, Clone)]
 pub(super) struct Invalid {
@@ -33,13 +35,14 @@ pub(super) struct Invalid {
     source: FieldError,
 }
 
-/// A Service object as it is kept: decoded, with its selector (a map in
-/// `k8s::Service`, several allocations) held as a list until a build needs
-/// it, which is only while no slice names the Service.
+/// A Service object as it is kept: what a `Service` is built from, without
+/// the name and namespace (its cache key has them) and with its selector (a
+/// map in `k8s::Service`, several allocations) held as a list until a build
+/// needs it, which is only while no slice names the Service.
 #[derive(Debug)]
 pub(super) struct ServiceObject {
-    /// The decoded Service, `selector` taken out.
-    service: k8s::Service,
+    vips: Box<[IpAddr]>,
+    ports: Box<[k8s::ServiceSpecPort]>,
     selector: Option<Selector>,
 }
 
@@ -48,15 +51,22 @@ type Selector = Box<[(Box<str>, Box<str>)]>;
 
 impl ServiceObject {
     /// The decoded Service as the snapshot builder takes it.
-    fn decoded(&self) -> k8s::Service {
+    fn decoded(&self, (namespace, name): &ObjectKey) -> k8s::Service {
         k8s::Service {
+            meta: k8s::Meta {
+                name: name.clone(),
+                namespace: namespace.clone(),
+                uid: None,
+                labels: Default::default(),
+            },
+            vips: self.vips.to_vec(),
+            ports: self.ports.to_vec(),
             selector: self.selector.as_ref().map(|pairs| {
                 pairs
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect()
             }),
-            ..self.service.clone()
         }
     }
 }
@@ -83,26 +93,31 @@ pub(super) struct ServiceCatalog {
 
 impl ServiceCatalog {
     pub fn decode_service(value: &Value) -> Decoded<ServiceObject> {
-        let mut service = k8s::service(value).map_err(|source| Invalid {
-            object: describe_object("Service", value),
-            source,
+        let service = k8s::service(value).map_err(|source| {
+            Box::new(Invalid {
+                object: describe_object("Service", value),
+                source,
+            })
         })?;
-        // Only what a `Service` is built from is kept.
-        service.meta.labels = Default::default();
-        service.meta.uid = None;
-        let selector = service.selector.take().map(|selector| {
+        let selector = service.selector.map(|selector| {
             selector
                 .into_iter()
                 .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
                 .collect()
         });
-        Ok(ServiceObject { service, selector })
+        Ok(ServiceObject {
+            vips: service.vips.into(),
+            ports: service.ports.into(),
+            selector,
+        })
     }
 
     pub fn decode_slice(value: &Value) -> Decoded<CompactSlice> {
-        let slice = k8s::endpoint_slice(value).map_err(|source| Invalid {
-            object: describe_object("EndpointSlice", value),
-            source,
+        let slice = k8s::endpoint_slice(value).map_err(|source| {
+            Box::new(Invalid {
+                object: describe_object("EndpointSlice", value),
+                source,
+            })
         })?;
         let addresses = slice
             .endpoints
@@ -177,7 +192,7 @@ impl ServiceCatalog {
             let Ok(service) = service else { continue };
             match self.built.get(key) {
                 Some(built) => builder.add_built_service(origin.clone(), built.clone()),
-                None => builder.add_service(origin.clone(), service.decoded()),
+                None => builder.add_service(origin.clone(), service.decoded(key)),
             }
         }
         Ok(())
@@ -209,18 +224,18 @@ impl ServiceCatalog {
         if slices.is_none() && object.selector.is_some() {
             return None;
         }
-        let service = &object.service;
         let endpoints = slices
             .into_iter()
             .flatten()
             .filter_map(|slice| self.slices.get(slice)?.as_ref().ok())
             .map(|slice| slice.endpoints.clone())
             .collect();
+        let (namespace, name) = key;
         Some(Service::new(
-            service.meta.name.clone(),
-            service.meta.namespace.clone(),
-            service.vips.clone(),
-            service.ports.iter().map(service_port).collect(),
+            name.clone(),
+            namespace.clone(),
+            object.vips.to_vec(),
+            object.ports.iter().map(service_port).collect(),
             endpoints,
         ))
     }
