@@ -13,6 +13,7 @@
 //! - `remote`: pods of other nodes in compact form, for a node-scoped source.
 //! - `shared_map`: the address map successive snapshots share, shard by shard.
 
+pub mod address_map;
 mod build;
 mod k8s;
 mod labels;

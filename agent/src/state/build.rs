@@ -18,8 +18,8 @@ use serde_json::Value;
 
 mod endpoints;
 
+use super::address_map::AddressMap;
 use super::k8s::{self, FieldError, PortRef};
-use super::shared_map::SharedMap;
 use super::{Service, ServicePort, Snapshot, TargetPort, Workload};
 use endpoints::{selected_endpoints, slice_endpoints};
 
@@ -119,7 +119,7 @@ pub struct SnapshotBuilder {
     /// Addresses of pods on other nodes, already resolved to their
     /// identity group's workload (see `state::remote`), and how many pods
     /// they are.
-    remote: SharedMap<IpAddr, Arc<Workload>>,
+    remote: AddressMap<Arc<Workload>>,
     remote_pods: usize,
     /// `remote` covers this node's pods too (`set_cluster_addresses`).
     local_over_remote: bool,
@@ -139,7 +139,7 @@ impl SnapshotBuilder {
         Self {
             namespaces: HashMap::new(),
             pods: Vec::new(),
-            remote: SharedMap::default(),
+            remote: AddressMap::default(),
             local_over_remote: false,
             remote_pods: 0,
             services: Vec::new(),
@@ -220,7 +220,7 @@ impl SnapshotBuilder {
     /// workload of its identity group. The source has resolved addresses
     /// among them (no two hold one); they are checked against this node's
     /// pods and the Services' VIPs as any address is.
-    pub fn set_remote_addresses(&mut self, by_ip: SharedMap<IpAddr, Arc<Workload>>, pods: usize) {
+    pub fn set_remote_addresses(&mut self, by_ip: AddressMap<Arc<Workload>>, pods: usize) {
         self.objects += pods;
         self.remote = by_ip;
         self.remote_pods = pods;
@@ -230,7 +230,7 @@ impl SnapshotBuilder {
     /// cluster (the state feed), this node's pods among them: a pod of this
     /// node takes its address over from the remote entry, as the snapshot
     /// looks up pods known in full first.
-    pub fn set_cluster_addresses(&mut self, by_ip: SharedMap<IpAddr, Arc<Workload>>, pods: usize) {
+    pub fn set_cluster_addresses(&mut self, by_ip: AddressMap<Arc<Workload>>, pods: usize) {
         self.set_remote_addresses(by_ip, pods);
         self.local_over_remote = true;
     }
@@ -420,7 +420,7 @@ pub(super) fn index_policies(
 /// Claims each of `ips` for `object`, as [`claim`] does one.
 fn claim_all<'a>(
     owners: &mut HashMap<IpAddr, Owner<'a>>,
-    remote: &'a SharedMap<IpAddr, Arc<Workload>>,
+    remote: &'a AddressMap<Arc<Workload>>,
     ips: &[IpAddr],
     object: &str,
     origin: &'a Origin,
@@ -438,7 +438,7 @@ fn claim_all<'a>(
 
 fn claim<'a>(
     owners: &mut HashMap<IpAddr, Owner<'a>>,
-    remote: Option<&'a SharedMap<IpAddr, Arc<Workload>>>,
+    remote: Option<&'a AddressMap<Arc<Workload>>>,
     ip: IpAddr,
     claimant: Owner<'a>,
 ) -> Result<(), LoadError> {

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use ambit_policy::PolicySet;
 
-use super::shared_map::SharedMap;
+use super::address_map::AddressMap;
 use super::{PolicyIssue, Service, ServiceTarget, Workload};
 
 /// Everything the data path looks up, indexed so no lookup scans.
 ///
 /// The indexes sit behind `Arc`s (the address map of remote pods in a
-/// `SharedMap`), so a source that changes one part publishes a snapshot
+/// `AddressMap` of `SharedMap`s), so a source that changes one part publishes a snapshot
 /// sharing every other part with the previous one: a policy edit re-indexes
 /// policies only, and two snapshots alive at once cost one copy of what
 /// they have in common.
@@ -21,7 +21,7 @@ pub struct Snapshot {
     pods: Arc<PodIndex>,
     /// Addresses of pods of other nodes, each with the `Workload` its
     /// identity group shares (see `state::remote`).
-    remote_by_ip: SharedMap<IpAddr, Arc<Workload>>,
+    remote_by_ip: AddressMap<Arc<Workload>>,
     /// Pods of other nodes held in compact form.
     remote_pods: usize,
     services: Arc<ServiceIndex>,
@@ -65,7 +65,7 @@ impl Snapshot {
     ) -> Self {
         Self::with_remote(
             workloads,
-            SharedMap::default(),
+            AddressMap::default(),
             0,
             services.into_iter().map(Arc::new).collect(),
             namespaces,
@@ -79,7 +79,7 @@ impl Snapshot {
     /// its Service. A pod known in full wins over a remote one.
     pub(super) fn with_remote(
         workloads: Vec<Workload>,
-        remote_by_ip: SharedMap<IpAddr, Arc<Workload>>,
+        remote_by_ip: AddressMap<Arc<Workload>>,
         remote_pods: usize,
         services: Vec<Arc<Service>>,
         namespaces: HashMap<String, BTreeMap<String, String>>,
@@ -158,7 +158,7 @@ impl Snapshot {
 
     /// The addresses of pods of other nodes, each with its identity
     /// group's workload (what the state server feeds).
-    pub fn remote_addresses(&self) -> &SharedMap<IpAddr, Arc<Workload>> {
+    pub fn remote_addresses(&self) -> &AddressMap<Arc<Workload>> {
         &self.remote_by_ip
     }
 

@@ -3,7 +3,6 @@
 //! revision and broadcast once, encoded, to every connected agent.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -11,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::state::Workload;
-use crate::state::shared_map::SharedMap;
+use crate::state::address_map::AddressMap;
 use crate::state::source::feed::wire::{
     self, CHUNK, Changes, Frame, Identity, OBJECT_CHUNK, ObjectChange, WireError,
 };
@@ -49,7 +48,7 @@ struct Inner {
     /// Object changes not yet sent.
     pending: Vec<ObjectChange>,
     /// The remote addresses as last sent.
-    sent: SharedMap<IpAddr, Arc<Workload>>,
+    sent: AddressMap<Arc<Workload>>,
     /// Identity ids, by the address of the shared `Workload` (kept alive
     /// here, so an address is never reused while it has an id).
     ids: HashMap<usize, (u32, Arc<Workload>)>,
@@ -115,10 +114,7 @@ impl Mirror {
     /// Sends what changed since the last flush: pending object changes and
     /// the difference between `addresses` and the addresses last sent.
     /// Returns the new revision, if anything changed.
-    pub fn flush(
-        &self,
-        addresses: &SharedMap<IpAddr, Arc<Workload>>,
-    ) -> Result<Option<u64>, WireError> {
+    pub fn flush(&self, addresses: &AddressMap<Arc<Workload>>) -> Result<Option<u64>, WireError> {
         let mut inner = self.inner.lock();
         let mut changes = Changes {
             objects: std::mem::take(&mut inner.pending),
@@ -214,7 +210,7 @@ impl Inner {
         all.addresses = self
             .sent
             .iter()
-            .filter_map(|(ip, w)| Some((*ip, Some(self.ids.get(&(Arc::as_ptr(w) as usize))?.0))))
+            .filter_map(|(ip, w)| Some((ip, Some(self.ids.get(&(Arc::as_ptr(w) as usize))?.0))))
             .collect();
         let mut frames = vec![wire::encode(&Frame::Reset)?];
         frames.extend(encode_chunked(all)?);

@@ -9,15 +9,15 @@
 //! than everything else the agent does with an event, so the claims are
 //! indexed by address and only the addresses an event touched, and the pods
 //! claiming them, are decided again (`resolve`). The outcome for remote
-//! pods is the address map snapshots share (`SharedMap`).
+//! pods is the address map snapshots share (`AddressMap`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::state::Workload;
+use crate::state::address_map::AddressMap;
 use crate::state::remote::{RemoteGroups, RemotePod};
-use crate::state::shared_map::SharedMap;
 
 /// A pod: its namespace (interned) and name.
 pub(super) type PodRef = (Arc<str>, Arc<str>);
@@ -67,7 +67,7 @@ pub(super) struct AddressBook {
     /// A namespace or a whole pod list changed: decide every address.
     all_dirty: bool,
     /// Remote pods' addresses with their identity group's workload.
-    published: SharedMap<IpAddr, Arc<Workload>>,
+    published: AddressMap<Arc<Workload>>,
     /// Published addresses that are not their pod's first one (dual stack):
     /// the published pods are `published.len()` minus these.
     later_ips: HashSet<IpAddr>,
@@ -138,7 +138,7 @@ impl AddressBook {
     }
 
     /// The remote pods' addresses, for a snapshot, and how many pods they are.
-    pub fn published(&self) -> (SharedMap<IpAddr, Arc<Workload>>, usize) {
+    pub fn published(&self) -> (AddressMap<Arc<Workload>>, usize) {
         (
             self.published.clone(),
             self.published.len() - self.later_ips.len(),
@@ -181,8 +181,8 @@ impl AddressBook {
                 .published
                 .iter()
                 .map(|(ip, _)| ip)
-                .filter(|ip| !self.claimants.contains_key(*ip));
-            self.claimants.keys().chain(unclaimed).copied().collect()
+                .filter(|ip| !self.claimants.contains_key(ip));
+            self.claimants.keys().copied().chain(unclaimed).collect()
         } else {
             // A pod's other addresses too: whether it keeps them all
             // decides whether it is published at all.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::super::watched;
 use super::{Caches, Kind};
 use crate::state::Workload;
-use crate::state::shared_map::SharedMap;
+use crate::state::address_map::AddressMap;
 use crate::state::source::feed::wire::Changes;
 
 /// The kinds the feed relays as objects: all but pods.
@@ -32,11 +32,11 @@ pub(in crate::state::source) struct FedAddresses {
 #[derive(Debug, Default)]
 struct Addresses {
     identities: HashMap<u32, Arc<Workload>>,
-    by_ip: SharedMap<IpAddr, Arc<Workload>>,
+    by_ip: AddressMap<Arc<Workload>>,
 }
 
 impl FedAddresses {
-    pub fn published(&self) -> (SharedMap<IpAddr, Arc<Workload>>, usize) {
+    pub fn published(&self) -> (AddressMap<Arc<Workload>>, usize) {
         (self.current.by_ip.clone(), self.current.by_ip.len())
     }
 }
