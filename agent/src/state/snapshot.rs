@@ -11,8 +11,8 @@ use super::{PolicyIssue, Service, ServiceTarget, Workload};
 
 /// Everything the data path looks up, indexed so no lookup scans.
 ///
-/// The indexes sit behind `Arc`s (the address map of remote pods in a
-/// `AddressMap` of `SharedMap`s), so a source that changes one part publishes a snapshot
+/// The indexes sit behind `Arc`s (the address map of remote pods in
+/// `SharedMap`s), so a source that changes one part publishes a snapshot
 /// sharing every other part with the previous one: a policy edit re-indexes
 /// policies only, and two snapshots alive at once cost one copy of what
 /// they have in common.
