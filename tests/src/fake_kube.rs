@@ -15,6 +15,7 @@
 //! and events it sent in answer ([`Traffic`], what the scale bench reads).
 
 mod http;
+pub mod objects;
 mod store;
 mod watch_stream;
 

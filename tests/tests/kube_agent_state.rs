@@ -14,21 +14,11 @@ use std::time::Duration;
 use ambit_agent::state::source::kube::KubeSource;
 use ambit_agent::state::{LoadOptions, Snapshot, StateStore};
 use ambit_policy::{Connection, Target};
+use ambit_tests::fake_kube::objects::{endpoint_slice, namespace, service};
 use ambit_tests::fake_kube::{self, FakeKube};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn namespace(name: &str, ambient: bool) -> Value {
-    let mut labels = json!({});
-    if ambient {
-        labels["istio.io/dataplane-mode"] = json!("ambient");
-    }
-    json!({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": { "name": name, "labels": labels },
-    })
-}
 
 fn pod(ns: &str, name: &str, ip: &str, node: &str, labels: Value) -> Value {
     json!({
@@ -51,34 +41,6 @@ fn pod(ns: &str, name: &str, ip: &str, node: &str, labels: Value) -> Value {
             "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }],
             "conditions": [{ "type": "Ready", "status": "True" }],
         },
-    })
-}
-
-fn service(ns: &str, name: &str, vip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": { "name": name, "namespace": ns },
-        "spec": {
-            "clusterIP": vip, "clusterIPs": [vip],
-            "ports": [{ "name": "http", "port": 80, "targetPort": "http", "protocol": "TCP" }],
-        },
-    })
-}
-
-fn slice(ns: &str, service: &str, ips: &[&str]) -> Value {
-    let endpoints: Vec<Value> = ips
-        .iter()
-        .map(|ip| json!({ "addresses": [ip], "conditions": { "ready": true } }))
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {
-            "name": format!("{service}-abcde"), "namespace": ns,
-            "labels": { "kubernetes.io/service-name": service },
-        },
-        "addressType": "IPv4",
-        "endpoints": endpoints,
-        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
     })
 }
 
@@ -117,7 +79,8 @@ async fn cluster() -> FakeKube {
     ))
     .unwrap();
     fake.apply(&service("apps", "web", "10.96.0.10")).unwrap();
-    fake.apply(&slice("apps", "web", &["10.0.1.5"])).unwrap();
+    fake.apply(&endpoint_slice("apps", "web", &["10.0.1.5"]))
+        .unwrap();
     fake.apply(&deny_port("apps", 9000, "v1")).unwrap();
     fake
 }
@@ -243,7 +206,8 @@ async fn creations_changes_and_deletions_follow() {
     .await;
     assert!(s.workload_by_ip(ip("10.0.1.9")).is_none());
 
-    fake.apply(&slice("apps", "web", &["10.0.1.10"])).unwrap();
+    fake.apply(&endpoint_slice("apps", "web", &["10.0.1.10"]))
+        .unwrap();
     until(&store, "endpoint change", |s| {
         s.service_target(ip("10.96.0.10"), 80)
             .is_some_and(|t| t.addr.ip() == ip("10.0.1.10"))

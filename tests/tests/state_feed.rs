@@ -21,6 +21,7 @@ use ambit_ca::authn::bootstrap::BootstrapTokens;
 use ambit_ca::serving::ServingCert;
 use ambit_policy::{Connection, Target};
 use ambit_tests::fake_kube::FakeKube;
+use ambit_tests::fake_kube::objects::{endpoint_slice, namespace, service};
 use ambit_tests::pki::ServingPki;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -29,15 +30,6 @@ const WAIT: Duration = Duration::from_secs(15);
 const SERVER_NAME: &str = "ambit-state.test";
 const NODE: &str = "node-a";
 const TOKEN: &str = "bootstrap-token-of-node-a";
-
-fn namespace(name: &str, ambient: bool) -> Value {
-    let labels = if ambient {
-        json!({ "istio.io/dataplane-mode": "ambient" })
-    } else {
-        json!({})
-    };
-    json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name, "labels": labels } })
-}
 
 fn pod(ns: &str, name: &str, ip: &str, node: &str, app: &str) -> Value {
     json!({
@@ -48,33 +40,6 @@ fn pod(ns: &str, name: &str, ip: &str, node: &str, app: &str) -> Value {
         },
         "spec": { "nodeName": node, "serviceAccountName": format!("{app}-sa"), "containers": [{ "name": "c" }] },
         "status": { "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }] },
-    })
-}
-
-fn service(ns: &str, name: &str, vip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": { "name": name, "namespace": ns },
-        "spec": {
-            "clusterIP": vip, "clusterIPs": [vip],
-            "ports": [{ "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP" }],
-        },
-    })
-}
-
-fn slice(ns: &str, service: &str, ips: &[&str]) -> Value {
-    let endpoints: Vec<Value> = ips
-        .iter()
-        .map(|ip| json!({ "addresses": [ip], "conditions": { "ready": true } }))
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {
-            "name": format!("{service}-x1"), "namespace": ns,
-            "labels": { "kubernetes.io/service-name": service },
-        },
-        "addressType": "IPv4", "endpoints": endpoints,
-        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
     })
 }
 
@@ -104,7 +69,7 @@ async fn cluster() -> FakeKube {
     fake.apply(&pod("legacy", "db-1", "10.0.2.9", "node-b", "db"))
         .unwrap();
     fake.apply(&service("apps", "api", "10.96.0.20")).unwrap();
-    fake.apply(&slice("apps", "api", &["10.0.2.5", "10.0.3.5"]))
+    fake.apply(&endpoint_slice("apps", "api", &["10.0.2.5", "10.0.3.5"]))
         .unwrap();
     fake.apply(&allow_from("apps", "cluster.local/ns/apps/sa/web-sa"))
         .unwrap();
@@ -321,7 +286,8 @@ async fn a_fed_agent_decides_as_one_watching_directly() {
     // Every kind of change follows, and the two keep deciding alike.
     fake.apply(&pod("apps", "api-3", "10.0.4.4", "node-c", "api"))
         .unwrap();
-    fake.apply(&slice("apps", "api", &["10.0.4.4"])).unwrap();
+    fake.apply(&endpoint_slice("apps", "api", &["10.0.4.4"]))
+        .unwrap();
     agree(
         &fed_store,
         &direct_store,
