@@ -73,16 +73,6 @@ impl<V: Clone> AddressMap<V> {
     }
 }
 
-impl<V: Clone> FromIterator<(IpAddr, V)> for AddressMap<V> {
-    fn from_iter<I: IntoIterator<Item = (IpAddr, V)>>(entries: I) -> Self {
-        let mut map = Self::default();
-        for (ip, value) in entries {
-            map.insert(ip, value);
-        }
-        map
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,9 +80,9 @@ mod tests {
     #[test]
     fn both_families_are_kept_and_diffed() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let old: AddressMap<u32> = [(ip("10.0.0.1"), 1), (ip("fd00::1"), 2)]
-            .into_iter()
-            .collect();
+        let mut old = AddressMap::default();
+        old.insert(ip("10.0.0.1"), 1);
+        old.insert(ip("fd00::1"), 2);
         let mut new = old.clone();
         new.insert(ip("10.0.0.2"), 3);
         new.remove(&ip("fd00::1"));
