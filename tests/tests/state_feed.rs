@@ -2,7 +2,8 @@
 //! state as one watching directly (identities, enrolment, Services,
 //! decisions) through creations, edits and deletions; it refuses nothing it
 //! should accept and is refused with a wrong token; and when the feed dies
-//! the agent falls back to direct watches, then returns to the feed.
+//! the agent falls back to direct watches, then returns to the feed; and an
+//! agent whose connection broke resumes with only the batches it missed.
 
 // Helpers here are test code too; clippy only sees `#[test]` functions as such.
 #![allow(clippy::unwrap_used)]
@@ -24,7 +25,8 @@ use ambit_tests::fake_kube::FakeKube;
 use ambit_tests::fake_kube::objects::{endpoint_slice, namespace, service};
 use ambit_tests::pki::ServingPki;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(15);
 const SERVER_NAME: &str = "ambit-state.test";
@@ -410,4 +412,110 @@ async fn the_agent_falls_back_while_the_feed_is_down_and_returns_to_it() {
     })
     .await
     .unwrap();
+}
+
+/// A TCP relay in front of a state server, so a test can break agents'
+/// connections while the server (and the history it keeps) lives on.
+struct Relay {
+    addr: SocketAddr,
+    /// Open: relaying; closed: every connection is dropped, new ones at once.
+    open: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (open, _) = watch::channel(true);
+        let gate = open.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (mut client, _) = listener.accept().await.unwrap();
+                let mut gate = gate.subscribe();
+                if !*gate.borrow_and_update() {
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = gate.wait_for(|open| !open) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, open, task }
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_reconnecting_agent_resumes_with_the_batches_it_missed() {
+    let fake = cluster().await;
+    let feed = Feed::new();
+    let (addr, server) = feed.running(&fake).await;
+    let relay = Relay::start(addr).await;
+    // Fallback far away: the agent stays on the feed throughout.
+    let config = feed.config(relay.addr, &feed.path("token"));
+    let (fed, fed_store) = fed_agent(&fake, config, Duration::from_secs(60));
+    let (_direct, direct_store) = direct_agent(&fake);
+    agree(&fed_store, &direct_store, "initial", &[]).await;
+    assert_eq!(*fed.mode().borrow(), SourceMode::Fed);
+    assert_eq!(server.metrics().full_states.get(), 1);
+
+    // The connection breaks; the cluster changes while the agent is away.
+    relay.set_open(false);
+    let server = &server;
+    let batched = |before: u64| async move {
+        tokio::time::timeout(WAIT, async {
+            while server.revision() == before {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the server batches the change");
+    };
+    let before = server.revision();
+    fake.apply(&pod("apps", "api-3", "10.0.4.4", "node-c", "api"))
+        .unwrap();
+    batched(before).await;
+    let before = server.revision();
+    fake.apply(&allow_from("apps", "cluster.local/ns/apps/sa/api-sa"))
+        .unwrap();
+    batched(before).await;
+    let sent = server.bytes_sent();
+
+    relay.set_open(true);
+    agree(
+        &fed_store,
+        &direct_store,
+        "resumed",
+        &[
+            "10.0.4.4: apps/- sa=api-sa enrolled=true local=false",
+            "cluster.local/ns/apps/sa/api-sa -> apps: true",
+        ],
+    )
+    .await;
+    assert_eq!(server.metrics().resumed.get(), 1, "one resume");
+    assert_eq!(
+        server.metrics().full_states.get(),
+        1,
+        "no second full state"
+    );
+    // The resume is the two batches and a few small frames, not a state.
+    let resent = server.bytes_sent() - sent;
+    assert!(resent < 8 * 1024, "{resent} bytes sent on resuming");
+    assert_eq!(*fed.mode().borrow(), SourceMode::Fed);
 }

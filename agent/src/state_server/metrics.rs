@@ -12,6 +12,8 @@ pub struct FeedMetrics {
     pub agents: Gauge,
     pub sent_bytes: Counter,
     pub refused: Counter,
+    pub full_states: Counter,
+    pub resumed: Counter,
     pub revision: Gauge,
     pub addresses: Gauge,
     pub staleness_seconds: Gauge,
@@ -34,6 +36,16 @@ impl FeedMetrics {
             "refused",
             "Agents refused: unknown token, a token of another node, no hello",
             self.refused.clone(),
+        );
+        ambit.register(
+            "full_states",
+            "Full states sent: to agents connecting afresh, from another server, or after too long away",
+            self.full_states.clone(),
+        );
+        ambit.register(
+            "resumed",
+            "Agents that reconnected and were sent only the batches they missed",
+            self.resumed.clone(),
         );
         ambit.register(
             "revision",

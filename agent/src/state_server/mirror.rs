@@ -1,8 +1,9 @@
 //! The state server's view of the cluster as it feeds it: the relayed
 //! objects and the resolved remote addresses, each change numbered by a
-//! revision and broadcast once, encoded, to every connected agent.
+//! revision and broadcast once, encoded, to every connected agent; the last
+//! batches are kept for agents that reconnect and resume.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -12,12 +13,13 @@ use tokio::sync::broadcast;
 use crate::state::Workload;
 use crate::state::address_map::AddressMap;
 use crate::state::source::feed::wire::{
-    self, CHUNK, Changes, Frame, Identity, OBJECT_CHUNK, ObjectChange, WireError,
+    self, CHUNK, Changes, Frame, Identity, OBJECT_CHUNK, ObjectChange, Position, WireError,
 };
 use crate::state::source::kube::TapEvent;
 
 /// Batches an agent may fall behind by before it is sent a full state
-/// again (at one batch per 100 ms, about 25 s).
+/// again (at one batch per 100 ms, about 25 s), and batches kept for agents
+/// that reconnect: one away for less than that resumes where it was.
 const BACKLOG: usize = 256;
 
 /// One batch of changes, encoded as frames of at most `CHUNK` entries.
@@ -35,8 +37,25 @@ type ObjectId = (&'static str, String, String);
 
 #[derive(Debug)]
 pub struct Mirror {
+    /// Drawn at start: revisions of another process are another history.
+    epoch: u64,
     inner: Mutex<Inner>,
     batches: broadcast::Sender<Arc<Batch>>,
+}
+
+/// What an agent is sent first, then every batch from `batches`.
+pub struct Subscription {
+    pub start: Start,
+    /// The revision the agent holds once `start` is sent.
+    pub revision: u64,
+    pub batches: broadcast::Receiver<Arc<Batch>>,
+}
+
+pub enum Start {
+    /// Everything, replacing what the agent held.
+    Full(FullState),
+    /// The batches after the position the agent resumes from.
+    Resumed { from: u64, missed: Vec<Arc<Batch>> },
 }
 
 #[derive(Debug, Default)]
@@ -56,11 +75,14 @@ struct Inner {
     /// The full state of `revision`, encoded once for every agent that
     /// connects at it.
     full: Option<(u64, FullState)>,
+    /// The last `BACKLOG` batches, oldest first.
+    history: VecDeque<Arc<Batch>>,
 }
 
 impl Default for Mirror {
     fn default() -> Self {
         Self {
+            epoch: rand::random(),
             inner: Mutex::default(),
             batches: broadcast::channel(BACKLOG).0,
         }
@@ -143,26 +165,57 @@ impl Mirror {
         changes.revision = inner.revision;
         let frames = encode_chunked(changes)?;
         let revision = inner.revision;
+        let batch = Arc::new(Batch { revision, frames });
+        if inner.history.len() == BACKLOG {
+            inner.history.pop_front();
+        }
+        inner.history.push_back(batch.clone());
         // No agent connected is no error.
-        let _ = self.batches.send(Arc::new(Batch { revision, frames }));
+        let _ = self.batches.send(batch);
         Ok(Some(revision))
     }
 
-    /// The full state now, its revision, and the batches that follow it.
-    pub fn subscribe(
-        &self,
-    ) -> Result<(FullState, u64, broadcast::Receiver<Arc<Batch>>), WireError> {
+    /// This process's history: what a `Synced` names with its revision.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// What to send an agent that holds `held` (if anything): the batches
+    /// it missed when this process still has them all, the full state
+    /// otherwise; and the batches that follow.
+    pub fn subscribe(&self, held: Option<Position>) -> Result<Subscription, WireError> {
         let mut inner = self.inner.lock();
         let batches = self.batches.subscribe();
         let revision = inner.revision;
+        if let Some(held) = held
+            && let Some(missed) = inner.missed_since(self.epoch, held)
+        {
+            return Ok(Subscription {
+                start: Start::Resumed {
+                    from: held.revision,
+                    missed,
+                },
+                revision,
+                batches,
+            });
+        }
         if let Some((at, full)) = &inner.full
             && *at == revision
         {
-            return Ok((full.clone(), revision, batches));
+            let start = Start::Full(full.clone());
+            return Ok(Subscription {
+                start,
+                revision,
+                batches,
+            });
         }
-        let full: FullState = inner.encode_full()?.into();
+        let full: FullState = inner.encode_full(self.epoch)?.into();
         inner.full = Some((revision, full.clone()));
-        Ok((full, revision, batches))
+        Ok(Subscription {
+            start: Start::Full(full),
+            revision,
+            batches,
+        })
     }
 
     pub fn revision(&self) -> u64 {
@@ -177,6 +230,28 @@ impl Mirror {
 }
 
 impl Inner {
+    /// The batches after `held`, if it is a position of this history that
+    /// the kept batches reach back to.
+    fn missed_since(&self, epoch: u64, held: Position) -> Option<Vec<Arc<Batch>>> {
+        if held.epoch != epoch || held.revision > self.revision {
+            return None;
+        }
+        if held.revision == self.revision {
+            return Some(Vec::new());
+        }
+        let oldest = self.history.front()?.revision;
+        if oldest > held.revision + 1 {
+            return None;
+        }
+        Some(
+            self.history
+                .iter()
+                .filter(|b| b.revision > held.revision)
+                .cloned()
+                .collect(),
+        )
+    }
+
     /// The id of `workload`'s identity; new ones are added to `sent`.
     fn id_of(&mut self, workload: &Arc<Workload>, sent: &mut Vec<Identity>) -> u32 {
         let key = Arc::as_ptr(workload) as usize;
@@ -190,7 +265,7 @@ impl Inner {
         id
     }
 
-    fn encode_full(&self) -> Result<Vec<Vec<u8>>, WireError> {
+    fn encode_full(&self, epoch: u64) -> Result<Vec<Vec<u8>>, WireError> {
         let mut all = Changes {
             revision: self.revision,
             ..Changes::default()
@@ -216,6 +291,7 @@ impl Inner {
         frames.extend(encode_chunked(all)?);
         frames.push(wire::encode(&Frame::Synced {
             revision: self.revision,
+            epoch,
         })?);
         Ok(frames)
     }

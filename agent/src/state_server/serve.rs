@@ -8,13 +8,15 @@ use std::time::{Duration, SystemTime};
 use ambit_ca::authn::{Authenticator, BearerToken};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_rustls::TlsAcceptor;
 
 use super::metrics::FeedMetrics;
-use super::mirror::Mirror;
+use super::mirror::Batch;
+use super::mirror::{Mirror, Start, Subscription};
 use crate::state::StateStore;
-use crate::state::source::feed::wire::{self, Frame, WireError};
+use crate::state::source::feed::wire::{self, Frame, Position, WireError};
 
 /// How long an agent has to finish TLS and say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,7 +81,12 @@ impl Feeding {
         let (mut tls, hello) = tokio::time::timeout(HELLO_TIMEOUT, hello)
             .await
             .map_err(|_| StreamError::TimedOut)??;
-        let Some(Frame::Hello { token, node }) = hello else {
+        let Some(Frame::Hello {
+            token,
+            node,
+            resume,
+        }) = hello
+        else {
             self.metrics.refused.inc();
             return refuse(&mut tls, "expected a hello".into()).await;
         };
@@ -94,21 +101,18 @@ impl Feeding {
         }
         tracing::info!(%node, "agent connected");
         self.metrics.agents.inc();
-        let streamed = self.stream(tls).await;
+        let streamed = self.stream(tls, resume).await;
         self.metrics.agents.dec();
         tracing::info!(%node, "agent disconnected");
         streamed
     }
 
-    async fn stream<S>(&self, tls: S) -> Result<(), StreamError>
+    async fn stream<S>(&self, tls: S, resume: Option<Position>) -> Result<(), StreamError>
     where
         S: tokio::io::AsyncRead + AsyncWrite + Unpin,
     {
         let (mut read, mut write) = tokio::io::split(tls);
-        let (full, mut revision, mut batches) = self.mirror.subscribe()?;
-        for frame in full.iter() {
-            self.send(&mut write, frame).await?;
-        }
+        let (mut revision, mut batches) = self.start(&mut write, resume).await?;
         let mut beat = tokio::time::interval(HEARTBEAT);
         let mut byte = [0u8; 1];
         loop {
@@ -123,12 +127,7 @@ impl Feeding {
                     Ok(_) => {}
                     Err(RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "agent fell behind; sending it the full state again");
-                        let (full, at, again) = self.mirror.subscribe()?;
-                        batches = again;
-                        revision = at;
-                        for frame in full.iter() {
-                            self.send(&mut write, frame).await?;
-                        }
+                        (revision, batches) = self.start(&mut write, None).await?;
                     }
                     Err(RecvError::Closed) => return Ok(()),
                 },
@@ -145,6 +144,45 @@ impl Feeding {
                 _ = read.read(&mut byte) => return Ok(()),
             }
         }
+    }
+
+    /// Brings the agent from `held` to now: the batches it missed, or the
+    /// full state. Returns the revision it is at and the batches to follow.
+    async fn start<W: AsyncWrite + Unpin>(
+        &self,
+        write: &mut W,
+        held: Option<Position>,
+    ) -> Result<(u64, Receiver<Arc<Batch>>), StreamError> {
+        let Subscription {
+            start,
+            revision,
+            batches,
+        } = self.mirror.subscribe(held)?;
+        match start {
+            Start::Full(full) => {
+                self.metrics.full_states.inc();
+                for frame in full.iter() {
+                    self.send(write, frame).await?;
+                }
+            }
+            Start::Resumed { from, missed } => {
+                self.metrics.resumed.inc();
+                tracing::info!(from, to = revision, batches = missed.len(), "agent resumed");
+                self.send(write, &wire::encode(&Frame::Resumed { revision: from })?)
+                    .await?;
+                for batch in &missed {
+                    for frame in &batch.frames {
+                        self.send(write, frame).await?;
+                    }
+                }
+                let synced = Frame::Synced {
+                    revision,
+                    epoch: self.mirror.epoch(),
+                };
+                self.send(write, &wire::encode(&synced)?).await?;
+            }
+        }
+        Ok((revision, batches))
     }
 
     async fn send<W: AsyncWrite + Unpin>(

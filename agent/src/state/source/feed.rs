@@ -13,8 +13,10 @@
 //!   thousand distinct identities once;
 //! - Namespaces, Services, EndpointSlices and Istio's policy kinds as the
 //!   slimmed objects the builder reads;
-//! - a full state on connect, then a batch of changes per burst, and a
-//!   heartbeat every second carrying the server's own staleness.
+//! - a full state on connect (or, for an agent that reconnects to the same
+//!   server process soon enough, only the batches it missed), then a batch
+//!   of changes per burst, and a heartbeat every second carrying the
+//!   server's own staleness.
 //!
 //! A fed agent still watches its own node's pods itself (a field selector,
 //! so each pod change reaches one agent), holds no other pod, and builds

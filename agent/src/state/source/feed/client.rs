@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::wire::{self, Frame, MAX_FRAME, WireError};
+use super::wire::{self, Frame, MAX_FRAME, Position, WireError};
 
 /// How long the server may say nothing: it sends a heartbeat every second.
 pub const SILENCE: Duration = Duration::from_secs(5);
@@ -66,7 +66,9 @@ pub struct FeedConnection {
 }
 
 impl FeedConnection {
-    pub async fn open(config: &FeedConfig) -> Result<Self, FeedError> {
+    /// Connects and says hello, asking to resume from `held`, the state
+    /// this agent holds from an earlier connection.
+    pub async fn open(config: &FeedConfig, held: Option<Position>) -> Result<Self, FeedError> {
         let connector = TlsConnector::from(client_config(config)?);
         let name = ServerName::try_from(config.server_name.clone())
             .map_err(|_| FeedError::ServerName(config.server_name.clone()))?;
@@ -90,6 +92,7 @@ impl FeedConnection {
         let hello = Frame::Hello {
             token: token.trim().to_owned(),
             node: config.node.clone(),
+            resume: held,
         };
         wire::write_frame(&mut stream, &hello).await?;
         Ok(Self { stream })

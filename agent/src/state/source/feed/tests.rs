@@ -39,10 +39,23 @@ async fn frames_survive_the_trip() {
         Frame::Hello {
             token: "t".into(),
             node: "n".into(),
+            resume: None,
+        },
+        Frame::Hello {
+            token: "t".into(),
+            node: "n".into(),
+            resume: Some(wire::Position {
+                epoch: u64::MAX,
+                revision: 6,
+            }),
         },
         Frame::Reset,
+        Frame::Resumed { revision: 6 },
         changes(),
-        Frame::Synced { revision: 7 },
+        Frame::Synced {
+            revision: 7,
+            epoch: u64::MAX,
+        },
         Frame::Heartbeat {
             revision: 7,
             behind_ms: 0,

@@ -31,10 +31,12 @@ pub const OBJECT_CHUNK: usize = 128;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Frame {
-    /// The agent's first frame: who it is.
+    /// The agent's first frame: who it is, and the state it already holds.
     Hello {
         token: String,
         node: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Position>,
     },
     /// The server's answer to a hello it does not accept; the connection
     /// closes after it.
@@ -43,10 +45,17 @@ pub enum Frame {
     },
     /// Everything fed so far is replaced by the changes up to `Synced`.
     Reset,
+    /// The answer to a hello's `resume`: the state the agent holds at
+    /// `revision` stands, and the batches after it follow, up to `Synced`.
+    Resumed {
+        revision: u64,
+    },
     Changes(Changes),
-    /// The state sent is complete up to `revision`.
+    /// The state sent is complete up to `revision` of the server's `epoch`.
     Synced {
         revision: u64,
+        #[serde(default)]
+        epoch: u64,
     },
     /// Sent every second: the server is alive, at `revision`, and its own
     /// watches may have missed changes for the last `behind_ms`.
@@ -54,6 +63,15 @@ pub enum Frame {
         revision: u64,
         behind_ms: u64,
     },
+}
+
+/// Where an agent's state stands in a server's history. Revisions count
+/// from each server process's start, so they mean something only together
+/// with the `epoch` that process drew at random.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: u64,
+    pub revision: u64,
 }
 
 /// One batch of changes.

@@ -1,7 +1,8 @@
 //! Following the state feed (`state::source::feed`): frames go into the
 //! caches, the link's health goes to the failover and the staleness to the
 //! store. A lost connection keeps the state fed so far, and the next one
-//! starts with a full state.
+//! asks to resume from it: the same server process sends only the batches
+//! missed, if it still has them all, and a full state otherwise.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,7 +13,7 @@ use super::backoff::Backoff;
 use super::{FEED_SLOT, Shared};
 use crate::state::source::feed::FeedConfig;
 use crate::state::source::feed::client::{FeedConnection, FeedError};
-use crate::state::source::feed::wire::Frame;
+use crate::state::source::feed::wire::{Frame, Position};
 
 /// Whether the feed is the source of truth right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,11 +45,20 @@ pub(super) async fn follow(config: FeedConfig, shared: Arc<Shared>, link: watch:
     let mut backoff = Backoff::default();
     // Until when the state fed is known to be current.
     let mut heard = SystemTime::now();
+    // The complete state the caches hold, as the server numbered it.
+    let mut held = None;
     loop {
-        let ended = match FeedConnection::open(&config).await {
+        let ended = match FeedConnection::open(&config, held).await {
             Ok(connection) => {
-                tracing::info!(address = %config.address, "connected to the state feed");
-                follow_connection(connection, &shared, &link, &mut backoff, &mut heard).await
+                tracing::info!(address = %config.address, resume = ?held, "connected to the state feed");
+                let mut following = Following {
+                    shared: &shared,
+                    link: &link,
+                    backoff: &mut backoff,
+                    heard: &mut heard,
+                    held: &mut held,
+                };
+                following.connection(connection).await
             }
             Err(error) => error,
         };
@@ -68,55 +78,99 @@ pub(super) async fn follow(config: FeedConfig, shared: Arc<Shared>, link: watch:
     }
 }
 
-/// Follows one connection until it fails; returns why.
-async fn follow_connection(
-    mut connection: FeedConnection,
-    shared: &Shared,
-    link: &watch::Sender<FeedLink>,
-    backoff: &mut Backoff,
-    heard: &mut SystemTime,
-) -> FeedError {
-    let mut complete = false;
-    loop {
-        let frame = match connection.next().await {
-            Ok(frame) => frame,
-            Err(error) => return error,
-        };
-        match frame {
-            Frame::Reset => {
-                complete = false;
-                shared.caches.lock().fed_reset();
-            }
-            Frame::Changes(changes) => {
-                if let Err(error) = shared.caches.lock().fed_changes(changes) {
-                    return FeedError::Refused(error.to_string());
+/// What following one connection updates for the next.
+struct Following<'a> {
+    shared: &'a Shared,
+    link: &'a watch::Sender<FeedLink>,
+    backoff: &'a mut Backoff,
+    heard: &'a mut SystemTime,
+    held: &'a mut Option<Position>,
+}
+
+impl Following<'_> {
+    /// Follows one connection until it fails; returns why.
+    async fn connection(&mut self, mut connection: FeedConnection) -> FeedError {
+        let shared = self.shared;
+        let mut complete = false;
+        // A full state replaces the caches at `Synced`; a resumed one was
+        // applied to them batch by batch.
+        let mut resumed = false;
+        // The revision of the batch being received: complete once a later
+        // frame comes (a server writes each batch whole).
+        let mut receiving = None;
+        loop {
+            let frame = match connection.next().await {
+                Ok(frame) => frame,
+                Err(error) => return error,
+            };
+            match frame {
+                Frame::Reset => {
+                    complete = false;
+                    resumed = false;
+                    // Until `Synced`, the caches hold a state half replaced.
+                    *self.held = None;
+                    shared.caches.lock().fed_reset();
                 }
-                if complete {
+                Frame::Resumed { revision } => {
+                    if self.held.map(|h| h.revision) != Some(revision) {
+                        return FeedError::Refused(format!(
+                            "the server resumed from revision {revision}, not from {:?}",
+                            self.held
+                        ));
+                    }
+                    resumed = true;
+                }
+                Frame::Changes(changes) => {
+                    let revision = changes.revision;
+                    if let Err(error) = shared.caches.lock().fed_changes(changes) {
+                        return FeedError::Refused(error.to_string());
+                    }
+                    if let Some(done) = receiving.replace(revision).filter(|r| *r < revision) {
+                        self.advance(done);
+                    }
+                    if complete {
+                        shared.changed.notify_one();
+                    }
+                }
+                Frame::Synced { revision, epoch } => {
+                    if !resumed {
+                        shared.caches.lock().fed_synced();
+                    }
+                    complete = true;
+                    receiving = None;
+                    *self.held = Some(Position { epoch, revision });
+                    self.backoff.reset();
+                    tracing::info!(revision, resumed, "state feed synced");
+                    self.link.send_replace(FeedLink::Up);
+                    shared.set_behind_slot(FEED_SLOT, None);
                     shared.changed.notify_one();
                 }
+                Frame::Heartbeat { behind_ms, .. } if complete => {
+                    if let Some(done) = receiving.take() {
+                        self.advance(done);
+                    }
+                    // The server's own watches may be behind: so is this state.
+                    let behind = (behind_ms > 0)
+                        .then(|| SystemTime::now() - Duration::from_millis(behind_ms));
+                    shared.set_behind_slot(FEED_SLOT, behind);
+                }
+                Frame::Heartbeat { .. } => {}
+                Frame::Hello { .. } | Frame::Refused { .. } => {
+                    return FeedError::Refused("unexpected frame from the server".into());
+                }
             }
-            Frame::Synced { revision } => {
-                shared.caches.lock().fed_synced();
-                complete = true;
-                backoff.reset();
-                tracing::info!(revision, "state feed synced");
-                link.send_replace(FeedLink::Up);
-                shared.set_behind_slot(FEED_SLOT, None);
-                shared.changed.notify_one();
-            }
-            Frame::Heartbeat { behind_ms, .. } if complete => {
-                // The server's own watches may be behind: so is this state.
-                let behind =
-                    (behind_ms > 0).then(|| SystemTime::now() - Duration::from_millis(behind_ms));
-                shared.set_behind_slot(FEED_SLOT, behind);
-            }
-            Frame::Heartbeat { .. } => {}
-            Frame::Hello { .. } | Frame::Refused { .. } => {
-                return FeedError::Refused("unexpected frame from the server".into());
+            if complete {
+                *self.heard = SystemTime::now();
             }
         }
-        if complete {
-            *heard = SystemTime::now();
+    }
+
+    /// Every frame of batch `revision` is applied (only batches after a
+    /// `Synced` move the position; those of a full state or resume do not
+    /// count until it).
+    fn advance(&mut self, revision: u64) {
+        if let Some(held) = self.held.as_mut() {
+            held.revision = held.revision.max(revision);
         }
     }
 }

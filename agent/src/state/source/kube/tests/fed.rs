@@ -3,7 +3,9 @@
 //! caches (every pod compact) build, its mirror sends what changed as wire
 //! frames, and an agent's caches that hold only their node's pods plus what
 //! the frames carried answer every address, Service and connection as a
-//! node-scoped agent with direct watches does.
+//! node-scoped agent with direct watches does. The agent's connection is
+//! cut at random points, sometimes in the middle of a batch, and it resumes
+//! from the position it held.
 
 use std::sync::Arc;
 
@@ -14,9 +16,9 @@ use super::super::cache::{Caches, Kind, PodScope};
 use super::super::{TapEvent, WATCHED};
 use super::compact::{NAMESPACES, NODES, key};
 use super::incremental::{self, Cluster, KINDS, Op, event, from_scratch, gen_op};
-use crate::state::source::feed::wire::Frame;
+use crate::state::source::feed::wire::{Frame, Position};
 use crate::state::{LoadOptions, Snapshot};
-use crate::state_server::mirror::Mirror;
+use crate::state_server::mirror::{Mirror, Start};
 
 fn name(kind: Kind) -> &'static str {
     WATCHED[kind as usize].kind
@@ -72,6 +74,8 @@ proptest! {
     fn fed_agents_decide_as_agents_watching_directly(
         initial in prop::collection::vec(gen_op(), 0..12),
         ops in prop::collection::vec(gen_op(), 1..30),
+        // Per op: 0 nothing, 1 cut the connection, 2 reconnect.
+        link in prop::collection::vec(0u8..3, 30),
     ) {
         let options = LoadOptions::default();
         let mut cluster = Cluster::new();
@@ -113,12 +117,15 @@ proptest! {
             agent.put(Kind::Pod, key(pod), pod, true);
         }
         agent.end_list(Kind::Pod);
-        let (full, _, mut batches) = mirror.subscribe().unwrap();
+        let subscription = mirror.subscribe(None).unwrap();
+        let Start::Full(full) = subscription.start else { panic!("nothing to resume from") };
         for frame in full.iter() {
             apply(&mut agent, frame);
         }
+        let mut held = Position { epoch: mirror.epoch(), revision: subscription.revision };
+        let mut batches = Some(subscription.batches);
 
-        for op in &ops {
+        for (op, link) in ops.iter().zip(link) {
             let (kind, k, object) = event(&mut cluster, op);
             match &object {
                 Some(object) => {
@@ -144,10 +151,41 @@ proptest! {
             }
             let Ok(snapshot) = server.build(&options) else { continue };
             mirror.flush(snapshot.remote_addresses()).unwrap();
-            while let Ok(batch) = batches.try_recv() {
-                for frame in &batch.frames {
-                    apply(&mut agent, frame);
+            if let Some(receiver) = batches.as_mut() {
+                while let Ok(batch) = receiver.try_recv() {
+                    if link == 1 {
+                        // Cut in the middle of the batch: half of it is
+                        // applied, and it does not count as held.
+                        for frame in &batch.frames[..batch.frames.len() / 2] {
+                            apply(&mut agent, frame);
+                        }
+                        break;
+                    }
+                    for frame in &batch.frames {
+                        apply(&mut agent, frame);
+                    }
+                    held.revision = batch.revision;
                 }
+            }
+            if link == 1 {
+                batches = None;
+            }
+            if link == 2 && batches.is_none() {
+                let subscription = mirror.subscribe(Some(held)).unwrap();
+                let Start::Resumed { from, missed } = subscription.start else {
+                    panic!("the mirror keeps more batches than these ops make")
+                };
+                prop_assert_eq!(from, held.revision);
+                for batch in &missed {
+                    for frame in &batch.frames {
+                        apply(&mut agent, frame);
+                    }
+                }
+                held.revision = subscription.revision;
+                batches = Some(subscription.batches);
+            }
+            if batches.is_none() {
+                continue;
             }
             let Ok(expected) = direct.build(&options) else { continue };
             if contested_across_nodes(&cluster) {
@@ -163,4 +201,52 @@ proptest! {
             prop_assert_eq!(a.len(), b.len());
         }
     }
+}
+
+/// One batch per namespace added.
+fn changed(mirror: &Mirror, namespaces: std::ops::Range<usize>) {
+    for i in namespaces {
+        let object = serde_json::json!({"metadata": {"name": format!("ns-{i}")}});
+        mirror.tap(TapEvent::Put {
+            kind: "Namespace",
+            key: (String::new(), format!("ns-{i}")),
+            object: Arc::new(object),
+        });
+        mirror.flush(&Default::default()).unwrap();
+    }
+}
+
+#[test]
+fn a_resume_gets_the_missed_batches_only_from_the_same_history() {
+    let mirror = Mirror::default();
+    changed(&mirror, 0..3);
+    let epoch = mirror.epoch();
+    let at = |revision| Some(Position { epoch, revision });
+
+    let missed = |held| match mirror.subscribe(held).unwrap().start {
+        Start::Resumed { from, missed } => {
+            Some((from, missed.iter().map(|b| b.revision).collect::<Vec<_>>()))
+        }
+        Start::Full(_) => None,
+    };
+    assert_eq!(missed(at(1)), Some((1, vec![2, 3])));
+    assert_eq!(missed(at(3)), Some((3, vec![])), "up to date");
+    assert_eq!(missed(at(0)), Some((0, vec![1, 2, 3])));
+    // Revisions of another process, or ahead of this one: a full state.
+    assert_eq!(
+        missed(Some(Position {
+            epoch: epoch ^ 1,
+            revision: 1
+        })),
+        None
+    );
+    assert_eq!(missed(at(4)), None);
+    assert_eq!(missed(None), None);
+
+    // Batches older than the kept history cannot be resent.
+    changed(&mirror, 3..303);
+    assert_eq!(missed(at(1)), None);
+    let recent = missed(at(250)).expect("kept");
+    assert_eq!(recent.1.len(), 53);
+    assert_eq!(recent.1.first(), Some(&251));
 }
