@@ -187,32 +187,14 @@ impl Mirror {
         let mut inner = self.inner.lock();
         let batches = self.batches.subscribe();
         let revision = inner.revision;
-        if let Some(held) = held
-            && let Some(missed) = inner.missed_since(self.epoch, held)
-        {
-            return Ok(Subscription {
-                start: Start::Resumed {
-                    from: held.revision,
-                    missed,
-                },
-                revision,
-                batches,
-            });
-        }
-        if let Some((at, full)) = &inner.full
-            && *at == revision
-        {
-            let start = Start::Full(full.clone());
-            return Ok(Subscription {
-                start,
-                revision,
-                batches,
-            });
-        }
-        let full: FullState = inner.encode_full(self.epoch)?.into();
-        inner.full = Some((revision, full.clone()));
+        let resumed =
+            held.and_then(|held| Some((held.revision, inner.missed_since(self.epoch, held)?)));
+        let start = match resumed {
+            Some((from, missed)) => Start::Resumed { from, missed },
+            None => Start::Full(inner.full_state(self.epoch)?),
+        };
         Ok(Subscription {
-            start: Start::Full(full),
+            start,
             revision,
             batches,
         })
@@ -263,6 +245,19 @@ impl Inner {
         self.ids.insert(key, (id, workload.clone()));
         sent.push(Identity::of(id, workload));
         id
+    }
+
+    /// The full state at this revision, encoded once for every agent that
+    /// is sent it.
+    fn full_state(&mut self, epoch: u64) -> Result<FullState, WireError> {
+        if let Some((at, full)) = &self.full
+            && *at == self.revision
+        {
+            return Ok(full.clone());
+        }
+        let full: FullState = self.encode_full(epoch)?.into();
+        self.full = Some((self.revision, full.clone()));
+        Ok(full)
     }
 
     fn encode_full(&self, epoch: u64) -> Result<Vec<Vec<u8>>, WireError> {

@@ -13,8 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_rustls::TlsAcceptor;
 
 use super::metrics::FeedMetrics;
-use super::mirror::Batch;
-use super::mirror::{Mirror, Start, Subscription};
+use super::mirror::{Batch, Mirror, Start, Subscription};
 use crate::state::StateStore;
 use crate::state::source::feed::wire::{self, Frame, Position, WireError};
 
@@ -119,9 +118,7 @@ impl Feeding {
             tokio::select! {
                 batch = batches.recv() => match batch {
                     Ok(batch) if batch.revision > revision => {
-                        for frame in &batch.frames {
-                            self.send(&mut write, frame).await?;
-                        }
+                        self.send_batch(&mut write, &batch).await?;
                         revision = batch.revision;
                     }
                     Ok(_) => {}
@@ -171,9 +168,7 @@ impl Feeding {
                 self.send(write, &wire::encode(&Frame::Resumed { revision: from })?)
                     .await?;
                 for batch in &missed {
-                    for frame in &batch.frames {
-                        self.send(write, frame).await?;
-                    }
+                    self.send_batch(write, batch).await?;
                 }
                 let synced = Frame::Synced {
                     revision,
@@ -183,6 +178,17 @@ impl Feeding {
             }
         }
         Ok((revision, batches))
+    }
+
+    async fn send_batch<W: AsyncWrite + Unpin>(
+        &self,
+        write: &mut W,
+        batch: &Batch,
+    ) -> Result<(), StreamError> {
+        for frame in &batch.frames {
+            self.send(write, frame).await?;
+        }
+        Ok(())
     }
 
     async fn send<W: AsyncWrite + Unpin>(
