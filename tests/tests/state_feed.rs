@@ -179,10 +179,14 @@ fn view(s: &Snapshot) -> Vec<String> {
             None => format!("{a}: none"),
         })
         .collect();
-    seen.push(format!(
-        "api: {:?}",
-        s.service_target(ip("10.96.0.20"), 80).map(|t| t.addr.ip())
-    ));
+    // The ready set, not a pick: `service_target` round-robins on a counter
+    // that each store's history advances differently.
+    let mut ready: Vec<SocketAddr> = s
+        .service_by_vip(ip("10.96.0.20"))
+        .map(|svc| svc.ready_endpoints(80).collect())
+        .unwrap_or_default();
+    ready.sort();
+    seen.push(format!("api: {ready:?}"));
     let labels = std::collections::BTreeMap::new();
     for (ns, principal) in [
         ("apps", "cluster.local/ns/apps/sa/web-sa"),
@@ -296,7 +300,7 @@ async fn a_fed_agent_decides_as_one_watching_directly() {
         "new pod",
         &[
             "10.0.4.4: apps/- sa=api-sa enrolled=true local=false",
-            "api: Some(10.0.4.4)",
+            "api: [10.0.4.4:8080]",
         ],
     )
     .await;
