@@ -13,7 +13,7 @@ use ambit_tests::traffic::{self, Pattern};
 use anyhow::{Context, bail, ensure};
 
 use crate::parse_seconds;
-use crate::procstat::Agents;
+use crate::procstat::{Agents, CpuTime};
 use crate::scenario::Servers;
 
 /// No single socket operation may take longer than this.
@@ -54,12 +54,12 @@ pub struct Results {
     pub agent_cpu: PhaseCpu,
 }
 
-/// Agents' CPU seconds (user + system, all agents) per measurement.
+/// Agents' CPU time (all agents) per measurement.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PhaseCpu {
-    pub throughput: f64,
-    pub latency: f64,
-    pub connections: f64,
+    pub throughput: CpuTime,
+    pub latency: CpuTime,
+    pub connections: CpuTime,
 }
 
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ pub fn run_all(
     servers: &Servers,
     agents: Option<&Agents>,
 ) -> anyhow::Result<Results> {
-    let cpu = || agents.map_or(Ok(0.0), Agents::cpu_seconds);
+    let cpu = || agents.map_or(Ok(CpuTime::default()), Agents::cpu_time);
     let cpu_start = cpu()?;
     eprintln!(
         "throughput: {:?}, {} stream(s)",

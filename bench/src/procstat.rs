@@ -4,19 +4,66 @@
 
 use anyhow::Context;
 
+/// CPU time a process has used, split by where it ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTime {
+    /// Seconds in user space.
+    pub user: f64,
+    /// Seconds in the kernel (system calls, and the softirq work they run).
+    pub system: f64,
+}
+
+impl CpuTime {
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Sub for CpuTime {
+    type Output = Self;
+    fn sub(self, rhs: Self) -> Self {
+        Self {
+            user: self.user - rhs.user,
+            system: self.system - rhs.system,
+        }
+    }
+}
+
+impl std::iter::Sum for CpuTime {
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(Self::default(), |a, b| Self {
+            user: a.user + b.user,
+            system: a.system + b.system,
+        })
+    }
+}
+
 /// CPU seconds (user + system) process `pid` has used so far.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    Ok(cpu_time(pid)?.total())
+}
+
+/// CPU time process `pid` (all its threads) has used so far.
+pub fn cpu_time(pid: u32) -> anyhow::Result<CpuTime> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_stat(&stat).with_context(|| format!("parsing {path}"))
+}
+
+/// utime and stime from the text of `/proc/<pid>/stat`.
+fn parse_stat(stat: &str) -> anyhow::Result<CpuTime> {
     // The command name may hold spaces; the fields counted from 3 follow its ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| -> anyhow::Result<f64> {
-        let field = fields.get(i).with_context(|| format!("short {path}"))?;
+        let field = fields.get(i).context("too few fields")?;
         Ok(field.parse::<f64>()?)
     };
     // utime and stime are fields 14 and 15, in USER_HZ (100 on Linux).
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
+    Ok(CpuTime {
+        user: ticks(11)? / 100.0,
+        system: ticks(12)? / 100.0,
+    })
 }
 
 /// Resident set size of process `pid`, in MiB.
@@ -54,9 +101,9 @@ impl Agents {
         &self.pids
     }
 
-    /// CPU seconds of all the agents together.
-    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        self.pids.iter().map(|&pid| cpu_seconds(pid)).sum()
+    /// CPU time of all the agents together.
+    pub fn cpu_time(&self) -> anyhow::Result<CpuTime> {
+        self.pids.iter().map(|&pid| cpu_time(pid)).sum()
     }
 
     /// Each agent's resident set, in MiB, in the order of [`Self::pids`].
@@ -75,4 +122,24 @@ pub fn raise_nofile() -> anyhow::Result<u64> {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("setrlimit")?;
     }
     Ok(hard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_count_from_the_command_names_last_parenthesis() {
+        // A command name with a space and a ')' in it, as a thread may set.
+        let stat = "42 (ambit (a) b) S 1 42 42 0 -1 4194560 900 0 0 0 250 75 0 0 20 0 3 0";
+        let cpu = parse_stat(stat).unwrap();
+        assert_eq!(
+            cpu,
+            CpuTime {
+                user: 2.5,
+                system: 0.75
+            }
+        );
+        assert!(parse_stat("42 (x) S 1 2").is_err());
+    }
 }

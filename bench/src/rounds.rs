@@ -45,6 +45,11 @@ pub struct Figures {
     pub agent_cpu_s_per_gb: f64,
     /// Gbit moved per CPU-second of the agents.
     pub gbit_per_agent_cpu_s: f64,
+    /// The kernel's share of the agents' CPU while moving bytes.
+    pub throughput_agent_kernel_share: f64,
+    /// Gbit moved per CPU-second the agents spent in the kernel: the ceiling
+    /// on `gbit_per_agent_cpu_s` were their user space free.
+    pub gbit_per_agent_kernel_cpu_s: f64,
     pub p50_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
@@ -76,18 +81,20 @@ impl RoundRow {
         let per = |num: f64, den: f64| if den > 0.0 { num / den } else { f64::NAN };
         let figures = Figures {
             gbit_per_s: gbit,
-            throughput_agent_cpu_s: cpu.throughput,
-            agent_cpu_s_per_gb: per(cpu.throughput, gb),
-            gbit_per_agent_cpu_s: per(gb * 8.0, cpu.throughput),
+            throughput_agent_cpu_s: cpu.throughput.total(),
+            agent_cpu_s_per_gb: per(cpu.throughput.total(), gb),
+            gbit_per_agent_cpu_s: per(gb * 8.0, cpu.throughput.total()),
+            throughput_agent_kernel_share: per(cpu.throughput.system, cpu.throughput.total()),
+            gbit_per_agent_kernel_cpu_s: per(gb * 8.0, cpu.throughput.system),
             p50_us: results.latency.percentile_us(0.50),
             p99_us: results.latency.percentile_us(0.99),
             p999_us: results.latency.percentile_us(0.999),
             // Latency samples exclude the warm-up, so this slightly overstates.
-            agent_cpu_us_per_round_trip: cpu.latency * 1e6 / round_trips,
+            agent_cpu_us_per_round_trip: cpu.latency.total() * 1e6 / round_trips,
             connections_per_s: results.connections.per_s(),
             connections_failed: results.connections.failed as f64,
             agent_cpu_s_per_1000_connections: per(
-                cpu.connections * 1000.0,
+                cpu.connections.total() * 1000.0,
                 results.connections.completed as f64,
             ),
         };
@@ -200,9 +207,9 @@ impl Summary {
     pub fn markdown(&self) -> String {
         let mut out = String::from(
             "| row | Gbit/s | of direct | agents CPU-s per GB | Gbit per agents CPU-s \
-             | p50 µs | p50 added | p99 µs | p99.9 µs | connections/s | of direct \
+             | kernel share | Gbit per agents kernel CPU-s | p50 µs | p50 added | p99 µs | p99.9 µs | connections/s | of direct \
              | agents CPU-s per 1,000 conn. |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for row in &self.medians {
             let f = |k: &str| row.figures.get(k).copied().unwrap_or(f64::NAN);
@@ -216,12 +223,14 @@ impl Summary {
                 }
             };
             out.push_str(&format!(
-                "| {} | {:.2} | {:.0}% | {} | {} | {:.1} | {:+.1} | {:.1} | {:.1} | {:.0} | {:.0}% | {} |\n",
+                "| {} | {:.2} | {:.0}% | {} | {} | {} | {} | {:.1} | {:+.1} | {:.1} | {:.1} | {:.0} | {:.0}% | {} |\n",
                 row.row,
                 f("gbit_per_s"),
                 v("throughput_ratio") * 100.0,
                 agent(f("agent_cpu_s_per_gb"), 3),
                 agent(f("gbit_per_agent_cpu_s"), 2),
+                agent(f("throughput_agent_kernel_share"), 2),
+                agent(f("gbit_per_agent_kernel_cpu_s"), 2),
                 f("p50_us"),
                 v("p50_added_us"),
                 f("p99_us"),
