@@ -42,7 +42,7 @@ impl InboundHandler for Handler {
         pod::dial(request.target).await
     }
 
-    fn closed(&self, _: InboundRequest, _: (), _: Transfer) {}
+    fn closed(&self, _: (), _: Transfer) {}
 }
 
 /// Reads everything, then answers with the byte count (8 bytes, big endian).

@@ -43,24 +43,31 @@ struct TestHandler {
 }
 
 impl InboundHandler for TestHandler {
-    type Connection = ();
+    /// The request, so the end can be checked against it.
+    type Connection = InboundRequest;
 
     async fn server_certificate(&self, dialled: IpAddr) -> Option<Arc<WorkloadCertificate>> {
         self.handshakes.fetch_add(1, Ordering::SeqCst);
         self.certs.get(&dialled).cloned()
     }
 
-    async fn handle(&self, request: &InboundRequest) -> Result<Upstream<()>, Refusal> {
+    async fn handle(&self, request: &InboundRequest) -> Result<Upstream<InboundRequest>, Refusal> {
         self.requests.lock().push(request.clone());
         if let Some(reason) = &self.deny {
             return Err(Refusal::Denied {
                 reason: reason.clone(),
             });
         }
-        pod::dial(request.target).await
+        let pod = pod::dial(request.target).await?;
+        Ok(Upstream {
+            stream: pod.stream,
+            connection: request.clone(),
+            close: pod.close,
+            l7: pod.l7,
+        })
     }
 
-    fn closed(&self, request: InboundRequest, _: (), transfer: Transfer) {
+    fn closed(&self, request: InboundRequest, transfer: Transfer) {
         let _ = self.closed.send((request, transfer));
     }
 }

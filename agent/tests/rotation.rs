@@ -139,7 +139,7 @@ impl InboundHandler for Pod {
         pod::dial(request.target).await
     }
 
-    fn closed(&self, _: InboundRequest, _: (), _: Transfer) {}
+    fn closed(&self, _: (), _: Transfer) {}
 }
 
 /// An echo server standing for the destination pod.

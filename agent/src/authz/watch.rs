@@ -36,6 +36,7 @@ pub struct TrackedConnection {
     pub dst: SocketAddr,
 }
 
+#[derive(Debug)]
 struct Entry {
     conn: TrackedConnection,
     close: CancellationToken,
@@ -45,7 +46,11 @@ struct Entry {
 pub struct ConnectionTracker {
     node: String,
     next_id: AtomicU64,
-    open: Mutex<HashMap<u64, Entry>>,
+    /// Entries are shared with their registrations, so the table holds a
+    /// pointer per slot: a hash table keeps up to half its slots empty, and
+    /// with tens of thousands of idle connections inline entries cost more
+    /// in empty slots than in connections.
+    open: Mutex<HashMap<u64, Arc<Entry>>>,
 }
 
 impl std::fmt::Debug for ConnectionTracker {
@@ -62,13 +67,13 @@ impl std::fmt::Debug for ConnectionTracker {
 pub struct Registration {
     tracker: Arc<ConnectionTracker>,
     id: u64,
-    close: CancellationToken,
+    entry: Arc<Entry>,
 }
 
 impl Registration {
     /// Cancelled when a state change no longer allows the connection.
     pub fn close_token(&self) -> CancellationToken {
-        self.close.clone()
+        self.entry.close.clone()
     }
 }
 
@@ -105,18 +110,15 @@ impl ConnectionTracker {
     /// Starts tracking `conn` until the returned registration is dropped.
     pub fn register(self: &Arc<Self>, conn: TrackedConnection) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let close = CancellationToken::new();
-        self.open.lock().insert(
-            id,
-            Entry {
-                conn,
-                close: close.clone(),
-            },
-        );
+        let entry = Arc::new(Entry {
+            conn,
+            close: CancellationToken::new(),
+        });
+        self.open.lock().insert(id, entry.clone());
         Registration {
             tracker: self.clone(),
             id,
-            close,
+            entry,
         }
     }
 

@@ -107,7 +107,9 @@ pub struct Upstream<C> {
 struct Opened<H: InboundHandler> {
     server: Server<H>,
     tunnel: H2Stream,
-    parsed: InboundRequest,
+    /// The pod address and port; the rest of the request is dropped once the
+    /// tunnel opens (what the end is reported with is the handler's connection).
+    target: SocketAddr,
     upstream: Upstream<H::Connection>,
 }
 
@@ -140,14 +142,14 @@ impl<H: InboundHandler> Opened<H> {
             None => copy_bidirectional(this.tunnel.into_split(), stream.split(), stop).await,
         };
         debug!(
-            target = %this.parsed.target,
+            target = %this.target,
             sent = transfer.backward,
             received = transfer.forward,
             "hbone tunnel closed"
         );
         this.server
             .handler
-            .closed(this.parsed, this.upstream.connection, transfer);
+            .closed(this.upstream.connection, transfer);
     }
 }
 
@@ -173,7 +175,9 @@ pub trait InboundHandler: Send + Sync + 'static {
     }
 
     /// The tunnel ended; `transfer.forward` counts bytes client→pod.
-    fn closed(&self, request: InboundRequest, connection: Self::Connection, transfer: Transfer);
+    /// Whatever the report needs of the request, `connection` carries: the
+    /// request itself is not kept for the tunnel's life.
+    fn closed(&self, connection: Self::Connection, transfer: Transfer);
 }
 
 #[derive(Clone, Debug)]
@@ -521,7 +525,7 @@ impl<H: InboundHandler> Server<H> {
                         error,
                     )),
                 };
-                self.handler.closed(parsed, upstream.connection, transfer);
+                self.handler.closed(upstream.connection, transfer);
                 return None;
             }
         };
@@ -530,7 +534,7 @@ impl<H: InboundHandler> Server<H> {
         Some(Box::new(Opened {
             server: self,
             tunnel: H2Stream::new(send, recv, None),
-            parsed,
+            target: parsed.target,
             upstream,
         }))
     }

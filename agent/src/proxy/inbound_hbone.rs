@@ -344,7 +344,7 @@ impl InboundHandler for InboundHbone {
         );
     }
 
-    fn closed(&self, _request: InboundRequest, connection: InboundConnection, transfer: Transfer) {
+    fn closed(&self, connection: InboundConnection, transfer: Transfer) {
         connection.finish(&tunnel_outcome(transfer));
     }
 }

@@ -115,21 +115,22 @@ struct Tunnel {
     end: EndLog,
 }
 
-/// The fields of the line a mesh connection's end is logged with.
+/// The fields of the line a mesh connection's end is logged with. The
+/// identities are read from the connection's metric labels when it ends
+/// rather than kept here: a tunnel holds this for as long as it lasts.
 struct EndLog {
     client_addr: SocketAddr,
-    src_id: ambit_ca::SpiffeId,
     target: SocketAddr,
-    dst_id: ambit_ca::SpiffeId,
 }
 
 impl EndLog {
-    fn ended(&self, forwarded: &Forwarded) {
+    fn ended(&self, record: &metrics::ConnectionRecord, forwarded: &Forwarded) {
+        let labels = record.labels();
         tracing::debug!(
             src = %self.client_addr,
-            src_identity = %self.src_id,
+            src_identity = labels.source_principal.as_str(),
             dst = %self.target,
-            dst_identity = %self.dst_id,
+            dst_identity = labels.destination_principal.as_str(),
             status = forwarded.status.as_str(),
             reason = forwarded.reason.as_deref().unwrap_or("-"),
             "mesh connection ended"
@@ -151,7 +152,7 @@ impl Tunnel {
         let this = self;
         let forwarded = copy_then_close(this.client, this.tunnel, this.cut).await;
         forwarded.account(&this.record);
-        this.end.ended(&forwarded);
+        this.end.ended(&this.record, &forwarded);
         forwarded
     }
 }
@@ -197,22 +198,20 @@ impl<C: Connector> Shared<C> {
         });
         let end = EndLog {
             client_addr: client_addr.0,
-            src_id,
             target,
-            dst_id,
         };
-        let forwarded = match self.certs.certificate(&end.src_id).await {
+        let forwarded = match self.certs.certificate(&src_id).await {
             None => {
                 socket::reset(client);
                 Forwarded::refused(
                     Status::ConnectFailed,
-                    format!("no certificate for {}", end.src_id),
+                    format!("no certificate for {src_id}"),
                 )
             }
             Some(_) if destination.node == self.local.node() => {
                 let local = Local {
                     client_addr: client_addr.0,
-                    source: &end.src_id,
+                    source: &src_id,
                     target,
                     service_host: service_host.as_deref(),
                 };
@@ -221,7 +220,7 @@ impl<C: Connector> Shared<C> {
             Some(cert) => {
                 let request = ConnectRequest {
                     source: cert,
-                    destination: end.dst_id.clone(),
+                    destination: dst_id,
                     hbone_addr: SocketAddr::new(target.ip(), self.hbone_port),
                     target,
                     client: client_addr.0,
@@ -243,7 +242,7 @@ impl<C: Connector> Shared<C> {
             }
         };
         forwarded.account(&record);
-        end.ended(&forwarded);
+        end.ended(&record, &forwarded);
         Opened::Done(forwarded)
     }
 
